@@ -1,0 +1,1 @@
+"""The simulated Tectonic-like block layer and the origin adapter."""

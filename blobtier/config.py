@@ -1,0 +1,198 @@
+"""Typed configuration: one frozen dataclass per part, with defaults, units and checks.
+
+``load(path)`` reads a region TOML file; ``from_mapping`` builds from a dict; both apply
+the environment overlay ``BLOBTIER_<SECTION>_<FIELD>`` (e.g. ``BLOBTIER_CACHE_L1_BYTES=1GiB``)
+and explicit arguments win over both. Any bad value stops startup with a ``InvalidRequest``
+naming the field; nothing falls back to defaults silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from blobtier.checksum import ALGORITHMS
+from blobtier.errors import InvalidRequest
+
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+_UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 10**6, "mib": MiB,
+          "g": GiB, "gb": 10**9, "gib": GiB, "t": TiB, "tb": 10**12, "tib": TiB}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(value: int | str, what: str = "size") -> int:
+    """``4194304``, ``"4MiB"``, ``"50GiB"``, ``"1.5G"`` -> bytes."""
+    if isinstance(value, bool):
+        raise InvalidRequest(f"{what}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidRequest(f"{what}: size must not be negative, got {value}")
+        return value
+    m = _SIZE.fullmatch(str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise InvalidRequest(f"{what}: {value!r} is not a size like 4MiB or 50GiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def default_home() -> str:
+    return os.environ.get("BLOBTIER_HOME") or os.path.join(os.path.expanduser("~"), ".blobtier")
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    servers: int = 5  # simulated chunk servers (directories) in an embedded region
+    replicas: int = 3
+    volume_bytes: int = 1 * GiB  # a volume file rolls over at this size
+
+    def validate(self) -> None:
+        _check(self.servers >= 1, "block.servers", "must be at least 1")
+        _check(1 <= self.replicas <= self.servers, "block.replicas",
+               f"must be between 1 and block.servers ({self.servers})")
+        _check(self.volume_bytes >= 1 * MiB, "block.volume_bytes", "must be at least 1MiB")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    l1_bytes: int = 512 * MiB  # in-process L1 when no host daemon runs
+    l1_policy: str = "sieve"
+
+    def validate(self) -> None:
+        from blobtier.eviction import POLICIES
+
+        _check(self.l1_policy in POLICIES, "cache.l1_policy", f"must be one of {sorted(POLICIES)}")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    chunk_size: int = 4 * MiB
+    checksum: str = "xxh3"
+    readahead_chunks: int = 4  # chunks a sequential reader fetches ahead
+    read_threads: int = 8
+    metadata_staleness_s: float = 0.5  # how old a reader's view of other writers may be
+    gc_grace_s: float = 3600.0  # unreferenced chunks younger than this survive gc
+    max_blob_bytes: int = 64 * GiB
+
+    def validate(self) -> None:
+        _check(4 * KiB <= self.chunk_size <= 64 * MiB, "client.chunk_size",
+               "must be between 4KiB and 64MiB")
+        _check(self.checksum in ALGORITHMS, "client.checksum", f"must be one of {sorted(ALGORITHMS)}")
+        _check(self.readahead_chunks >= 0, "client.readahead_chunks", "must not be negative")
+        _check(self.read_threads >= 1, "client.read_threads", "must be at least 1")
+        _check(self.metadata_staleness_s >= 0, "client.metadata_staleness_s", "must not be negative")
+        _check(self.gc_grace_s >= 0, "client.gc_grace_s", "must not be negative")
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    root: str = field(default_factory=default_home)
+    block: BlockConfig = field(default_factory=BlockConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+
+    def validate(self) -> RegionConfig:
+        _check(bool(self.root), "root", "must name a directory")
+        self.block.validate()
+        self.cache.validate()
+        self.client.validate()
+        return self
+
+
+_SECTIONS = {"block": BlockConfig, "cache": CacheConfig, "client": ClientConfig}
+
+
+def _check(ok: bool, name: str, why: str) -> None:
+    if not ok:
+        raise InvalidRequest(f"config field {name} {why}")
+
+
+def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
+    name = f"{section}.{f.name}"
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if f.name.endswith("_bytes") or f.name == "chunk_size":
+            return parse_size(value, name)
+        if kind == "int" and not isinstance(value, bool):
+            return int(value)
+        if kind == "float" and not isinstance(value, bool):
+            return float(value)
+        if kind == "str":
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        if kind not in ("int", "float", "str"):
+            return value
+    raise InvalidRequest(f"config field {name}: {value!r} is not a valid {kind}")
+
+
+def from_mapping(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> RegionConfig:
+    """Build and validate a RegionConfig; unknown sections or fields are errors."""
+    env = os.environ if env is None else env
+    merged: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    top: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise InvalidRequest(f"config section [{key}] must be a table")
+            merged[key].update(value)
+        elif key == "root":
+            top["root"] = os.path.expanduser(str(value))
+        else:
+            raise InvalidRequest(f"unknown config key {key!r}")
+    for section, cls in _SECTIONS.items():
+        names = {f.name for f in fields(cls)}
+        for key in merged[section]:
+            if key not in names:
+                raise InvalidRequest(f"unknown config field {section}.{key}; "
+                                     f"known: {', '.join(sorted(names))}")
+        for f in fields(cls):
+            env_value = env.get(f"BLOBTIER_{section.upper()}_{f.name.upper()}")
+            if env_value is not None:
+                merged[section][f.name] = env_value
+    sections = {s: cls(**{f.name: _coerce(s, f, merged[s][f.name])
+                          for f in fields(cls) if f.name in merged[s]})
+                for s, cls in _SECTIONS.items()}
+    return RegionConfig(**top, **sections).validate()
+
+
+def load(path: str) -> RegionConfig:
+    """Read a region TOML file (a relative ``root`` is taken relative to the file)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequest(f"{path}: not valid TOML: {exc}") from None
+    root = data.get("root")
+    if root is not None and not os.path.isabs(os.path.expanduser(str(root))):
+        data["root"] = os.path.join(os.path.dirname(os.path.abspath(path)), str(root))
+    return from_mapping(data)
+
+
+def resolve(target: str | os.PathLike | RegionConfig | None) -> RegionConfig:
+    """What ``connect()`` accepts: nothing (the default home), a region dir, a TOML file."""
+    if isinstance(target, RegionConfig):
+        return target.validate()
+    if target is None:
+        return from_mapping({"root": default_home()})
+    path = os.fspath(target)
+    if path.endswith(".toml"):
+        return load(path)
+    return from_mapping({"root": os.path.abspath(os.path.expanduser(path))})
+
+
+def with_overrides(config: RegionConfig, **sections: Mapping[str, Any]) -> RegionConfig:
+    """A copy of ``config`` with some fields of some sections replaced (validated)."""
+    changes = {}
+    for section, values in sections.items():
+        if section not in _SECTIONS:
+            raise InvalidRequest(f"unknown config section {section!r}")
+        current = getattr(config, section)
+        changes[section] = replace(current, **{
+            k: _coerce(section, next(f for f in fields(current) if f.name == k), v)
+            for k, v in values.items()})
+    return replace(config, **changes).validate()

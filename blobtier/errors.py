@@ -1,0 +1,60 @@
+"""One exception tree for blobtier, built on builtins so callers can catch either.
+
+::
+
+    BlobtierError
+    ├── BlobNotFound      (FileNotFoundError)  no such key / chunk
+    ├── InvalidKey        (ValueError)         a key or prefix that breaks the key rules
+    ├── InvalidRequest    (ValueError)         any other bad argument (range, size, config)
+    ├── CorruptRecord     (ValueError)         metadata bytes that fail to decode
+    ├── Forbidden         (PermissionError)    a token without the right
+    ├── VersionConflict   (FileExistsError)    a compare-and-set commit lost the race
+    ├── RegionLocked      (BlockingIOError)    another process holds the region's writer lock
+    ├── ChecksumError     (OSError)            bytes that fail their checksum, on every replica
+    └── TierUnavailable   (OSError)            a cache tier or chunk server cannot answer
+
+Inside the read path a ``ChecksumError`` or ``TierUnavailable`` from one tier or replica is
+counted and turned into a miss; it only reaches the caller when no copy is left.
+"""
+
+from __future__ import annotations
+
+
+class BlobtierError(Exception):
+    """Base of every error blobtier raises on purpose."""
+
+
+class BlobNotFound(BlobtierError, FileNotFoundError):
+    """The key (or chunk) does not exist."""
+
+
+class InvalidKey(BlobtierError, ValueError):
+    """The key or prefix breaks the key rules of ``metadata.schema``."""
+
+
+class InvalidRequest(BlobtierError, ValueError):
+    """A bad argument other than a key: a range, a size, a config value."""
+
+
+class CorruptRecord(BlobtierError, ValueError):
+    """Stored metadata bytes are truncated, corrupted or of an unknown format version."""
+
+
+class Forbidden(BlobtierError, PermissionError):
+    """The caller's token lacks the right for this namespace."""
+
+
+class VersionConflict(BlobtierError, FileExistsError):
+    """A compare-and-set commit found another version than the one expected."""
+
+
+class RegionLocked(BlobtierError, BlockingIOError):
+    """Another process holds the embedded region's writer lock."""
+
+
+class ChecksumError(BlobtierError, OSError):
+    """Bytes failed their checksum and no good copy was left."""
+
+
+class TierUnavailable(BlobtierError, OSError):
+    """A cache tier or chunk server could not answer (down, timed out, I/O error)."""

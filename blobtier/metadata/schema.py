@@ -1,0 +1,233 @@
+"""The flat metadata schema: key rules, ``BlobRecord`` and its binary codec.
+
+Key layout in every metadata store (one ordered key space, one byte of prefix per kind)::
+
+    b"R" + utf8(key)   ->  encoded BlobRecord        one record per blob: open = one get
+                                                      ls(prefix) = ordered scan of b"R"+prefix
+
+A key is ``namespace/path/inside``: UTF-8, at most ``MAX_KEY_BYTES`` bytes, at least two
+segments, no empty, ``.`` or ``..`` segment, no NUL, no leading ``/``. The namespace (first
+segment) is ``[A-Za-z0-9_-][A-Za-z0-9._-]*`` up to 64 characters: it names tenants and
+token scopes, so it stays plain.
+
+Record format 1 (little-endian), then a crc32c of everything before it::
+
+    magic "BT" | format u8 | flags u8 | blob_id 16s | version u64 | size u64 |
+    chunk_size u32 | created_ns u64 | checksum_algo u8 | replicas u8 |
+    n_chunks u32 | checksums n*u64 | placement n*replicas*u16 |
+    origin: u16 len + utf8 (only with FLAG_ORIGIN) |
+    attrs: u16 count, then per attr u8 klen + key + u16 vlen + value | crc32c u32
+
+``blob_id`` is random per write attempt, so the chunk key (blob_id, version, index) of a
+committed version can never be reused by another write: caches never need invalidation.
+``placement[i]`` lists the chunk servers holding replicas of chunk ``i``. A record whose
+chunks are byte ranges of an origin object (the fsspec origin adapter) carries
+``origin`` = "url\\ntag" and an empty placement.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from blobtier.checksum import BY_ID, algorithm_id
+from blobtier.checksum import crc32c as _crc32c
+from blobtier.chunks import ChunkKey
+from blobtier.errors import CorruptRecord, InvalidKey
+
+MAX_KEY_BYTES = 1024
+MAX_ATTRS_BYTES = 4096
+MAX_CHUNKS = 1 << 24  # 64 TiB at 4 MiB chunks
+FORMAT = 1
+FLAG_ORIGIN = 1
+_NAMESPACE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+_HEAD = struct.Struct("<2sBB16sQQIQBBI")
+_MAGIC = b"BT"
+RECORD_PREFIX = b"R"
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it follows the key rules, else raise ``InvalidKey`` naming it."""
+    if not isinstance(key, str):
+        raise InvalidKey(f"key must be str, not {type(key).__name__}")
+    try:
+        raw = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey(f"key {key!r} is not valid UTF-8") from None
+    if not raw:
+        raise InvalidKey("key is empty")
+    if len(raw) > MAX_KEY_BYTES:
+        raise InvalidKey(f"key {key[:64]!r}... is {len(raw)} bytes; the limit is {MAX_KEY_BYTES}")
+    if "\x00" in key:
+        raise InvalidKey(f"key {key!r} contains NUL")
+    if key.startswith("/"):
+        raise InvalidKey(f"key {key!r} starts with '/'; keys are 'namespace/path'")
+    parts = key.split("/")
+    if len(parts) < 2:
+        raise InvalidKey(f"key {key!r} has no path; keys are 'namespace/path'")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise InvalidKey(f"key {key!r} has an empty, '.' or '..' segment")
+    validate_namespace(parts[0])
+    return key
+
+
+def validate_namespace(ns: str) -> str:
+    if not _NAMESPACE.fullmatch(ns):
+        raise InvalidKey(f"namespace {ns!r} must match {_NAMESPACE.pattern}")
+    return ns
+
+
+def validate_prefix(prefix: str) -> str:
+    """A listing prefix: any leading part of a valid key ('' lists everything)."""
+    if not isinstance(prefix, str):
+        raise InvalidKey(f"prefix must be str, not {type(prefix).__name__}")
+    try:
+        raw = prefix.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey(f"prefix {prefix!r} is not valid UTF-8") from None
+    if len(raw) > MAX_KEY_BYTES or "\x00" in prefix or prefix.startswith("/"):
+        raise InvalidKey(f"prefix {prefix[:64]!r} is not a valid key prefix")
+    return prefix
+
+
+def record_key(key: str) -> bytes:
+    return RECORD_PREFIX + key.encode("utf-8")
+
+
+def new_blob_id() -> bytes:
+    return uuid.uuid4().bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRecord:
+    """Everything needed to read one committed version of one blob."""
+
+    blob_id: bytes
+    version: int
+    size: int
+    chunk_size: int
+    checksums: Sequence[int]
+    placement: Sequence[Sequence[int]] = ()
+    checksum_algo: str = "xxh3"
+    created_ns: int = field(default_factory=time.time_ns)
+    attrs: Mapping[str, str] = field(default_factory=dict)
+    origin: str = ""
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.checksums)
+
+    def chunk_key(self, index: int) -> ChunkKey:
+        return ChunkKey(self.blob_id, self.version, index)
+
+    def chunk_range(self, index: int) -> tuple[int, int]:
+        """(offset, length) of chunk ``index`` inside the blob."""
+        start = index * self.chunk_size
+        return start, min(self.chunk_size, self.size - start)
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    return -(-size // chunk_size) if size else 0
+
+
+def encode(rec: BlobRecord) -> bytes:
+    n = len(rec.checksums)
+    if n != chunk_count(rec.size, rec.chunk_size):
+        raise ValueError(f"{n} checksums for size {rec.size} at chunk size {rec.chunk_size}")
+    replicas = len(rec.placement[0]) if rec.placement else 0
+    if rec.placement and (len(rec.placement) != n or any(len(p) != replicas for p in rec.placement)):
+        raise ValueError("placement must list the same number of replicas for every chunk")
+    flags = FLAG_ORIGIN if rec.origin else 0
+    parts = [
+        _HEAD.pack(_MAGIC, FORMAT, flags, rec.blob_id, rec.version, rec.size, rec.chunk_size,
+                   rec.created_ns, algorithm_id(rec.checksum_algo), replicas, n),
+        struct.pack(f"<{n}Q", *rec.checksums),
+        struct.pack(f"<{n * replicas}H", *(s for p in rec.placement for s in p)),
+    ]
+    if rec.origin:
+        origin = rec.origin.encode()
+        parts.append(struct.pack("<H", len(origin)) + origin)
+    parts.append(_encode_attrs(rec.attrs))
+    body = b"".join(parts)
+    return body + struct.pack("<I", _crc32c(body))
+
+
+def _encode_attrs(attrs: Mapping[str, str]) -> bytes:
+    out = [struct.pack("<H", len(attrs))]
+    for k, v in attrs.items():
+        kb, vb = k.encode(), v.encode()
+        if len(kb) > 255:
+            raise ValueError(f"attribute name {k[:32]!r}... longer than 255 bytes")
+        out.append(struct.pack("<B", len(kb)) + kb + struct.pack("<H", len(vb)) + vb)
+    blob = b"".join(out)
+    if len(blob) > MAX_ATTRS_BYTES:
+        raise ValueError(f"attributes take {len(blob)} bytes; the limit is {MAX_ATTRS_BYTES}")
+    return blob
+
+
+def decode(data: bytes | memoryview) -> BlobRecord:
+    """Decode one record; raise ``CorruptRecord`` for truncated, corrupt or unknown bytes."""
+    mv = memoryview(data)
+    if len(mv) < _HEAD.size + 4:
+        raise CorruptRecord(f"record truncated: {len(mv)} bytes")
+    (crc,) = struct.unpack_from("<I", mv, len(mv) - 4)
+    if _crc32c(mv[:-4]) != crc:
+        if bytes(mv[:2]) == _MAGIC and mv[2] != FORMAT:
+            raise CorruptRecord(f"unknown record format {mv[2]}")
+        raise CorruptRecord("record checksum mismatch (truncated or corrupted)")
+    (magic, fmt, flags, blob_id, version, size, chunk_size, created_ns, algo, replicas,
+     n) = _HEAD.unpack_from(mv)
+    if magic != _MAGIC:
+        raise CorruptRecord("not a blobtier record (bad magic)")
+    if fmt != FORMAT:
+        raise CorruptRecord(f"unknown record format {fmt}")
+    if algo not in BY_ID or n > MAX_CHUNKS or n != (chunk_count(size, chunk_size) if chunk_size else n):
+        raise CorruptRecord("record header is inconsistent")
+    try:
+        pos = _HEAD.size
+        checksums = mv[pos:pos + 8 * n].cast("Q")
+        pos += 8 * n
+        flat = mv[pos:pos + 2 * n * replicas].cast("H")
+        pos += 2 * n * replicas
+        placement = [flat[i * replicas:(i + 1) * replicas] for i in range(n)] if replicas else ()
+        origin = ""
+        if flags & FLAG_ORIGIN:
+            (olen,) = struct.unpack_from("<H", mv, pos)
+            origin = bytes(mv[pos + 2:pos + 2 + olen]).decode()
+            pos += 2 + olen
+        attrs, pos = _decode_attrs(mv, pos)
+    except (struct.error, TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise CorruptRecord(f"record body is malformed: {exc}") from None
+    if pos != len(mv) - 4 or len(checksums) != n:
+        raise CorruptRecord("record length does not match its header")
+    return BlobRecord(blob_id, version, size, chunk_size, checksums.tolist(),
+                      [tuple(p) for p in placement], BY_ID[algo], created_ns, attrs, origin)
+
+
+def _decode_attrs(mv: memoryview, pos: int) -> tuple[dict[str, str], int]:
+    (count,) = struct.unpack_from("<H", mv, pos)
+    pos += 2
+    attrs = {}
+    for _ in range(count):
+        klen = mv[pos]
+        k = bytes(mv[pos + 1:pos + 1 + klen]).decode()
+        pos += 1 + klen
+        (vlen,) = struct.unpack_from("<H", mv, pos)
+        attrs[k] = bytes(mv[pos + 2:pos + 2 + vlen]).decode()
+        pos += 2 + vlen
+    return attrs, pos
+
+
+_VERSION_AT = 20  # magic 2 + format 1 + flags 1 + blob_id 16
+
+
+def peek_version(data: bytes) -> int:
+    """The version of an encoded record without decoding it (for compare-and-set)."""
+    if len(data) < _VERSION_AT + 8:
+        raise CorruptRecord("record truncated")
+    return int.from_bytes(data[_VERSION_AT:_VERSION_AT + 8], "little")

@@ -1,0 +1,75 @@
+"""Metrics: per-tier counters shared by a process and its forked DataLoader workers.
+
+``TierStats`` keeps int64 counters in shared memory (``multiprocessing.RawArray``) so that
+the workers a DataLoader forks add to the counters their parent reads: the demo and the
+data-stall report see every process's hits, not one worker's. ``TierStatsCollector``
+exposes them through prometheus-client's ``Collector`` protocol; register it on whichever
+registry serves your metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator, Sequence
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+FIELDS = ("hits", "misses", "bytes", "errors", "corrupt")
+"""hits/misses: chunk lookups; bytes: bytes served by the tier; errors: the tier failed and
+was skipped; corrupt: chunks that failed their checksum at that tier."""
+TIERS = ("l1", "l2", "l3", "origin")
+
+
+class TierStats:
+    """Counters per (tier, field), safe across threads and forked processes."""
+
+    def __init__(self, tiers: Sequence[str] = TIERS) -> None:
+        self.tiers = tuple(tiers)
+        self._row = {t: i * len(FIELDS) for i, t in enumerate(self.tiers)}
+        self._values = multiprocessing.RawArray("q", len(self.tiers) * len(FIELDS))
+        self._lock = multiprocessing.Lock()
+
+    def add(self, tier: str, hits: int = 0, misses: int = 0, nbytes: int = 0, errors: int = 0,
+            corrupt: int = 0) -> None:
+        base = self._row[tier]
+        v = self._values
+        with self._lock:
+            v[base] += hits
+            v[base + 1] += misses
+            v[base + 2] += nbytes
+            v[base + 3] += errors
+            v[base + 4] += corrupt
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            values = list(self._values)
+        return {t: dict(zip(FIELDS, values[self._row[t]:self._row[t] + len(FIELDS)]))
+                for t in self.tiers}
+
+    def reset(self) -> None:
+        with self._lock:
+            for i in range(len(self._values)):
+                self._values[i] = 0
+
+
+def delta(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Per-tier difference of two snapshots (what happened between them)."""
+    return {t: {f: after[t][f] - before.get(t, {}).get(f, 0) for f in FIELDS} for t in after}
+
+
+class TierStatsCollector(Collector):
+    """Exposes a ``TierStats`` as ``blobtier_tier_<field>_total{tier=...}``."""
+
+    def __init__(self, stats: TierStats, namespace: str = "blobtier") -> None:
+        self.stats = stats
+        self.namespace = namespace
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        snap = self.stats.snapshot()
+        for f in FIELDS:
+            fam = CounterMetricFamily(f"{self.namespace}_tier_{f}", f"Chunk {f} per cache tier",
+                                      labels=["tier"])
+            for tier, values in snap.items():
+                fam.add_metric([tier], values[f])
+            yield fam

@@ -1,0 +1,1 @@
+"""The fat client: read and write paths through the tiers, and the fsspec filesystem."""

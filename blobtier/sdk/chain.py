@@ -1,0 +1,146 @@
+"""The read path: cache tiers in order, then the source, filling upwards on the way back.
+
+``TierChain.read(refs)`` answers a batch of chunks with one ``get_many`` per tier: each
+tier is asked only for what the tiers above it missed. Bytes from an untrusted tier (on
+disk or over the wire) are verified against the record once, here; a corrupt or failing
+tier counts as a miss and the chain moves down. Chunks fetched from below fill every tier
+above: trusted (local memory) tiers at once, others in the background so that the caller
+never waits for a remote fill. Concurrent reads of one chunk reach the source once
+(single flight).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from blobtier import checksum
+from blobtier.chunks import ChunkCache, ChunkKey, ChunkRef, ChunkSource
+from blobtier.errors import ChecksumError, TierUnavailable
+from blobtier.metrics import TierStats
+
+log = logging.getLogger(__name__)
+
+
+class TierChain:
+    """Cache tiers (fastest first) above one source.
+
+    Args:
+        tiers: the ``ChunkCache`` tiers, L1 first.
+        source: where every miss ends (the block layer or an origin).
+        stats: per-tier counters.
+    """
+
+    def __init__(self, tiers: Sequence[ChunkCache], source: ChunkSource, stats: TierStats) -> None:
+        self.tiers = list(tiers)
+        self.source = source
+        self.stats = stats
+        self._inflight: dict[ChunkKey, Future] = {}
+        self._lock = threading.Lock()
+        self._fill_pool: ThreadPoolExecutor | None = None
+
+    def read(self, refs: Sequence[ChunkRef]) -> list[memoryview]:
+        """Verified bytes of each (record, index), in order."""
+        ref_of: dict[ChunkKey, ChunkRef] = {}
+        keys = []
+        for rec, index in refs:
+            key = rec.chunk_key(index)
+            keys.append(key)
+            ref_of[key] = (rec, index)
+        found: dict[ChunkKey, memoryview] = {}
+        missing = list(ref_of)
+        for depth, tier in enumerate(self.tiers):
+            if not missing:
+                break
+            got = self._lookup(tier, missing, ref_of)
+            if got:
+                found.update(got)
+                self._fill(self.tiers[:depth], got)
+                missing = [k for k in missing if k not in got]
+        if missing:
+            found.update(self._from_source(missing, ref_of))
+        return [found[k] for k in keys]
+
+    def _lookup(self, tier: ChunkCache, keys: list[ChunkKey],
+                ref_of: dict[ChunkKey, ChunkRef]) -> dict[ChunkKey, memoryview]:
+        try:
+            got = tier.get_many(keys)
+        except (TierUnavailable, OSError) as exc:
+            log.debug("tier %s skipped: %s", tier.name, exc)
+            self.stats.add(tier.name, misses=len(keys), errors=1)
+            return {}
+        corrupt = 0
+        if not tier.trusted:
+            for key in list(got):
+                rec, index = ref_of[key]
+                try:
+                    checksum.verify(rec.checksum_algo, got[key], rec.checksums[index],
+                                    f"chunk {key} from {tier.name}")
+                except ChecksumError as exc:
+                    log.warning("%s; treating it as a miss", exc)
+                    del got[key]
+                    corrupt += 1
+        self.stats.add(tier.name, hits=len(got), misses=len(keys) - len(got),
+                       nbytes=sum(len(v) for v in got.values()), corrupt=corrupt)
+        return got
+
+    def _from_source(self, keys: list[ChunkKey],
+                     ref_of: dict[ChunkKey, ChunkRef]) -> dict[ChunkKey, memoryview]:
+        own: list[ChunkKey] = []
+        waits: list[tuple[ChunkKey, Future]] = []
+        with self._lock:
+            for key in keys:
+                fut = self._inflight.get(key)
+                if fut is None:
+                    self._inflight[key] = Future()
+                    own.append(key)
+                else:
+                    waits.append((key, fut))
+        got: dict[ChunkKey, memoryview] = {}
+        if own:
+            try:
+                views = self.source.read_many([ref_of[k] for k in own])
+            except BaseException as exc:
+                self._settle(own, None, exc)
+                raise
+            got = dict(zip(own, views))
+            self.stats.add("origin", hits=len(own), nbytes=sum(len(v) for v in views))
+            self._fill(self.tiers, got)
+            self._settle(own, got, None)
+        for key, fut in waits:
+            got[key] = fut.result()
+        return got
+
+    def _settle(self, keys: list[ChunkKey], got: dict | None, exc: BaseException | None) -> None:
+        with self._lock:
+            futs = [self._inflight.pop(k) for k in keys]
+        for key, fut in zip(keys, futs):
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(got[key])
+
+    def _fill(self, tiers: Sequence[ChunkCache], chunks: dict[ChunkKey, memoryview]) -> None:
+        for tier in tiers:
+            if tier.trusted:
+                self._put_all(tier, chunks)
+            else:
+                if self._fill_pool is None:
+                    self._fill_pool = ThreadPoolExecutor(2, thread_name_prefix="blobtier-fill")
+                self._fill_pool.submit(self._put_all, tier, dict(chunks))
+
+    def _put_all(self, tier: ChunkCache, chunks: dict[ChunkKey, memoryview]) -> None:
+        try:
+            for key, view in chunks.items():
+                tier.put(key, view)
+        except (TierUnavailable, OSError) as exc:
+            log.debug("fill of tier %s failed: %s", tier.name, exc)
+            self.stats.add(tier.name, errors=1)
+
+    def close(self) -> None:
+        if self._fill_pool is not None:
+            self._fill_pool.shutdown(wait=True)
+        for tier in self.tiers:
+            tier.close()

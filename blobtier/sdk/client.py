@@ -1,0 +1,280 @@
+"""``Client``: the user API, and the one place the client side is wired together.
+
+``connect()`` opens the embedded region at ``$BLOBTIER_HOME`` (else ``~/.blobtier``);
+``connect(path)`` opens another region directory or a region TOML file.
+
+A client is safe to share between threads and survives ``fork``: a DataLoader worker
+that inherits one reopens its own handles on first use (never touching the parent's
+RocksDB handle, threads or lock), and a pickled client reconnects where it is unpickled.
+Counters (``client.stats()``) live in shared memory, so forked workers add to them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import IO, Any
+
+from blobtier.cache_l1_l2.local_l1 import LocalL1Cache
+from blobtier.chunks import Buffer
+from blobtier.config import RegionConfig, resolve, with_overrides
+from blobtier.errors import BlobNotFound, BlobtierError, InvalidRequest
+from blobtier.metadata.schema import BlobRecord, validate_key, validate_prefix
+from blobtier.metrics import TierStats
+from blobtier.sdk import gc
+from blobtier.sdk.chain import TierChain
+from blobtier.sdk.embedded import EmbeddedRegion
+from blobtier.sdk.info import BlobInfo
+from blobtier.sdk.reader import BlobReader
+from blobtier.sdk.writer import BlobWriter, WritePath
+
+_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
+_INHERITED: list[object] = []  # handles a forked child must neither use nor close
+
+
+def connect(target: str | os.PathLike | RegionConfig | None = None,
+            **sections: Mapping[str, Any]) -> Client:
+    """Open a region: the default home, a region directory, or a region TOML file.
+
+    Keyword arguments override config sections, e.g. ``connect(cache={"l1_bytes": "1GiB"})``.
+    """
+    config = resolve(target)
+    if sections:
+        config = with_overrides(config, **sections)
+    return Client(config)
+
+
+Item = tuple[str, Buffer] | tuple[str, Buffer, Mapping[str, str] | None]
+
+
+class Client:
+    """Read and write blobs of one region through the cache tiers."""
+
+    def __init__(self, config: RegionConfig) -> None:
+        self.config = config
+        self.tier_stats = TierStats()
+        self._region = EmbeddedRegion(config)
+        self._mutex = threading.RLock()
+        self._l1 = self._new_l1()
+        self._retired: list[object] = []
+        self._writer: WritePath | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        self._open(writable=False)
+        _CLIENTS.add(self)
+
+    # -- wiring ----------------------------------------------------------------------
+    def _new_l1(self) -> LocalL1Cache:
+        return LocalL1Cache(self.config.cache.l1_bytes, self.config.cache.l1_policy)
+
+    def _open(self, writable: bool) -> None:
+        self._metadata, self._blocks = self._region.open(writable, self.tier_stats)
+        self._chain = TierChain([self._l1], self._blocks, self.tier_stats)
+        self._writer = WritePath(self._metadata, self._blocks, self.config.client) if writable else None
+
+    def _live(self) -> None:
+        if self._closed:
+            raise ValueError("operation on a closed blobtier client")
+        if self._pid != os.getpid():
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        with self._mutex:
+            if self._pid == os.getpid():
+                return
+            _INHERITED.extend([self._metadata, self._blocks, self._chain, *self._retired])
+            self._retired = []
+            self._region.lock.forget()
+            self._l1 = self._new_l1()
+            self._pid = os.getpid()
+            self._open(writable=False)
+
+    def _write_path(self) -> WritePath:
+        self._live()
+        with self._mutex:
+            if self._writer is None:
+                # Take the lock before dropping the reader handles: on RegionLocked the
+                # client simply stays a reader.
+                self._region.lock.acquire()
+                self._retired += [self._metadata, self._blocks, self._chain]
+                self._open(writable=True)
+            return self._writer
+
+    # -- reading ---------------------------------------------------------------------
+    def _record(self, key: str) -> BlobRecord:
+        self._live()
+        rec = self._metadata.get(key)
+        if rec is None:
+            raise BlobNotFound(f"no such blob: {key}")
+        return rec
+
+    def stat(self, key: str) -> BlobInfo:
+        return BlobInfo.from_record(key, self._record(key))
+
+    def exists(self, key: str) -> bool:
+        self._live()
+        return self._metadata.get(key) is not None
+
+    def get(self, key: str) -> memoryview:
+        """The blob's bytes as a read-only buffer (zero-copy for single-chunk blobs)."""
+        rec = self._record(key)
+        with _about(key):
+            return _join(rec, self._chain.read([(rec, i) for i in range(rec.n_chunks)]))
+
+    def get_many(self, keys: Sequence[str]) -> list[memoryview]:
+        """Several blobs with one metadata multi-get and one batched chunk fetch."""
+        self._live()
+        records = self._metadata.get_many(keys)
+        refs = []
+        for key, rec in zip(keys, records):
+            if rec is None:
+                raise BlobNotFound(f"no such blob: {key}")
+            refs += [(rec, i) for i in range(rec.n_chunks)]
+        with _about(keys[0] if len(keys) == 1 else f"{len(keys)} blobs"):
+            views = self._chain.read(refs)
+        out, at = [], 0
+        for rec in records:
+            out.append(_join(rec, views[at:at + rec.n_chunks]))
+            at += rec.n_chunks
+        return out
+
+    def read_range(self, key: str, offset: int, length: int) -> memoryview:
+        """``length`` bytes from ``offset`` (fewer at the end of the blob)."""
+        rec = self._record(key)
+        if offset < 0 or length < 0:
+            raise InvalidRequest(f"{key}: negative range {offset}+{length}")
+        if offset > rec.size:
+            raise InvalidRequest(f"{key}: offset {offset} past the end ({rec.size} bytes)")
+        end = min(rec.size, offset + length)
+        if end == offset:
+            return memoryview(b"")
+        cs = rec.chunk_size
+        first, last = offset // cs, (end - 1) // cs
+        with _about(key):
+            views = self._chain.read([(rec, i) for i in range(first, last + 1)])
+        if first == last:
+            return views[0][offset - first * cs:end - first * cs]
+        parts = [v[max(0, offset - i * cs):end - i * cs] for i, v in zip(range(first, last + 1), views)]
+        return memoryview(b"".join(parts))
+
+    def open(self, key: str, mode: str = "rb", *,
+             attrs: Mapping[str, str] | None = None) -> BlobReader | BlobWriter:
+        """A seekable reader of the current version (``rb``), or a writer that commits on
+        close (``wb``)."""
+        if mode == "rb":
+            return BlobReader(key, self._record(key), self._chain, self.config.client.readahead_chunks)
+        if mode == "wb":
+            return self._write_path().open(key, attrs)
+        raise InvalidRequest(f"mode must be 'rb' or 'wb', not {mode!r}")
+
+    def ls(self, prefix: str = "", *, limit: int | None = None) -> list[BlobInfo]:
+        """Blobs whose key starts with ``prefix``, in key order."""
+        out = []
+        for info in self.iter_ls(prefix):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(info)
+        return out
+
+    def iter_ls(self, prefix: str = "", page: int = 1000) -> Iterator[BlobInfo]:
+        self._live()
+        validate_prefix(prefix)
+        after = None
+        while True:
+            rows = self._metadata.scan(prefix, after, page)
+            for key, rec in rows:
+                yield BlobInfo.from_record(key, rec)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
+    # -- writing ---------------------------------------------------------------------
+    def put(self, key: str, data: Buffer | IO[bytes], *, attrs: Mapping[str, str] | None = None) -> BlobInfo:
+        """Store ``data`` (bytes-like or a binary file) as the new version of ``key``."""
+        validate_key(key)
+        if hasattr(data, "read"):
+            with self.open(key, "wb", attrs=attrs) as out:
+                shutil.copyfileobj(data, out, self.config.client.chunk_size)
+            return BlobInfo.from_record(key, out.record)
+        return self.put_many([(key, data, attrs)])[0]
+
+    def put_many(self, items: Iterable[Item] | Mapping[str, Buffer]) -> list[BlobInfo]:
+        """Store several blobs with one durable group commit."""
+        if isinstance(items, Mapping):
+            items = items.items()
+        batch = [(it[0], it[1], it[2] if len(it) > 2 else None) for it in items]
+        if not batch:
+            return []
+        done = self._write_path().put_many(batch)
+        return [BlobInfo.from_record(k, rec) for k, rec in done]
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; its chunks are reclaimed by ``gc`` after the grace period."""
+        writer = self._write_path()
+        if writer.metadata.delete(key) is None:
+            raise BlobNotFound(f"no such blob: {key}")
+
+    def gc(self, grace_s: float | None = None) -> gc.GcReport:
+        """Delete chunks no committed record references (and older than the grace period)."""
+        writer = self._write_path()
+        grace = self.config.client.gc_grace_s if grace_s is None else grace_s
+        return gc.collect(writer.metadata, self._blocks.servers, grace, writer.inflight_digests)
+
+    # -- housekeeping ----------------------------------------------------------------
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per-tier hits, misses, bytes, errors and corrupt chunks (all processes that
+        share this client through fork)."""
+        return self.tier_stats.snapshot()
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            if self._pid != os.getpid():
+                return  # inherited handles belong to the parent
+            for handle in [self._chain, self._metadata, self._blocks, *self._retired]:
+                handle.close()
+            self._region.lock.release()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple:
+        return (Client, (self.config,))
+
+    def __repr__(self) -> str:
+        return f"<blobtier.Client root={self.config.root!r}{' writer' if self._writer else ''}>"
+
+
+def _join(rec: BlobRecord, views: list[memoryview]) -> memoryview:
+    if len(views) == 1:
+        return views[0]
+    return memoryview(b"".join(views))  # one copy, straight into the result
+
+
+@contextmanager
+def _about(what: str) -> Iterator[None]:
+    """Name the blob in errors raised about its chunks."""
+    try:
+        yield
+    except BlobtierError as exc:
+        if what not in str(exc):
+            raise type(exc)(f"{what}: {exc}") from exc
+        raise
+
+
+def _forget_inherited() -> None:
+    for client in list(_CLIENTS):
+        client._pid = -1  # any use in the child reopens; see Client._after_fork
+        client._mutex = threading.RLock()  # another parent thread may have held it
+
+
+os.register_at_fork(after_in_child=_forget_inherited)

@@ -1,0 +1,88 @@
+"""The embedded region: metadata, block layer and lock in one directory, no server.
+
+Layout under the region root::
+
+    metadata/       RocksDB (the flat metadata)
+    blocks/NNN/     one directory per simulated chunk server (volume files)
+    writer.lock     held by the one process that may write; names its holder
+    tmp/            per-process scratch (RocksDB secondary logs), cleaned when stale
+
+Any number of processes read at once with no lock. The first write in a process takes the
+writer lock; a second process that tries to write gets ``RegionLocked`` naming the holder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+from blobtier.blockstore_sim.replicated import ReplicatedBlockStore
+from blobtier.blockstore_sim.volume import VolumeStore
+from blobtier.config import RegionConfig
+from blobtier.lockfile import LockFile
+from blobtier.metadata.rocksdb_store import RocksDBStore
+from blobtier.metrics import TierStats
+
+_SERVER = re.compile(r"\d{3}")
+_SCRATCH = re.compile(r"secondary-(\d+)-")
+
+
+class EmbeddedRegion:
+    def __init__(self, config: RegionConfig) -> None:
+        self.config = config
+        self.root = config.root
+        self.lock = LockFile(os.path.join(self.root, "writer.lock"), f"region {self.root}")
+
+    def open(self, writable: bool, stats: TierStats) -> tuple[RocksDBStore, ReplicatedBlockStore]:
+        """Open the metadata store and block layer, as the writer or as a reader."""
+        if writable:
+            os.makedirs(self.root, exist_ok=True)
+            self.lock.acquire()
+        scratch = os.path.join(self.root, "tmp")
+        if not writable:
+            _clean_stale_scratch(scratch)
+        metadata = RocksDBStore(os.path.join(self.root, "metadata"), writable=writable,
+                                scratch_dir=scratch,
+                                catch_up_s=self.config.client.metadata_staleness_s)
+        bc = self.config.block
+        ids = set(self._server_ids())
+        if writable:
+            ids |= set(range(bc.servers))
+        servers = {sid: VolumeStore(self._server_dir(sid), writable=writable,
+                                    volume_bytes=bc.volume_bytes) for sid in sorted(ids)}
+        blocks = ReplicatedBlockStore(servers, bc.replicas, stats=stats,
+                                      writable_ids=range(bc.servers) if writable else ())
+        return metadata, blocks
+
+    def _server_dir(self, sid: int) -> str:
+        return os.path.join(self.root, "blocks", f"{sid:03d}")
+
+    def _server_ids(self) -> list[int]:
+        try:
+            return sorted(int(n) for n in os.listdir(os.path.join(self.root, "blocks"))
+                          if _SERVER.fullmatch(n))
+        except FileNotFoundError:
+            return []
+
+
+def _clean_stale_scratch(scratch: str) -> None:
+    """Remove scratch dirs of processes that are gone (DataLoader workers exit hard)."""
+    try:
+        names = os.listdir(scratch)
+    except FileNotFoundError:
+        return
+    for name in names:
+        m = _SCRATCH.match(name)
+        if m and not _alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(scratch, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
