@@ -31,6 +31,7 @@ class LockFile:
         """Take the lock or raise ``RegionLocked`` naming the process that holds it."""
         if self._fd is not None:
             return
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,0 +1,15 @@
+"""The PyTorch plugin: datasets over blobtier keys and a data-stall meter.
+
+This is the only package that imports torch (``pip install 'blobtier[torch]'``).
+"""
+
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised in an environment without torch
+    raise ImportError("blobtier.dataloader needs PyTorch: pip install torch==2.13.0 "
+                      "(or pip install 'blobtier[torch]')") from exc
+
+from blobtier.dataloader.dataset import BlobDataset
+from blobtier.dataloader.stall import DataStallMeter, StallReport
+
+__all__ = ["BlobDataset", "DataStallMeter", "StallReport"]

@@ -1,0 +1,54 @@
+"""``BlobDataset``: a map-style PyTorch dataset whose items are blobs.
+
+Item ``i`` is the bytes of the ``i``-th key (keys sorted when given a prefix), or
+``decode(view)`` of them. ``decode`` receives a read-only memoryview that may point
+straight into cache memory: it must not keep the view beyond its return (copy or
+decode into new arrays). A DataLoader batch is fetched with one ``__getitems__`` call:
+one metadata multi-get and one batched chunk read.
+
+The dataset pickles and forks cleanly: each DataLoader worker opens its own handles on
+first use and adds its hits to the parent's counters (``Client`` takes care of both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch.utils.data import Dataset
+
+import blobtier
+from blobtier.errors import BlobNotFound
+
+
+class BlobDataset(Dataset):
+    """Args:
+        prefix_or_keys: a key prefix (every blob under it, in key order) or a key list.
+        client: the blobtier client; ``blobtier.connect()`` when omitted.
+        decode: turns a blob's bytes (a read-only memoryview) into a sample; default
+            ``bytes``.
+    """
+
+    def __init__(self, prefix_or_keys: str | Sequence[str], client: blobtier.Client | None = None,
+                 decode: Callable[[memoryview], Any] | None = None) -> None:
+        self.client = client if client is not None else blobtier.connect()
+        if isinstance(prefix_or_keys, str):
+            self.keys = [info.key for info in self.client.iter_ls(prefix_or_keys)]
+            if not self.keys:
+                raise BlobNotFound(f"no blobs under prefix {prefix_or_keys!r}")
+        else:
+            self.keys = list(prefix_or_keys)
+        self.decode = decode
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _decode(self, view: memoryview) -> Any:
+        return self.decode(view) if self.decode is not None else bytes(view)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._decode(self.client.get(self.keys[index]))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        views = self.client.get_many([self.keys[i] for i in indices])
+        return [self._decode(v) for v in views]

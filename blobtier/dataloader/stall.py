@@ -1,0 +1,81 @@
+"""Data stall: how long the training loop waits for its next batch.
+
+A step is the time from one batch being handed to the loop to the next one; its wait is
+the part spent inside the DataLoader's ``__next__``. The stall fraction is
+wait / step time: 0 when data is always ready, 1 when the GPU only ever waits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StallReport:
+    steps: int
+    samples: int
+    wait_s: float
+    total_s: float
+
+    @property
+    def stall_fraction(self) -> float:
+        return self.wait_s / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.total_s if self.total_s > 0 else 0.0
+
+
+def _batch_len(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+    shape = getattr(first, "shape", None)
+    if shape:
+        return int(shape[0])
+    try:
+        return len(first)
+    except TypeError:
+        return 1
+
+
+class DataStallMeter:
+    """Wraps a batch iterator and measures the time the consumer waits for it.
+
+    >>> meter = DataStallMeter()
+    >>> for batch in meter.iterate(loader):
+    ...     train_step(batch)
+    >>> meter.report().stall_fraction
+    """
+
+    def __init__(self, count: Callable[[Any], int] = _batch_len) -> None:
+        self.count = count
+        self.reset()
+
+    def reset(self) -> None:
+        self._steps = self._samples = 0
+        self._wait = self._total = 0.0
+
+    def iterate(self, batches: Iterable[T]) -> Iterator[T]:
+        it = iter(batches)
+        handed_out = None  # when the consumer got its last batch
+        while True:
+            start = time.perf_counter()
+            if handed_out is not None:
+                self._total += start - handed_out  # the consumer's compute on that batch
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            handed_out = time.perf_counter()
+            self._wait += handed_out - start
+            self._total += handed_out - start
+            self._steps += 1
+            self._samples += self.count(batch)
+            yield batch
+
+    def report(self) -> StallReport:
+        return StallReport(self._steps, self._samples, self._wait, self._total)

@@ -1,0 +1,131 @@
+"""Bulk ingest: copy a directory tree or any fsspec location into blobtier keys.
+
+Files are read by a small thread pool a bounded window ahead of the writer and committed
+with ``put_many`` in batches, so a dataset of many small samples costs one group commit
+per batch rather than an fsync per file. Large files stream through ``open(key, "wb")``.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import fsspec
+
+from blobtier.metadata.schema import validate_key
+
+Progress = Callable[[int, int, int, int], None]
+"""progress(files_done, bytes_done, files_total, bytes_total)"""
+
+_BATCH_BYTES = 64 << 20
+_BATCH_FILES = 512
+_STREAM_OVER = 64 << 20  # files larger than this are streamed, not read whole
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    files: int
+    bytes: int
+
+
+def _local_root(src: str) -> str | None:
+    if src.startswith("file://"):
+        return src[len("file://"):]
+    return None if "://" in src or "::" in src else src
+
+
+def list_source(src: str) -> tuple[fsspec.AbstractFileSystem | None, str, list[tuple[str, str, int]]]:
+    """(filesystem or None for local, root, [(relative posix path, full path, size)])."""
+    local = _local_root(src)
+    if local is not None:
+        root = os.path.abspath(os.path.expanduser(local))
+        if os.path.isfile(root):
+            return None, os.path.dirname(root), [(os.path.basename(root), root, os.path.getsize(root))]
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"no such file or directory: {src}")
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                if os.path.isfile(full):
+                    rel = os.path.relpath(full, root).replace(os.sep, "/")
+                    files.append((rel, full, os.path.getsize(full)))
+        return None, root, files
+    fs, root = fsspec.core.url_to_fs(src)
+    if fs.isfile(root):
+        return fs, posixpath.dirname(root), [(posixpath.basename(root), root, fs.size(root))]
+    found = fs.find(root, detail=True)
+    if not found and not fs.exists(root):
+        raise FileNotFoundError(f"no such file or directory: {src}")
+    files = [(posixpath.relpath(path, root.rstrip("/")), path, int(info.get("size") or 0))
+             for path, info in sorted(found.items())]
+    return fs, root, files
+
+
+def ingest(client, src: str, dest_prefix: str, *, threads: int = 8,
+           progress: Progress | None = None) -> IngestReport:
+    """Copy every file under ``src`` to ``dest_prefix/<relative path>``."""
+    fs, _, files = list_source(src)
+    prefix = dest_prefix.rstrip("/")
+    plan = [(validate_key(f"{prefix}/{rel}"), full, size) for rel, full, size in files]
+    total_bytes = sum(size for _, _, size in plan)
+    done_files = done_bytes = 0
+
+    def read(full: str) -> bytes:
+        if fs is None:
+            with open(full, "rb") as f:
+                return f.read()
+        return fs.cat_file(full)
+
+    def report() -> None:
+        if progress is not None:
+            progress(done_files, done_bytes, len(plan), total_bytes)
+
+    report()
+    with ThreadPoolExecutor(threads, thread_name_prefix="blobtier-ingest") as pool:
+        batch: list[tuple[str, bytes]] = []
+        batch_bytes = 0
+        for key, full, size, fut in _read_ahead(pool, plan, read):
+            if fut is None:  # a large file: stream it
+                opener = open if fs is None else fs.open
+                with opener(full, "rb") as f:
+                    client.put(key, f)
+                done_files, done_bytes = done_files + 1, done_bytes + size
+                report()
+                continue
+            data = fut.result()
+            batch.append((key, data))
+            batch_bytes += len(data)
+            if batch_bytes >= _BATCH_BYTES or len(batch) >= _BATCH_FILES:
+                client.put_many(batch)
+                done_files, done_bytes = done_files + len(batch), done_bytes + batch_bytes
+                batch, batch_bytes = [], 0
+                report()
+        if batch:
+            client.put_many(batch)
+            done_files, done_bytes = done_files + len(batch), done_bytes + batch_bytes
+            report()
+    return IngestReport(done_files, done_bytes)
+
+
+def _read_ahead(pool: ThreadPoolExecutor, plan: list[tuple[str, str, int]],
+                read: Callable[[str], bytes]) -> Iterator[tuple[str, str, int, Future | None]]:
+    """Yield the plan in order with reads running at most ~2 batches ahead."""
+    window: deque[tuple[str, str, int, Future | None]] = deque()
+    ahead = 0
+    for key, full, size in plan:
+        if size > _STREAM_OVER:
+            window.append((key, full, size, None))
+        else:
+            window.append((key, full, size, pool.submit(read, full)))
+            ahead += size
+        while window and (ahead > 2 * _BATCH_BYTES or len(window) > 2 * _BATCH_FILES):
+            item = window.popleft()
+            ahead -= item[2] if item[3] is not None else 0
+            yield item
+    yield from window

@@ -1,0 +1,31 @@
+"""Shared fixtures: every region lives in a temp dir and every client is closed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import blobtier
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """No test may touch the user's ~/.blobtier or inherit BLOBTIER_* settings."""
+    for name in list(os.environ):
+        if name.startswith("BLOBTIER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("BLOBTIER_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def region(tmp_path) -> str:
+    return str(tmp_path / "region")
+
+
+@pytest.fixture
+def client(region):
+    """A client on a fresh embedded region with small chunks, so multi-chunk cases are cheap."""
+    c = blobtier.connect(region, client={"chunk_size": "64KiB"})
+    yield c
+    c.close()
