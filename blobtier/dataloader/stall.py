@@ -32,12 +32,15 @@ class StallReport:
 
 
 def _batch_len(batch: Any) -> int:
-    first = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
-    shape = getattr(first, "shape", None)
+    """Samples in a batch: a collated (inputs, targets) tuple, a tensor, or a plain list."""
+    if isinstance(batch, (list, tuple)) and batch:
+        shape = getattr(batch[0], "shape", None)
+        return int(shape[0]) if shape else len(batch)
+    shape = getattr(batch, "shape", None)
     if shape:
         return int(shape[0])
     try:
-        return len(first)
+        return len(batch)
     except TypeError:
         return 1
 
