@@ -33,12 +33,19 @@ def algorithm_id(name: str) -> int:
         raise InvalidRequest(f"unknown checksum {name!r}; choose one of {sorted(ALGORITHMS)}") from None
 
 
+def _function(name: str) -> Callable[[Buffer], int]:
+    try:
+        return ALGORITHMS[name][1]
+    except KeyError:
+        raise InvalidRequest(f"unknown checksum {name!r}; choose one of {sorted(ALGORITHMS)}") from None
+
+
 def compute(name: str, data: Buffer) -> int:
-    return ALGORITHMS[name][1](data)
+    return _function(name)(data)
 
 
 def verify(name: str, data: Buffer, expected: int, what: str) -> None:
     """Raise ChecksumError naming ``what`` unless ``data`` has checksum ``expected``."""
-    actual = ALGORITHMS[name][1](data)
+    actual = _function(name)(data)
     if actual != expected:
         raise ChecksumError(f"checksum mismatch for {what}: {name} {actual:#x} != {expected:#x}")

@@ -44,6 +44,15 @@ def default_home() -> str:
 
 
 @dataclass(frozen=True)
+class MetadataConfig:
+    block_cache_bytes: int = 64 * MiB  # RocksDB block cache, per process
+    row_cache_bytes: int = 128 * MiB  # RocksDB row cache: repeat lookups skip the tables
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
 class BlockConfig:
     servers: int = 5  # simulated chunk servers (directories) in an embedded region
     replicas: int = 3
@@ -90,19 +99,21 @@ class ClientConfig:
 @dataclass(frozen=True)
 class RegionConfig:
     root: str = field(default_factory=default_home)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
     block: BlockConfig = field(default_factory=BlockConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
 
     def validate(self) -> RegionConfig:
         _check(bool(self.root), "root", "must name a directory")
+        self.metadata.validate()
         self.block.validate()
         self.cache.validate()
         self.client.validate()
         return self
 
 
-_SECTIONS = {"block": BlockConfig, "cache": CacheConfig, "client": ClientConfig}
+_SECTIONS = {"metadata": MetadataConfig, "block": BlockConfig, "cache": CacheConfig, "client": ClientConfig}
 
 
 def _check(ok: bool, name: str, why: str) -> None:
@@ -117,6 +128,8 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
         if f.name.endswith("_bytes") or f.name == "chunk_size":
             return parse_size(value, name)
         if kind == "int" and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
             return int(value)
         if kind == "float" and not isinstance(value, bool):
             return float(value)
@@ -192,7 +205,11 @@ def with_overrides(config: RegionConfig, **sections: Mapping[str, Any]) -> Regio
         if section not in _SECTIONS:
             raise InvalidRequest(f"unknown config section {section!r}")
         current = getattr(config, section)
-        changes[section] = replace(current, **{
-            k: _coerce(section, next(f for f in fields(current) if f.name == k), v)
-            for k, v in values.items()})
+        known = {f.name: f for f in fields(current)}
+        for k in values:
+            if k not in known:
+                raise InvalidRequest(f"unknown config field {section}.{k}; "
+                                     f"known: {', '.join(sorted(known))}")
+        changes[section] = replace(current, **{k: _coerce(section, known[k], v)
+                                               for k, v in values.items()})
     return replace(config, **changes).validate()

@@ -103,6 +103,7 @@ class SIEVE:
         if node is None:
             return None
         del self._nodes[node.key]
+        self._hand = node  # _unlink moves it on to the next newer entry (None: wrap around)
         self._unlink(node)
         return node.key
 

@@ -29,3 +29,6 @@ def client(region):
     c = blobtier.connect(region, client={"chunk_size": "64KiB"})
     yield c
     c.close()
+
+
+pytest.register_assert_rewrite("tests.contracts")

@@ -153,13 +153,17 @@ class VolumeStore:
     def _refresh(self) -> None:
         """Apply index entries written since the last look (readers only).
 
-        Sealed volumes never change (tombstones and compacted copies go to the newest
-        volume), so only the newest known volume and any newer ones are re-read.
+        Any volume's index may have grown: the writer appends a group's index entries
+        after its fsync, possibly after it has already rolled over to the next volume.
+        One stat per volume tells which indexes to read on.
         """
         with self._lock:
-            newest = max(self._idx_pos, default=0)
             for vol in self._volumes():
-                if vol >= newest:
+                try:
+                    size = os.stat(self._path(vol, "idx")).st_size
+                except FileNotFoundError:
+                    continue
+                if size >= self._idx_pos.get(vol, 0) + INDEX_SIZE:
                     self._load_index(vol)
 
     def _volumes(self) -> list[int]:

@@ -10,13 +10,13 @@ segments, no empty, ``.`` or ``..`` segment, no NUL, no leading ``/``. The names
 segment) is ``[A-Za-z0-9_-][A-Za-z0-9._-]*`` up to 64 characters: it names tenants and
 token scopes, so it stays plain.
 
-Record format 1 (little-endian), then a crc32c of everything before it::
+Record format 1 (little-endian); the crc32c covers every byte after it::
 
-    magic "BT" | format u8 | flags u8 | blob_id 16s | version u64 | size u64 |
+    magic "BT" | format u8 | crc32c u32 | flags u8 | blob_id 16s | version u64 | size u64 |
     chunk_size u32 | created_ns u64 | checksum_algo u8 | replicas u8 |
     n_chunks u32 | checksums n*u64 | placement n*replicas*u16 |
     origin: u16 len + utf8 (only with FLAG_ORIGIN) |
-    attrs: u16 count, then per attr u8 klen + key + u16 vlen + value | crc32c u32
+    attrs: u16 count, then per attr u8 klen + key + u16 vlen + value
 
 ``blob_id`` is random per write attempt, so the chunk key (blob_id, version, index) of a
 committed version can never be reused by another write: caches never need invalidation.
@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import re
 import struct
-import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from blobtier.checksum import BY_ID, algorithm_id
 from blobtier.checksum import crc32c as _crc32c
@@ -45,7 +44,8 @@ MAX_CHUNKS = 1 << 24  # 64 TiB at 4 MiB chunks
 FORMAT = 1
 FLAG_ORIGIN = 1
 _NAMESPACE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
-_HEAD = struct.Struct("<2sBB16sQQIQBBI")
+_HEAD = struct.Struct("<2sBIB16sQQIQBBI")
+_CRC_FROM = 7  # the crc32c covers the record from the flags on; magic and format are exact
 _MAGIC = b"BT"
 RECORD_PREFIX = b"R"
 
@@ -103,32 +103,69 @@ def new_blob_id() -> bytes:
     return uuid.uuid4().bytes
 
 
-@dataclass(frozen=True, slots=True)
+_NO_ATTRS: Mapping[str, str] = MappingProxyType({})
+
+
 class BlobRecord:
-    """Everything needed to read one committed version of one blob."""
+    """Everything needed to read one committed version of one blob.
 
-    blob_id: bytes
-    version: int
-    size: int
-    chunk_size: int
-    checksums: Sequence[int]
-    placement: Sequence[Sequence[int]] = ()
-    checksum_algo: str = "xxh3"
-    created_ns: int = field(default_factory=time.time_ns)
-    attrs: Mapping[str, str] = field(default_factory=dict)
-    origin: str = ""
+    A decoded record is a view over its encoded bytes: the fixed header is unpacked at
+    once, the per-chunk arrays, origin and attributes on first use. Opening a blob, or
+    multi-getting an epoch's records, then costs a checksum and one ``unpack``.
+    """
 
-    @property
-    def n_chunks(self) -> int:
-        return len(self.checksums)
+    __slots__ = ("_head", "_body", "_raw")
+
+    def __init__(self, blob_id: bytes, version: int, size: int, chunk_size: int,
+                 checksums: Sequence[int], placement: Sequence[Sequence[int]] = (),
+                 checksum_algo: str = "xxh3", created_ns: int = 0,
+                 attrs: Mapping[str, str] = _NO_ATTRS, origin: str = "") -> None:
+        replicas = len(placement[0]) if placement else 0
+        # Same shape as _HEAD.unpack_from: (magic, format, crc, flags, blob_id, version,
+        # size, chunk_size, created_ns, algo id, replicas, n_chunks).
+        self._head = (_MAGIC, FORMAT, 0, 0, blob_id, version, size, chunk_size, created_ns,
+                      algorithm_id(checksum_algo), replicas, len(checksums))
+        self._body = (tuple(checksums), tuple(tuple(p) for p in placement), origin,
+                      MappingProxyType(dict(attrs)))
+        self._raw: bytes | None = None
+
+    blob_id = property(lambda self: self._head[4])
+    version = property(lambda self: self._head[5])
+    size = property(lambda self: self._head[6])
+    chunk_size = property(lambda self: self._head[7])
+    created_ns = property(lambda self: self._head[8])
+    checksum_algo = property(lambda self: BY_ID[self._head[9]])
+    n_chunks = property(lambda self: self._head[11])
+    checksums: Sequence[int] = property(lambda self: (self._body or self._parse())[0])
+    placement: Sequence[Sequence[int]] = property(lambda self: (self._body or self._parse())[1])
+    origin: str = property(lambda self: (self._body or self._parse())[2])
+    attrs: Mapping[str, str] = property(lambda self: (self._body or self._parse())[3])
 
     def chunk_key(self, index: int) -> ChunkKey:
-        return ChunkKey(self.blob_id, self.version, index)
+        return ChunkKey(self._head[4], self._head[5], index)
 
     def chunk_range(self, index: int) -> tuple[int, int]:
         """(offset, length) of chunk ``index`` inside the blob."""
-        start = index * self.chunk_size
-        return start, min(self.chunk_size, self.size - start)
+        start = index * self._head[7]
+        return start, min(self._head[7], self._head[6] - start)
+
+    def _parse(self) -> tuple:
+        self._body = _decode_body(self._raw, self._head)
+        return self._body
+
+    def _fields(self) -> tuple:
+        return self._head[4:10] + (self.checksums, self.placement, self.attrs, self.origin)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BlobRecord):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"BlobRecord(blob_id={self.blob_id.hex()}, version={self.version}, "
+                f"size={self.size}, chunks={self.n_chunks})")
 
 
 def chunk_count(size: int, chunk_size: int) -> int:
@@ -144,7 +181,7 @@ def encode(rec: BlobRecord) -> bytes:
         raise ValueError("placement must list the same number of replicas for every chunk")
     flags = FLAG_ORIGIN if rec.origin else 0
     parts = [
-        _HEAD.pack(_MAGIC, FORMAT, flags, rec.blob_id, rec.version, rec.size, rec.chunk_size,
+        _HEAD.pack(_MAGIC, FORMAT, 0, flags, rec.blob_id, rec.version, rec.size, rec.chunk_size,
                    rec.created_ns, algorithm_id(rec.checksum_algo), replicas, n),
         struct.pack(f"<{n}Q", *rec.checksums),
         struct.pack(f"<{n * replicas}H", *(s for p in rec.placement for s in p)),
@@ -153,8 +190,9 @@ def encode(rec: BlobRecord) -> bytes:
         origin = rec.origin.encode()
         parts.append(struct.pack("<H", len(origin)) + origin)
     parts.append(_encode_attrs(rec.attrs))
-    body = b"".join(parts)
-    return body + struct.pack("<I", _crc32c(body))
+    body = bytearray(b"".join(parts))
+    struct.pack_into("<I", body, 3, _crc32c(memoryview(body)[_CRC_FROM:]))
+    return bytes(body)
 
 
 def _encode_attrs(attrs: Mapping[str, str]) -> bytes:
@@ -170,48 +208,65 @@ def _encode_attrs(attrs: Mapping[str, str]) -> bytes:
     return blob
 
 
-def decode(data: bytes | memoryview) -> BlobRecord:
-    """Decode one record; raise ``CorruptRecord`` for truncated, corrupt or unknown bytes."""
-    mv = memoryview(data)
-    if len(mv) < _HEAD.size + 4:
-        raise CorruptRecord(f"record truncated: {len(mv)} bytes")
-    (crc,) = struct.unpack_from("<I", mv, len(mv) - 4)
-    if _crc32c(mv[:-4]) != crc:
-        if bytes(mv[:2]) == _MAGIC and mv[2] != FORMAT:
-            raise CorruptRecord(f"unknown record format {mv[2]}")
+def decode(data: bytes) -> BlobRecord:
+    """Decode one record; raise ``CorruptRecord`` for truncated, corrupt or unknown bytes.
+
+    The whole record is checked against its crc32c here; the variable-length body is
+    only parsed when a field of it is read.
+    """
+    if type(data) is not bytes:
+        data = bytes(data)
+    if len(data) < _HEAD.size + 2:
+        raise CorruptRecord(f"record truncated: {len(data)} bytes")
+    head = _HEAD.unpack_from(data)
+    if _crc32c(data[_CRC_FROM:]) != head[2]:
+        if head[0] == _MAGIC and head[1] != FORMAT:
+            raise CorruptRecord(f"unknown record format {head[1]}")
         raise CorruptRecord("record checksum mismatch (truncated or corrupted)")
-    (magic, fmt, flags, blob_id, version, size, chunk_size, created_ns, algo, replicas,
-     n) = _HEAD.unpack_from(mv)
-    if magic != _MAGIC:
-        raise CorruptRecord("not a blobtier record (bad magic)")
-    if fmt != FORMAT:
-        raise CorruptRecord(f"unknown record format {fmt}")
-    if algo not in BY_ID or n > MAX_CHUNKS or n != (chunk_count(size, chunk_size) if chunk_size else n):
+    if head[0] != _MAGIC or head[1] != FORMAT or head[9] not in BY_ID:
+        raise CorruptRecord(f"not a blobtier record of format {FORMAT}")
+    rec = _new_record(BlobRecord)
+    rec._head = head
+    rec._body = None
+    rec._raw = data
+    return rec
+
+
+_new_record = object.__new__
+
+
+def _decode_body(data: bytes, head: tuple) -> tuple:
+    # The crc held, so only a buggy encoder could get here with bad bytes; still, every
+    # length is checked rather than trusted.
+    size, chunk_size, replicas, n = head[6], head[7], head[10], head[11]
+    if n > MAX_CHUNKS or (chunk_size and n != chunk_count(size, chunk_size)):
         raise CorruptRecord("record header is inconsistent")
     try:
         pos = _HEAD.size
-        checksums = mv[pos:pos + 8 * n].cast("Q")
+        checksums = struct.unpack_from(f"<{n}Q", data, pos)
         pos += 8 * n
-        flat = mv[pos:pos + 2 * n * replicas].cast("H")
+        flat = struct.unpack_from(f"<{n * replicas}H", data, pos)
         pos += 2 * n * replicas
-        placement = [flat[i * replicas:(i + 1) * replicas] for i in range(n)] if replicas else ()
+        placement = (tuple(flat[i:i + replicas] for i in range(0, n * replicas, replicas))
+                     if replicas else ())
         origin = ""
-        if flags & FLAG_ORIGIN:
-            (olen,) = struct.unpack_from("<H", mv, pos)
-            origin = bytes(mv[pos + 2:pos + 2 + olen]).decode()
+        if data[7] & FLAG_ORIGIN:
+            (olen,) = struct.unpack_from("<H", data, pos)
+            origin = data[pos + 2:pos + 2 + olen].decode()
             pos += 2 + olen
-        attrs, pos = _decode_attrs(mv, pos)
-    except (struct.error, TypeError, ValueError, UnicodeDecodeError) as exc:
+        attrs, pos = _decode_attrs(memoryview(data), pos)
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
         raise CorruptRecord(f"record body is malformed: {exc}") from None
-    if pos != len(mv) - 4 or len(checksums) != n:
+    if pos != len(data):
         raise CorruptRecord("record length does not match its header")
-    return BlobRecord(blob_id, version, size, chunk_size, checksums.tolist(),
-                      [tuple(p) for p in placement], BY_ID[algo], created_ns, attrs, origin)
+    return checksums, placement, origin, attrs
 
 
 def _decode_attrs(mv: memoryview, pos: int) -> tuple[dict[str, str], int]:
     (count,) = struct.unpack_from("<H", mv, pos)
     pos += 2
+    if not count:
+        return _NO_ATTRS, pos
     attrs = {}
     for _ in range(count):
         klen = mv[pos]
@@ -220,10 +275,10 @@ def _decode_attrs(mv: memoryview, pos: int) -> tuple[dict[str, str], int]:
         (vlen,) = struct.unpack_from("<H", mv, pos)
         attrs[k] = bytes(mv[pos + 2:pos + 2 + vlen]).decode()
         pos += 2 + vlen
-    return attrs, pos
+    return MappingProxyType(attrs), pos
 
 
-_VERSION_AT = 20  # magic 2 + format 1 + flags 1 + blob_id 16
+_VERSION_AT = 24  # magic 2 + format 1 + crc 4 + flags 1 + blob_id 16
 
 
 def peek_version(data: bytes) -> int:

@@ -25,14 +25,31 @@ Commit = tuple[str, BlobRecord, int]
 class MetadataStore(ABC):
     """Flat key -> ``BlobRecord`` store with compare-and-set commits and ordered scans."""
 
+    # Reads validate a key only when it is not found: every stored key was validated when
+    # it was written, so the hit path (the hot one) skips the rules and a bad key still
+    # gets its InvalidKey instead of a plain miss.
     def get(self, key: str) -> BlobRecord | None:
-        raw = self._get_raw(schema.record_key(schema.validate_key(key)))
-        return schema.decode(raw) if raw is not None else None
+        raw = self._get_raw(_lookup_key(key))
+        if raw is None:
+            schema.validate_key(key)
+            return None
+        return schema.decode(raw)
 
     def get_many(self, keys: Sequence[str]) -> list[BlobRecord | None]:
         """One batched lookup (a RocksDB multi-get, a Redis pipeline)."""
-        raws = self._get_many_raw([schema.record_key(schema.validate_key(k)) for k in keys])
-        return [schema.decode(r) if r is not None else None for r in raws]
+        prefix = schema.RECORD_PREFIX
+        try:
+            rkeys = [prefix + k.encode() for k in keys]
+        except (AttributeError, UnicodeEncodeError):
+            rkeys = [_lookup_key(k) for k in keys]  # raises the precise InvalidKey
+        raws = self._get_many_raw(rkeys)
+        decode = schema.decode
+        if None not in raws:
+            return [decode(r) for r in raws]
+        for key, raw in zip(keys, raws):
+            if raw is None:
+                schema.validate_key(key)
+        return [decode(r) if r is not None else None for r in raws]
 
     def commit(self, key: str, record: BlobRecord, expected: int = ANY) -> None:
         """Make ``record`` the key's current version if its version is ``expected`` now."""
@@ -60,7 +77,9 @@ class MetadataStore(ABC):
              limit: int = 1000) -> list[tuple[str, BlobRecord]]:
         """Up to ``limit`` (key, record) pairs in key order, starting after ``after``."""
         schema.validate_prefix(prefix)
-        start = schema.record_key(after) + b"\x00" if after is not None else schema.record_key(prefix)
+        start = schema.record_key(prefix)
+        if after is not None:
+            start = max(start, schema.record_key(after) + b"\x00")
         rows = self._scan_raw(schema.record_key(prefix), start, limit)
         return [(k[1:].decode(), schema.decode(v)) for k, v in rows]
 
@@ -89,6 +108,14 @@ class MetadataStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _lookup_key(key: str) -> bytes:
+    try:
+        return schema.RECORD_PREFIX + key.encode()
+    except (AttributeError, UnicodeEncodeError):
+        schema.validate_key(key)  # raises the precise InvalidKey
+        raise
 
 
 def version_matches(current: bytes | None, expected: int) -> bool:

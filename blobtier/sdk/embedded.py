@@ -44,7 +44,9 @@ class EmbeddedRegion:
             _clean_stale_scratch(scratch)
         metadata = RocksDBStore(os.path.join(self.root, "metadata"), writable=writable,
                                 scratch_dir=scratch,
-                                catch_up_s=self.config.client.metadata_staleness_s)
+                                catch_up_s=self.config.client.metadata_staleness_s,
+                                block_cache_bytes=self.config.metadata.block_cache_bytes,
+                                row_cache_bytes=self.config.metadata.row_cache_bytes)
         bc = self.config.block
         ids = set(self._server_ids())
         if writable:
