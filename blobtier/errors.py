@@ -6,12 +6,15 @@
     ├── BlobNotFound      (FileNotFoundError)  no such key / chunk
     ├── InvalidKey        (ValueError)         a key or prefix that breaks the key rules
     ├── InvalidRequest    (ValueError)         any other bad argument (range, size, config)
+    │   └── OutOfRange                         a byte range outside the object it reads
     ├── CorruptRecord     (ValueError)         metadata bytes that fail to decode
     ├── Forbidden         (PermissionError)    a token without the right
     ├── VersionConflict   (FileExistsError)    a compare-and-set commit lost the race
     ├── RegionLocked      (BlockingIOError)    another process holds the region's writer lock
     ├── ChecksumError     (OSError)            bytes that fail their checksum, on every replica
+    │   └── OriginChanged                      an origin object changed since it was registered
     └── TierUnavailable   (OSError)            a cache tier or chunk server cannot answer
+        └── TimedOut      (TimeoutError)       a request ran past its deadline
 
 Inside the read path a ``ChecksumError`` or ``TierUnavailable`` from one tier or replica is
 counted and turned into a miss; it only reaches the caller when no copy is left.
@@ -36,6 +39,10 @@ class InvalidRequest(BlobtierError, ValueError):
     """A bad argument other than a key: a range, a size, a config value."""
 
 
+class OutOfRange(InvalidRequest):
+    """A byte range that starts or ends outside the chunk or object it reads."""
+
+
 class CorruptRecord(BlobtierError, ValueError):
     """Stored metadata bytes are truncated, corrupted or of an unknown format version."""
 
@@ -56,5 +63,13 @@ class ChecksumError(BlobtierError, OSError):
     """Bytes failed their checksum and no good copy was left."""
 
 
+class OriginChanged(ChecksumError):
+    """An origin object no longer holds the bytes it held when it was registered."""
+
+
 class TierUnavailable(BlobtierError, OSError):
     """A cache tier or chunk server could not answer (down, timed out, I/O error)."""
+
+
+class TimedOut(TierUnavailable, TimeoutError):
+    """A request to a tier or chunk server ran past its deadline."""

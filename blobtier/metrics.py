@@ -10,9 +10,9 @@ registry serves your metrics endpoint.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 FIELDS = ("hits", "misses", "bytes", "errors", "corrupt")
@@ -73,3 +73,18 @@ class TierStatsCollector(Collector):
             for tier, values in snap.items():
                 fam.add_metric([tier], values[f])
             yield fam
+
+
+class CountersCollector(Collector):
+    """Exposes a component's own counters (``counters()`` -> name: value), e.g. the block
+    store's requests, hedges, retries and concurrency limit, as
+    ``blobtier_<subsystem>_<name>``."""
+
+    def __init__(self, subsystem: str, counters: Callable[[], Mapping[str, float]],
+                 namespace: str = "blobtier") -> None:
+        self.prefix = f"{namespace}_{subsystem}"
+        self.counters = counters
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, value in self.counters().items():
+            yield GaugeMetricFamily(f"{self.prefix}_{name}", f"{self.prefix} {name}", value=value)

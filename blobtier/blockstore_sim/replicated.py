@@ -1,24 +1,117 @@
-"""Replication over chunk servers: placement on write, verified failover on read.
+"""Replication over chunk servers: placement and a write quorum on write, verified,
+hedged failover on read.
 
-Works over any ``ChunkStore`` (local volume directories now, gRPC chunk servers later):
-a chunk's replicas go to the servers rendezvous hashing ranks best for its digest, and a
-read tries them in the order the record lists, verifying each copy against the record's
-checksum. A replica that is missing, down or corrupt is counted and skipped; the caller
-gets wrong bytes never, an error only when no good copy is left.
+Works over any ``ChunkStore``: local volume directories, or gRPC chunk servers
+(``RemoteChunkStore``). A chunk's replicas go to the servers rendezvous hashing ranks best
+for its digest (skipping servers that just failed); a write succeeds once ``write_quorum``
+replicas of every chunk are durable. A read verifies every copy against the record's
+checksum: a replica that is missing, down or corrupt is counted and skipped, so the
+caller gets wrong bytes never and an error only when no good copy is left.
+
+Over local stores a read is a memory-mapped lookup, so chunks are read inline, one after
+another, as fast as the disk allows. Over remote stores the read path is the one the
+block layer needs against real servers:
+
+- chunks are read in parallel by a bounded pool, each directly from a server that holds
+  a replica (no proxy);
+- a request unanswered after the hedge threshold (``hedging.HedgeTimer``) gets a second
+  request to the next replica; the first good answer wins and the other is cancelled;
+- an error or checksum failure moves on to the next replica at once and benches the bad
+  server for a while (``health.ReplicaHealth``);
+- when every replica failed transiently, the read is retried a bounded number of times
+  after an exponential backoff with jitter (``backoff.Backoff``);
+- the number of requests in flight follows an AIMD limit (``congestion.AdaptiveLimit``)
+  that errors, timeouts, retries and rising latency cut, so many clients that restart at
+  once do not turn into a storm of retries.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from blobtier import checksum, placement
+from blobtier.blockstore_sim.backoff import Backoff
+from blobtier.blockstore_sim.congestion import AdaptiveLimit
+from blobtier.blockstore_sim.health import ReplicaHealth
+from blobtier.blockstore_sim.hedging import HedgeTimer
 from blobtier.chunks import Buffer, ChunkKey, ChunkRef, ChunkStore
-from blobtier.errors import BlobNotFound, ChecksumError, InvalidRequest, TierUnavailable
+from blobtier.errors import (
+    BlobNotFound,
+    BlobtierError,
+    ChecksumError,
+    InvalidRequest,
+    TierUnavailable,
+    TimedOut,
+)
 from blobtier.metrics import TierStats
 
 log = logging.getLogger(__name__)
+
+COUNTERS = ("requests", "hedges", "hedge_wins", "failovers", "retries", "timeouts", "errors",
+            "corrupt", "missing")
+
+
+class PendingGet(Protocol):
+    cancelled: bool
+
+    def result(self) -> memoryview: ...
+
+    def cancel(self) -> None: ...
+
+
+@runtime_checkable
+class CancellableStore(Protocol):
+    """A chunk store whose reads can be started and abandoned (a remote chunk server)."""
+
+    def start_get(self, digest: bytes, offset: int = 0, length: int = -1,
+                  timeout_s: float | None = None) -> PendingGet: ...
+
+
+@dataclass(frozen=True)
+class ReadPolicy:
+    """How reads from remote chunk servers behave.
+
+    Args:
+        concurrency: chunk reads in flight at most (also the ceiling of the adaptive limit).
+        hedge_after_ms: > 0: hedge after this long; 0: automatically (p95 of recent
+            latencies); < 0: never hedge.
+        max_retries: extra rounds over the replicas after every one failed transiently.
+        timeout_s: deadline of one request.
+        backoff: delays between retry rounds.
+    """
+
+    concurrency: int = 16
+    hedge_after_ms: float = 0.0
+    max_retries: int = 3
+    timeout_s: float = 30.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+@dataclass
+class _Tally:
+    """What went wrong with the replicas of one chunk."""
+
+    corrupt: int = 0
+    missing: int = 0
+    unavailable: int = 0
+    last: BaseException | None = None
+
+    def error(self, key: ChunkKey, attempts: int = 1) -> Exception:
+        counts = f"{self.corrupt} corrupt, {self.unavailable} unavailable, {self.missing} missing"
+        tried = f" in {attempts} rounds" if attempts > 1 else ""
+        if self.corrupt:
+            return ChecksumError(f"chunk {key}: no good replica ({counts}{tried})")
+        if self.unavailable:
+            return TierUnavailable(f"chunk {key}: no replica could be read ({counts}{tried}); "
+                                   f"last error: {self.last}")
+        return BlobNotFound(f"chunk {key}: no replica holds it ({counts})")
 
 
 class ReplicatedBlockStore:
@@ -29,72 +122,100 @@ class ReplicatedBlockStore:
         replicas: copies written per chunk.
         writable_ids: the servers new chunks may go to (default: all).
         stats: counters; read failures are counted under tier ``origin``.
+        write_quorum: replicas of each chunk that must be durable for a write to succeed
+            (0: all of them).
+        policy: how reads from remote servers hedge, retry and limit themselves.
     """
 
     def __init__(self, servers: Mapping[int, ChunkStore], replicas: int = 3, *,
-                 writable_ids: Sequence[int] | None = None, stats: TierStats | None = None) -> None:
+                 writable_ids: Sequence[int] | None = None, stats: TierStats | None = None,
+                 write_quorum: int = 0, policy: ReadPolicy | None = None) -> None:
         self.servers = dict(servers)
         self.replicas = replicas
         self.writable_ids = sorted(writable_ids if writable_ids is not None else self.servers)
         self.stats = stats
+        self.write_quorum = write_quorum or replicas
+        if not 1 <= self.write_quorum <= replicas:
+            raise InvalidRequest(f"write quorum {write_quorum} must be between 1 and {replicas}")
+        self.policy = policy or ReadPolicy()
+        self.health = ReplicaHealth()
+        self.hedge = HedgeTimer(self.policy.hedge_after_ms)
+        self.limit = AdaptiveLimit(self.policy.concurrency)
+        self._remote = any(isinstance(s, CancellableStore) for s in self.servers.values())
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.servers)),
                                         thread_name_prefix="blobtier-replica")
+        self._chunk_pool: ThreadPoolExecutor | None = None
+        self._request_pool: ThreadPoolExecutor | None = None
+        self._pools_lock = threading.Lock()
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._counts_lock = threading.Lock()
 
+    # -- writing -----------------------------------------------------------------------
     def place(self, key: ChunkKey) -> tuple[int, ...]:
+        """The servers rendezvous hashing picks for ``key`` (ignoring server health)."""
         return tuple(placement.choose(key.digest(), self.writable_ids, self.replicas))
+
+    def _plan(self, digest: bytes) -> list[int]:
+        """Every writable server, best first for ``digest``: healthy ones before benched."""
+        return self.health.order(placement.rank(digest, self.writable_ids))
 
     def write_chunks(self, chunks: Sequence[tuple[ChunkKey, Buffer, int]]) -> list[tuple[int, ...]]:
         if len(self.writable_ids) < self.replicas:
             raise InvalidRequest(f"{self.replicas} replicas need at least {self.replicas} "
                                  f"writable chunk servers, have {len(self.writable_ids)}")
-        placements = []
-        per_server: dict[int, list[tuple[bytes, Buffer, int]]] = {}
-        for key, data, h in chunks:
-            where = self.place(key)
-            placements.append(where)
-            digest = key.digest()
-            for sid in where:
-                per_server.setdefault(sid, []).append((digest, data, h))
-        futures = [self._pool.submit(self.servers[sid].put_many, items)
-                   for sid, items in per_server.items()]
-        for f in futures:
-            f.result()  # every replica durable, or the first failure propagates
-        return placements
+        plans = [self._plan(key.digest()) for key, _, _ in chunks]
+        holders: list[list[int]] = [[] for _ in chunks]
+        failed: list[list[int]] = [[] for _ in chunks]
+        errors: dict[int, BaseException] = {}
+        wanted = {i: plan[:self.replicas] for i, plan in enumerate(plans)}
+        for _ in range(2):  # the placement, then substitutes for replicas that failed
+            self._put_round(chunks, wanted, holders, failed, errors)
+            wanted = {}
+            for i, plan in enumerate(plans):
+                short = self.replicas - len(holders[i])
+                spare = [s for s in plan[self.replicas:] if s not in errors and s not in holders[i]]
+                if short and spare:
+                    wanted[i] = spare[:short]
+            if not wanted:
+                break
+        out = []
+        for i, (key, _, _) in enumerate(chunks):
+            if len(holders[i]) < self.write_quorum:
+                first = next(iter(errors.values()), None)
+                raise TierUnavailable(f"chunk {key}: {len(holders[i])} of {self.replicas} replicas "
+                                      f"durable, write quorum is {self.write_quorum}: {first}")
+            # Replicas in rank order: reads start at the first, which spreads them over
+            # the servers. A replica that failed stays listed (last) so that every chunk
+            # names ``replicas`` servers; reads find it missing and move on.
+            rank = plans[i].index
+            out.append(tuple((sorted(holders[i], key=rank) + failed[i])[:self.replicas]))
+        return out
 
-    def read_many(self, refs: Sequence[ChunkRef]) -> list[memoryview]:
-        return [self._read_one(rec, index) for rec, index in refs]
-
-    def _read_one(self, rec, index: int) -> memoryview:
-        key = rec.chunk_key(index)
-        digest, expected = key.digest(), rec.checksums[index]
-        corrupt = missing = unavailable = 0
-        try:
-            for sid in rec.placement[index]:
-                server = self.servers.get(sid)
-                if server is None:
-                    missing += 1
-                    continue
-                try:
-                    data = server.get(digest)
-                    checksum.verify(rec.checksum_algo, data, expected, f"chunk {key} on server {sid}")
-                    return data
-                except ChecksumError as exc:
-                    corrupt += 1
-                    log.warning("%s; trying the next replica", exc)
-                except BlobNotFound:
-                    missing += 1
-                except (TierUnavailable, OSError) as exc:
-                    unavailable += 1
-                    log.debug("replica %s of chunk %s unavailable: %s", sid, key, exc)
-        finally:
-            if self.stats is not None and (corrupt or missing or unavailable):
-                self.stats.add("origin", errors=missing + unavailable, corrupt=corrupt)
-        counts = f"{corrupt} corrupt, {unavailable} unavailable, {missing} missing"
-        if corrupt:
-            raise ChecksumError(f"chunk {key}: no good replica ({counts})")
-        if unavailable:
-            raise TierUnavailable(f"chunk {key}: no replica could be read ({counts})")
-        raise BlobNotFound(f"chunk {key}: no replica holds it ({counts})")
+    def _put_round(self, chunks: Sequence[tuple[ChunkKey, Buffer, int]], wanted: dict[int, list[int]],
+                   holders: list[list[int]], failed: list[list[int]],
+                   errors: dict[int, BaseException]) -> None:
+        per_server: dict[int, list[int]] = {}
+        for i, sids in wanted.items():
+            for sid in sids:
+                per_server.setdefault(sid, []).append(i)
+        futures = {sid: self._pool.submit(self.servers[sid].put_many,
+                                          [(chunks[i][0].digest(), chunks[i][1], chunks[i][2]) for i in idx])
+                   for sid, idx in per_server.items()}
+        for sid, fut in futures.items():
+            try:
+                fut.result()
+            except PermissionError:
+                raise
+            except (TierUnavailable, OSError) as exc:  # this replica failed; the quorum decides
+                log.warning("chunk server %s failed a write: %s", sid, exc)
+                errors[sid] = exc
+                self.health.failed(sid)
+                for i in per_server[sid]:
+                    failed[i].append(sid)
+            else:
+                self.health.ok(sid)
+                for i in per_server[sid]:
+                    holders[i].append(sid)
 
     def delete_chunks(self, placed: Iterable[tuple[ChunkKey, Sequence[int]]]) -> None:
         per_server: dict[int, list[bytes]] = {}
@@ -105,7 +226,196 @@ class ReplicatedBlockStore:
         for f in [self._pool.submit(self.servers[sid].delete_many, d) for sid, d in per_server.items()]:
             f.result()
 
+    # -- reading -----------------------------------------------------------------------
+    def read_many(self, refs: Sequence[ChunkRef]) -> list[memoryview]:
+        if not self._remote:
+            return [self._read_local(rec, index) for rec, index in refs]
+        if len(refs) == 1:
+            return [self._read_remote(*refs[0])]
+        pool = self._pools()[0]
+        futures = [pool.submit(self._read_remote, rec, index) for rec, index in refs]
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()  # after a failure, chunks not yet started are not worth reading
+
+    def _read_local(self, rec, index: int) -> memoryview:
+        key = rec.chunk_key(index)
+        digest, expected = key.digest(), rec.checksums[index]
+        tally = _Tally()
+        try:
+            for sid in rec.placement[index]:
+                server = self.servers.get(sid)
+                if server is None:
+                    tally.missing += 1
+                    continue
+                try:
+                    data = server.get(digest)
+                    checksum.verify(rec.checksum_algo, data, expected, f"chunk {key} on server {sid}")
+                    return data
+                except ChecksumError as exc:
+                    tally.corrupt += 1
+                    log.warning("%s; trying the next replica", exc)
+                except BlobNotFound:
+                    tally.missing += 1
+                except (TierUnavailable, OSError) as exc:
+                    tally.unavailable += 1
+                    tally.last = exc
+                    log.debug("replica %s of chunk %s unavailable: %s", sid, key, exc)
+        finally:
+            self._account(tally)
+        raise tally.error(key)
+
+    def _read_remote(self, rec, index: int) -> memoryview:
+        key = rec.chunk_key(index)
+        tally = _Tally()
+        try:
+            for attempt in range(self.policy.max_retries + 1):
+                if attempt:
+                    self._count("retries")
+                    self.limit.signal()
+                    time.sleep(self.policy.backoff.delay(attempt - 1))
+                before = tally.unavailable
+                data = self._race(rec, index, key, tally)
+                if data is not None:
+                    return data
+                if tally.unavailable == before:
+                    break  # missing or corrupt everywhere: another round cannot help
+            raise tally.error(key, attempt + 1)
+        finally:
+            self._account(tally)
+
+    def _race(self, rec, index: int, key: ChunkKey, tally: _Tally) -> memoryview | None:
+        """One round over the replicas: the primary, a hedge if it is slow, the next
+        replica after each failure. The first verified answer wins."""
+        digest = key.digest()
+        queue = deque()
+        for sid in self.health.order(rec.placement[index]):
+            if sid in self.servers:
+                queue.append(sid)
+            else:
+                tally.missing += 1
+        running: dict[Future, tuple[int, PendingGet]] = {}
+        hedged = False
+        primary = queue[0] if queue else None
+        if queue:
+            self._launch(queue, running, digest, rec, index, hedge=False)
+        try:
+            while running:
+                timeout = self.hedge.delay() if queue and not hedged else None
+                done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+                if not done:
+                    hedged = True  # one hedge per round: the extra load stays bounded
+                    if self._launch(queue, running, digest, rec, index, hedge=True):
+                        self._count("hedges")
+                    continue
+                for fut in done:
+                    sid, _ = running.pop(fut)
+                    data, exc, elapsed = fut.result()
+                    if exc is None:
+                        self.health.ok(sid)
+                        self.hedge.observe(elapsed)
+                        if hedged and sid != primary:
+                            self._count("hedge_wins")
+                        return data
+                    self._judge(sid, key, exc, tally)
+                if queue and len(running) < 1 + hedged:
+                    self._count("failovers")
+                    self._launch(queue, running, digest, rec, index, hedge=False)
+            return None
+        finally:
+            for _, call in running.values():
+                call.cancel()
+
+    def _launch(self, queue: deque, running: dict, digest: bytes, rec, index: int,
+                hedge: bool) -> bool:
+        """Start a request to the next replica in ``queue``; a hedge only if the limit
+        has room right now."""
+        if not queue:
+            return False
+        if hedge:
+            if not self.limit.try_acquire():
+                return False
+        else:
+            self.limit.acquire()
+        sid = queue.popleft()
+        self._count("requests")
+        started = time.perf_counter()
+        try:
+            call = self.servers[sid].start_get(digest, timeout_s=self.policy.timeout_s)
+        except BaseException:
+            self.limit.release()
+            raise
+        fut = self._pools()[1].submit(self._fetch, call, rec, index, sid, started)
+        running[fut] = (sid, call)
+        return True
+
+    def _fetch(self, call: PendingGet, rec, index: int, sid: int,
+               started: float) -> tuple[memoryview | None, BaseException | None, float]:
+        """Collect and verify one answer (in a request thread); release its room."""
+        data = exc = None
+        try:
+            data = call.result()
+            checksum.verify(rec.checksum_algo, data, rec.checksums[index],
+                            f"chunk {rec.chunk_key(index)} on server {sid}")
+        except (BlobtierError, OSError) as e:  # any answer but the bytes: try another replica
+            data, exc = None, e
+        elapsed = time.perf_counter() - started
+        congested = isinstance(exc, TierUnavailable) and not call.cancelled
+        self.limit.release(elapsed if exc is None else None, congested=congested)
+        return data, exc, elapsed
+
+    def _judge(self, sid: int, key: ChunkKey, exc: BaseException, tally: _Tally) -> None:
+        if isinstance(exc, ChecksumError):
+            tally.corrupt += 1
+            self._count("corrupt")
+            self.health.failed(sid)
+            log.warning("%s; trying the next replica", exc)
+        elif isinstance(exc, BlobNotFound):
+            tally.missing += 1
+            self._count("missing")
+        else:
+            tally.unavailable += 1
+            tally.last = exc
+            self._count("timeouts" if isinstance(exc, TimedOut) else "errors")
+            self.health.failed(sid)
+            log.debug("replica %s of chunk %s unavailable: %s", sid, key, exc)
+
+    def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        """(chunk pool, request pool), made on first use. Requests run in their own pool
+        so that a chunk waiting on its requests never starves them."""
+        if self._request_pool is None:
+            with self._pools_lock:
+                if self._request_pool is None:
+                    n = self.policy.concurrency
+                    self._chunk_pool = ThreadPoolExecutor(n, thread_name_prefix="blobtier-read")
+                    self._request_pool = ThreadPoolExecutor(2 * n + 2, thread_name_prefix="blobtier-req")
+        return self._chunk_pool, self._request_pool
+
+    # -- accounting --------------------------------------------------------------------
+    def _account(self, tally: _Tally) -> None:
+        if self.stats is not None and (tally.corrupt or tally.missing or tally.unavailable):
+            self.stats.add("origin", errors=tally.missing + tally.unavailable, corrupt=tally.corrupt)
+
+    def _count(self, name: str) -> None:
+        with self._counts_lock:
+            self._counts[name] += 1
+
+    def counters(self) -> dict[str, float]:
+        """Requests, hedges, failovers, retries... since start, plus the current
+        concurrency limit and hedge threshold."""
+        with self._counts_lock:
+            out: dict[str, float] = dict(self._counts)
+        delay = self.hedge.delay()
+        out["limit"] = self.limit.limit
+        out["hedge_after_ms"] = -1.0 if delay is None else delay * 1000
+        return out
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        for pool in (self._chunk_pool, self._request_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
         for server in self.servers.values():
             server.close()

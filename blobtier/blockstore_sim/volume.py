@@ -39,7 +39,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 
 from blobtier.checksum import crc32c, xxh3
-from blobtier.errors import BlobNotFound, InvalidRequest, TierUnavailable
+from blobtier.errors import BlobNotFound, InvalidRequest, OutOfRange, TierUnavailable
 
 Buffer = bytes | bytearray | memoryview
 
@@ -103,11 +103,11 @@ class VolumeStore:
         loc = self._locate(digest)
         vol, start, size = loc[0], loc[1], loc[2]
         if offset < 0 or offset > size:
-            raise InvalidRequest(f"offset {offset} outside chunk of {size} bytes")
+            raise OutOfRange(f"offset {offset} outside chunk of {size} bytes")
         if length < 0:
             length = size - offset
         if offset + length > size:
-            raise InvalidRequest(f"range {offset}+{length} past the end of a {size}-byte chunk")
+            raise OutOfRange(f"range {offset}+{length} past the end of a {size}-byte chunk")
         try:
             return self._view(vol, start + offset, length)
         except FileNotFoundError:  # the volume was compacted away: its chunks moved
@@ -118,6 +118,11 @@ class VolumeStore:
     def stored_checksum(self, digest: bytes) -> int:
         """The xxh3 recorded when the chunk was written."""
         return self._locate(digest)[3]
+
+    def info(self, digest: bytes) -> tuple[int, int, int]:
+        """(length, xxh3, written unix seconds) of a stored chunk; ``BlobNotFound`` if absent."""
+        loc = self._locate(digest)
+        return loc[2], loc[3], loc[4]
 
     def exists(self, digest: bytes) -> bool:
         try:

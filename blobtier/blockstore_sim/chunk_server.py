@@ -1,0 +1,243 @@
+"""A simulated chunk server: one ``VolumeStore`` behind gRPC, with fault injection.
+
+``ChunkServer(root)`` starts serving at once (loopback, a free port unless told) and runs
+until ``stop()``. Besides ``ChunkService`` it serves ``ChunkAdmin`` (faults, changeable
+while it runs) and the standard ``grpc.health.v1`` service, which says NOT_SERVING while
+the server is down. A bad request gets its status code and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from blobtier.blockstore_sim import wire
+from blobtier.blockstore_sim.faults import NO_FAULTS, FaultInjector, FaultProfile, flip_byte
+from blobtier.blockstore_sim.volume import VolumeStore
+from blobtier.checksum import xxh3
+from blobtier.errors import BlobNotFound, BlobtierError, ChecksumError, InvalidRequest, OutOfRange
+from blobtier.rpc import status
+from blobtier.rpc.gen import block_pb2 as pb
+from blobtier.rpc.gen import block_pb2_grpc as pb_grpc
+from blobtier.rpc.server import health_servicer, serve
+from blobtier.rpc.tls import Tls
+
+log = logging.getLogger(__name__)
+SERVICES = ("blobtier.block.v1.ChunkService", "blobtier.block.v1.ChunkAdmin")
+
+
+@contextmanager
+def _answering(context: grpc.ServicerContext) -> Iterator[None]:
+    """Turn blobtier errors into their status codes (see ``rpc/status.py``)."""
+    try:
+        yield
+    except (BlobtierError, PermissionError) as exc:
+        status.abort(context, exc)
+
+
+def _cancel_event(context: grpc.ServicerContext) -> threading.Event:
+    """Set when the call ends for any reason, including the client cancelling it."""
+    event = threading.Event()
+    context.add_callback(event.set)
+    return event
+
+
+class ChunkServicer(pb_grpc.ChunkServiceServicer):
+    def __init__(self, store: VolumeStore, faults: FaultInjector) -> None:
+        self.store = store
+        self.faults = faults
+
+    def Put(self, request_iterator: Iterator[pb.PutRequest], context: grpc.ServicerContext) -> pb.PutReply:
+        cancel = _cancel_event(context)
+        with _answering(context):
+            if not self.faults.admit(cancel):
+                return pb.PutReply()
+            items = self._receive(request_iterator, cancel)
+            if items is None:
+                return pb.PutReply()
+            self.store.put_many(items)
+            return pb.PutReply(stored=len(items))
+
+    def _receive(self, requests: Iterator[pb.PutRequest],
+                 cancel: threading.Event) -> list[tuple[bytes, bytearray, int]] | None:
+        """The chunks of one Put stream, checked piece by piece; None if cancelled."""
+        items: list[tuple[bytes, bytearray, int]] = []
+        buf, filled, total = bytearray(), 0, 0
+        for req in requests:
+            part = req.WhichOneof("part")
+            if part == "header":
+                if filled != len(buf):
+                    raise InvalidRequest(f"chunk {items[-1][0].hex()} ended after {filled} of "
+                                         f"{len(buf)} bytes")
+                h = req.header
+                wire.check_digest(h.digest)
+                if h.length > wire.MAX_CHUNK_BYTES:
+                    raise InvalidRequest(f"chunk of {h.length} bytes exceeds {wire.MAX_CHUNK_BYTES}")
+                total += h.length
+                if total > wire.MAX_PUT_BYTES:
+                    raise InvalidRequest(f"one Put carries at most {wire.MAX_PUT_BYTES} bytes")
+                buf, filled = bytearray(h.length), 0
+                items.append((h.digest, buf, h.xxh3))
+            elif part == "data":
+                n = len(req.data)
+                if not items:
+                    raise InvalidRequest("chunk data before any header")
+                if n > wire.MAX_PIECE_BYTES:
+                    raise InvalidRequest(f"a data piece is at most {wire.MAX_PIECE_BYTES} bytes, got {n}")
+                if filled + n > len(buf):
+                    raise InvalidRequest(f"chunk {items[-1][0].hex()} got more than its "
+                                         f"{len(buf)} bytes")
+                if not self.faults.pace(n, cancel):
+                    return None
+                buf[filled:filled + n] = req.data
+                filled += n
+                self.faults.count("bytes_received", n)
+            else:
+                raise InvalidRequest("a PutRequest must carry a header or data")
+        if filled != len(buf):
+            raise InvalidRequest(f"stream ended after {filled} of {len(buf)} bytes of a chunk")
+        for digest, data, h in items:
+            if xxh3(data) != h:  # damaged on the way: never store it
+                raise ChecksumError(f"chunk {digest.hex()} arrived with the wrong xxh3")
+        return items
+
+    def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> Iterator[pb.GetReply]:
+        cancel = _cancel_event(context)
+        with _answering(context):
+            digest = wire.check_digest(request.digest)
+            if not self.faults.admit(cancel):
+                return
+            size, h, _ = self.store.info(digest)
+            length = request.length if request.HasField("length") else size - request.offset
+            if request.offset < 0 or length < 0:
+                raise OutOfRange(f"negative range {request.offset}+{length}")
+            view = self.store.get(digest, request.offset, length)
+            corrupt = self.faults.corrupt()
+            head = {"length": length, "chunk_length": size, "xxh3": h}
+            for pos in range(0, max(length, 1), wire.MAX_PIECE_BYTES):
+                piece = bytes(view[pos:pos + wire.MAX_PIECE_BYTES])
+                if not self.faults.pace(len(piece), cancel):
+                    return
+                if corrupt:
+                    piece, corrupt = flip_byte(piece), False
+                self.faults.count("bytes_sent", len(piece))
+                yield pb.GetReply(data=piece, **head)
+                head = {}
+
+    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteReply:
+        cancel = _cancel_event(context)
+        with _answering(context):
+            if len(request.digests) > wire.MAX_DELETE:
+                raise InvalidRequest(f"at most {wire.MAX_DELETE} digests per Delete")
+            digests = [wire.check_digest(d) for d in request.digests]
+            if not self.faults.admit(cancel):
+                return pb.DeleteReply()
+            present = [d for d in digests if self.store.exists(d)]
+            self.store.delete_many(present)
+            return pb.DeleteReply(deleted=len(present))
+
+    def Stat(self, request: pb.StatRequest, context: grpc.ServicerContext) -> pb.StatReply:
+        cancel = _cancel_event(context)
+        with _answering(context):
+            digest = wire.check_digest(request.digest)
+            if not self.faults.admit(cancel):
+                return pb.StatReply()
+            try:
+                length, h, written = self.store.info(digest)
+            except BlobNotFound:
+                return pb.StatReply(exists=False)
+            return pb.StatReply(exists=True, length=length, xxh3=h, written=written)
+
+    def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> Iterator[pb.ListReply]:
+        cancel = _cancel_event(context)
+        with _answering(context):
+            if not self.faults.admit(cancel):
+                return
+            entries = self.store.digests()
+            for start in range(0, len(entries), wire.LIST_BATCH):
+                yield pb.ListReply(entries=[pb.ChunkEntry(digest=d, written=w)
+                                            for d, w in entries[start:start + wire.LIST_BATCH]])
+
+
+class AdminServicer(pb_grpc.ChunkAdminServicer):
+    def __init__(self, server_id: int, faults: FaultInjector) -> None:
+        self.server_id = server_id
+        self.faults = faults
+
+    def SetFaults(self, request: pb.FaultUpdate, context: grpc.ServicerContext) -> pb.FaultState:
+        with _answering(context):
+            if request.reset:
+                self.faults.reset()
+            changes = wire.changes_from_pb(request.set)
+            if changes:
+                log.info("chunk server %d: faults %s", self.server_id, changes)
+                self.faults.update(**changes)
+            return self.GetFaults(pb.GetFaultsRequest(), context)
+
+    def GetFaults(self, request: pb.GetFaultsRequest, context: grpc.ServicerContext) -> pb.FaultState:
+        return wire.state_to_pb(self.server_id, self.faults.profile, self.faults.counters())
+
+
+class ChunkServer:
+    """A running chunk server over the volume directory ``root``.
+
+    Args:
+        root: the server's disk (created if missing).
+        addr: where to listen; loopback and a free port by default.
+        server_id: reported by the admin RPC and in logs.
+        faults: the faults to start with.
+        seed: seeds the fault draws.
+        tls: serve TLS with these certificates.
+        workers: requests served at once (each in-flight request holds a thread).
+    """
+
+    def __init__(self, root: str, *, addr: str = "127.0.0.1:0", server_id: int = 0,
+                 faults: FaultProfile = NO_FAULTS, seed: int | None = None,
+                 tls: Tls | None = None, workers: int = 64) -> None:
+        self.root = root
+        self.server_id = server_id
+        self.store = VolumeStore(root, writable=True)
+        self._health, health = health_servicer(SERVICES)
+        self.faults = FaultInjector(faults, seed=seed, on_change=self._set_health)
+        self._set_health(faults)
+        try:
+            self.server, self.port = serve(
+                [(pb_grpc.add_ChunkServiceServicer_to_server, ChunkServicer(self.store, self.faults)),
+                 (pb_grpc.add_ChunkAdminServicer_to_server, AdminServicer(server_id, self.faults)),
+                 health], addr, tls, max_workers=workers)
+        except BaseException:
+            self.store.close()
+            raise
+        self.host = addr.rsplit(":", 1)[0]
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _set_health(self, profile: FaultProfile) -> None:
+        state = (health_pb2.HealthCheckResponse.NOT_SERVING if profile.down
+                 else health_pb2.HealthCheckResponse.SERVING)
+        for name in ("", *SERVICES):
+            self._health.set(name, state)
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop serving (in-flight calls get ``grace_s`` to finish), then close the disk."""
+        self.server.stop(grace_s).wait()
+        self.store.close()
+
+    def __enter__(self) -> ChunkServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<ChunkServer {self.server_id} {self.address} root={self.root!r}>"

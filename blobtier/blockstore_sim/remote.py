@@ -1,0 +1,192 @@
+"""``RemoteChunkStore``: the ``ChunkStore`` protocol over a gRPC chunk server.
+
+The block store reads and writes through it exactly as through a local ``VolumeStore``;
+``start_get`` additionally starts a read that can be cancelled, which is what a hedged
+read needs: the loser of a race is cancelled and its server stops sending at once.
+Failed calls raise the exception ``rpc/status.py`` maps their status code to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from blobtier.blockstore_sim import wire
+from blobtier.blockstore_sim.faults import FaultState
+from blobtier.chunks import Buffer
+from blobtier.errors import InvalidRequest
+from blobtier.rpc import status
+from blobtier.rpc.channel import LazyChannel
+from blobtier.rpc.gen import block_pb2 as pb
+from blobtier.rpc.gen import block_pb2_grpc as pb_grpc
+from blobtier.rpc.tls import Tls
+
+_PUT_BATCH_BYTES = 32 << 20  # chunk bytes per Put call: the server buffers a call until synced
+
+
+@contextmanager
+def _calling(where: str) -> Iterator[None]:
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise status.error_of(exc, where) from None
+
+
+class RemoteGet:
+    """A read in flight: ``result()`` collects it, ``cancel()`` abandons it."""
+
+    def __init__(self, call: grpc.Call, where: str) -> None:
+        self._call = call
+        self._where = where
+        self.cancelled = False
+
+    def result(self) -> memoryview:
+        with _calling(self._where):
+            first = next(self._call)
+            if len(first.data) == first.length:  # one piece: hand it over without a copy
+                rest = next(self._call, None)
+                if rest is None:
+                    return memoryview(first.data)
+                raise status.exception_for(grpc.StatusCode.INTERNAL)(
+                    f"{self._where}: more bytes than the {first.length} announced")
+            buf = bytearray(first.length)
+            buf[:len(first.data)] = first.data
+            filled = len(first.data)
+            for reply in self._call:
+                end = filled + len(reply.data)
+                if end > len(buf):
+                    break
+                buf[filled:end] = reply.data
+                filled = end
+        if filled != len(buf):
+            raise status.exception_for(grpc.StatusCode.INTERNAL)(
+                f"{self._where}: answer of {filled} bytes where {len(buf)} were announced")
+        return memoryview(buf).toreadonly()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._call.cancel()
+
+
+class RemoteChunkStore:
+    """A ``ChunkStore`` served by the chunk server at ``addr`` (``host:port``).
+
+    Args:
+        addr: the server.
+        tls: connect with TLS.
+        timeout_s: deadline of each call; a call past it raises ``TimedOut``.
+    """
+
+    def __init__(self, addr: str, *, tls: Tls | None = None, timeout_s: float = 30.0) -> None:
+        self.addr = addr
+        self.timeout_s = timeout_s
+        self.where = f"chunk server {addr}"
+        self._channel = LazyChannel(addr, tls)
+        self._stubs: tuple[grpc.Channel, pb_grpc.ChunkServiceStub] | None = None
+
+    def _stub(self) -> pb_grpc.ChunkServiceStub:
+        channel = self._channel.get()
+        stubs = self._stubs
+        if stubs is None or stubs[0] is not channel:
+            stubs = self._stubs = (channel, pb_grpc.ChunkServiceStub(channel))
+        return stubs[1]
+
+    # -- ChunkStore ------------------------------------------------------------------
+    def put_many(self, items: Sequence[tuple[bytes, Buffer, int]]) -> None:
+        for batch in _batches(items, _PUT_BATCH_BYTES):
+            with _calling(self.where):
+                self._stub().Put(_put_stream(batch), timeout=self.timeout_s)
+
+    def start_get(self, digest: bytes, offset: int = 0, length: int = -1,
+                  timeout_s: float | None = None) -> RemoteGet:
+        request = pb.GetRequest(digest=digest, offset=offset)
+        if length >= 0:
+            request.length = length
+        with _calling(self.where):
+            call = self._stub().Get(request, timeout=timeout_s or self.timeout_s)
+        return RemoteGet(call, self.where)
+
+    def get(self, digest: bytes, offset: int = 0, length: int = -1) -> memoryview:
+        return self.start_get(digest, offset, length).result()
+
+    def delete_many(self, digests: Iterable[bytes]) -> None:
+        digests = list(digests)
+        for start in range(0, len(digests), wire.MAX_DELETE):
+            with _calling(self.where):
+                self._stub().Delete(pb.DeleteRequest(digests=digests[start:start + wire.MAX_DELETE]),
+                                    timeout=self.timeout_s)
+
+    def exists(self, digest: bytes) -> bool:
+        return self.stat(digest) is not None
+
+    def stat(self, digest: bytes) -> tuple[int, int, int] | None:
+        """(length, xxh3, written unix seconds), or None if the server lacks the chunk."""
+        with _calling(self.where):
+            reply = self._stub().Stat(pb.StatRequest(digest=digest), timeout=self.timeout_s)
+        return (reply.length, reply.xxh3, reply.written) if reply.exists else None
+
+    def digests(self) -> list[tuple[bytes, int]]:
+        with _calling(self.where):
+            return [(e.digest, e.written)
+                    for reply in self._stub().List(pb.ListRequest(), timeout=self.timeout_s)
+                    for e in reply.entries]
+
+    def close(self) -> None:
+        self._stubs = None
+        self._channel.close()
+
+    # -- admin -------------------------------------------------------------------------
+    def set_faults(self, *, reset: bool = False, **changes: float | bool) -> FaultState:
+        """Change some of the server's faults (``reset`` first clears them and the counters)."""
+        try:
+            update = pb.FaultUpdate(set=wire.profile_to_pb(changes), reset=reset)
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequest(f"bad fault settings {changes}: {exc}") from None
+        with _calling(self.where):
+            reply = pb_grpc.ChunkAdminStub(self._channel.get()).SetFaults(update, timeout=self.timeout_s)
+        return wire.state_from_pb(reply)
+
+    def fault_state(self) -> FaultState:
+        with _calling(self.where):
+            reply = pb_grpc.ChunkAdminStub(self._channel.get()).GetFaults(
+                pb.GetFaultsRequest(), timeout=self.timeout_s)
+        return wire.state_from_pb(reply)
+
+    def health(self) -> str:
+        """``SERVING`` or ``NOT_SERVING`` as the standard health service says; raises
+        ``TierUnavailable`` when the server cannot be reached."""
+        with _calling(self.where):
+            reply = health_pb2_grpc.HealthStub(self._channel.get()).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=self.timeout_s)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def __repr__(self) -> str:
+        return f"<RemoteChunkStore {self.addr}>"
+
+
+def _batches(items: Sequence[tuple[bytes, Buffer, int]], limit: int) -> Iterator[list]:
+    batch: list[tuple[bytes, Buffer, int]] = []
+    size = 0
+    for item in items:
+        n = len(item[1])
+        if batch and size + n > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += n
+    if batch:
+        yield batch
+
+
+def _put_stream(items: Sequence[tuple[bytes, Buffer, int]]) -> Iterator[pb.PutRequest]:
+    piece = wire.MAX_PIECE_BYTES
+    for digest, data, h in items:
+        view = memoryview(data).cast("B")
+        yield pb.PutRequest(header=pb.PutHeader(digest=digest, length=len(view), xxh3=h))
+        for pos in range(0, len(view), piece):
+            yield pb.PutRequest(data=bytes(view[pos:pos + piece]))
+
+

@@ -1,0 +1,69 @@
+"""Channels that open lazily, once per process.
+
+A gRPC channel must not cross ``fork``: a DataLoader worker that uses its parent's channel
+can hang or misbehave (grpc/grpc #13873, #15334). ``LazyChannel`` opens on first use and
+forgets, without closing, a channel inherited from a parent process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+
+import grpc
+
+from blobtier.rpc.server import MAX_MESSAGE_BYTES
+from blobtier.rpc.tls import Tls
+
+_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # A restarted server should be reachable again within a fraction of a second, not
+    # after gRPC's default reconnect backoff (1 s growing to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+_LIVE: weakref.WeakSet[LazyChannel] = weakref.WeakSet()
+
+
+class LazyChannel:
+    """A channel to ``addr`` (``host:port``), opened on first ``get()`` in each process."""
+
+    def __init__(self, addr: str, tls: Tls | None = None) -> None:
+        self.addr = addr
+        self.tls = tls
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._pid = os.getpid()
+        _LIVE.add(self)
+
+    def get(self) -> grpc.Channel:
+        channel = self._channel
+        if channel is not None and self._pid == os.getpid():
+            return channel
+        with self._lock:
+            if self._channel is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._channel = (grpc.secure_channel(self.addr, self.tls.channel_credentials(), _OPTIONS)
+                                 if self.tls else grpc.insecure_channel(self.addr, _OPTIONS))
+            return self._channel
+
+    def close(self) -> None:
+        with self._lock:
+            channel, self._channel = self._channel, None
+        if channel is not None and self._pid == os.getpid():
+            channel.close()
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it across fork
+        self._channel = None  # the parent's: never used or closed here
+
+
+def _after_fork_in_child() -> None:
+    for channel in list(_LIVE):
+        channel._forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

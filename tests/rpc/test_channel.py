@@ -1,0 +1,44 @@
+"""Channels open lazily and never cross fork."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+from blobtier.blockstore_sim.chunk_server import ChunkServer
+from blobtier.blockstore_sim.remote import RemoteChunkStore
+from blobtier.checksum import xxh3
+from blobtier.rpc.channel import LazyChannel
+
+
+def test_opens_on_first_use_and_keeps_the_channel():
+    lazy = LazyChannel("127.0.0.1:1")
+    assert lazy._channel is None
+    first = lazy.get()
+    assert lazy.get() is first
+    lazy.close()
+    assert lazy._channel is None
+
+
+def _read_in_child(store: RemoteChunkStore, digest: bytes, parent_channel_id: int, out) -> None:
+    out.send((bytes(store.get(digest)), id(store._channel.get()) != parent_channel_id))
+
+
+def test_a_forked_child_opens_its_own_channel(tmp_path):
+    with ChunkServer(str(tmp_path / "s")) as server:
+        store = RemoteChunkStore(server.address, timeout_s=10)
+        try:
+            store.put_many([(b"k" * 16, b"from the parent", xxh3(b"from the parent"))])
+            assert bytes(store.get(b"k" * 16)) == b"from the parent"  # the parent's channel is open
+            ctx = multiprocessing.get_context("fork")
+            recv, send = ctx.Pipe(duplex=False)
+            child = ctx.Process(target=_read_in_child,
+                                args=(store, b"k" * 16, id(store._channel.get()), send))
+            child.start()
+            assert recv.poll(30), "the child hung on the inherited channel"
+            data, fresh = recv.recv()
+            child.join(30)
+            assert child.exitcode == 0
+            assert data == b"from the parent" and fresh
+            assert bytes(store.get(b"k" * 16)) == b"from the parent"  # the parent's still works
+        finally:
+            store.close()
