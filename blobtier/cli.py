@@ -65,12 +65,74 @@ def cmd_rm(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     from blobtier.demo import _progress_bar
-    from blobtier.sdk.ingest import ingest
+    from blobtier.sdk.ingest import ingest, register
 
     with _connect(args) as client:
         show = _progress_bar("ingest") if sys.stderr.isatty() and not args.quiet else None
-        report = ingest(client, args.src, args.dest, threads=args.threads, progress=show)
-        print(f"ingested {report.files} files, {report.bytes} bytes into {args.dest}")
+        run = register if args.reference else ingest
+        report = run(client, args.src, args.dest, threads=args.threads, progress=show)
+        how = "registered by reference" if args.reference else "ingested"
+        print(f"{how} {report.files} files, {report.bytes} bytes into {args.dest}")
+
+
+def cmd_block_serve(args: argparse.Namespace) -> None:
+    import signal
+
+    from blobtier.blockstore_sim.chunk_server import ChunkServer
+
+    server = ChunkServer(args.root, addr=f"{args.host}:{args.port}", server_id=args.id,
+                         faults=_fault_profile(args), seed=args.seed)
+    signal.signal(signal.SIGTERM, lambda *_: server.server.stop(1))
+    print(f"chunk server {args.id} serving {args.root} on {server.address}", flush=True)
+    try:
+        server.wait()
+    finally:
+        server.stop(1)
+
+
+def cmd_block_faults(args: argparse.Namespace) -> None:
+    from blobtier.blockstore_sim.remote import RemoteChunkStore
+
+    changes = {k: v for k, v in vars(_fault_args(args)).items() if v is not None}
+    store = RemoteChunkStore(args.addr, timeout_s=10)
+    try:
+        state = (store.set_faults(reset=args.reset, **changes) if changes or args.reset
+                 else store.fault_state())
+    finally:
+        store.close()
+    print(f"chunk server {state.server_id} at {args.addr}")
+    for name, value in state.profile.as_dict().items():
+        print(f"  {name:<22} {value}")
+    print("  counters: " + ", ".join(f"{k} {v}" for k, v in state.counters.items()))
+
+
+def _fault_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The fault flags given (None where not), with --down/--up folded into ``down``."""
+    down = True if args.down else (False if args.up else None)
+    return argparse.Namespace(latency_ms=args.latency_ms, tail_p=args.tail_p,
+                              tail_factor=args.tail_factor, bandwidth_bytes_per_s=args.bandwidth,
+                              error_rate=args.error_rate, corrupt_rate=args.corrupt_rate, down=down)
+
+
+def _fault_profile(args: argparse.Namespace):
+    from blobtier.blockstore_sim.faults import FaultProfile
+
+    return FaultProfile(**{k: v for k, v in vars(_fault_args(args)).items() if v is not None})
+
+
+def _add_fault_flags(p: argparse.ArgumentParser) -> None:
+    from blobtier.config import parse_size
+
+    p.add_argument("--latency-ms", type=float, help="added before each request is served")
+    p.add_argument("--tail-p", type=float, help="share of requests that are stragglers (0-1)")
+    p.add_argument("--tail-factor", type=float, help="a straggler waits this many times --latency-ms")
+    p.add_argument("--bandwidth", type=parse_size, metavar="BYTES_PER_S",
+                   help="cap on bytes per second, e.g. 100MiB (0: none)")
+    p.add_argument("--error-rate", type=float, help="share of requests answered UNAVAILABLE (0-1)")
+    p.add_argument("--corrupt-rate", type=float, help="share of reads with one byte flipped (0-1)")
+    updown = p.add_mutually_exclusive_group()
+    updown.add_argument("--down", action="store_true", help="refuse every request")
+    updown.add_argument("--up", action="store_true", help="serve again")
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
@@ -116,9 +178,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", metavar="DEST_PREFIX")
     p.add_argument("--threads", type=int, default=8, help="parallel file readers")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--reference", action="store_true",
+                   help="register the objects where they are (checksummed, not copied); reads "
+                        "fetch byte ranges of SRC")
     p = add("gc", cmd_gc, "reclaim chunks no blob references any more")
     p.add_argument("--grace", type=float, default=None,
                    help="spare chunks younger than this many seconds (default: config)")
+    p = add("block", None, "simulated chunk servers: serve one, or change one's faults")
+    block = p.add_subparsers(dest="block_command", required=True, metavar="SUBCOMMAND")
+    p = block.add_parser("serve", help="serve a chunk server's volume directory over gRPC")
+    p.set_defaults(func=cmd_block_serve)
+    p.add_argument("--root", required=True, help="the server's disk (a directory)")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
+    p.add_argument("--id", type=int, default=0, help="server id, reported by the admin RPC")
+    p.add_argument("--seed", type=int, default=None, help="seed of the fault draws")
+    _add_fault_flags(p)
+    p = block.add_parser("faults", help="show or change the faults of the chunk server at ADDR")
+    p.set_defaults(func=cmd_block_faults)
+    p.add_argument("addr", help="host:port")
+    p.add_argument("--reset", action="store_true", help="clear every fault and counter first")
+    _add_fault_flags(p)
     p = add("demo", cmd_demo, "ingest a synthetic dataset and train a small model through the cache")
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=3)

@@ -57,12 +57,29 @@ class BlockConfig:
     servers: int = 5  # simulated chunk servers (directories) in an embedded region
     replicas: int = 3
     volume_bytes: int = 1 * GiB  # a volume file rolls over at this size
+    endpoints: tuple[str, ...] = ()  # "host:port" of gRPC chunk servers; empty: local directories
+    write_quorum: int = 0  # replicas that must be durable before a commit; 0: all of them
+    hedge_after_ms: float = 0.0  # hedge a read unanswered this long; 0: automatic (p95); < 0: never
+    read_concurrency: int = 16  # chunk reads in flight per client, at most
+    max_retries: int = 3  # rounds over the replicas after all failed transiently
+    request_timeout_s: float = 30.0  # deadline of one request to a chunk server
 
     def validate(self) -> None:
+        for addr in self.endpoints:
+            host, _, port = addr.rpartition(":")
+            _check(bool(host) and port.isdigit() and 0 < int(port) < 65536, "block.endpoints",
+                   f"entry {addr!r} is not host:port")
+        _check(len(set(self.endpoints)) == len(self.endpoints), "block.endpoints", "lists a server twice")
+        servers = len(self.endpoints) or self.servers
         _check(self.servers >= 1, "block.servers", "must be at least 1")
-        _check(1 <= self.replicas <= self.servers, "block.replicas",
-               f"must be between 1 and block.servers ({self.servers})")
+        _check(1 <= self.replicas <= servers, "block.replicas",
+               f"must be between 1 and the number of chunk servers ({servers})")
         _check(self.volume_bytes >= 1 * MiB, "block.volume_bytes", "must be at least 1MiB")
+        _check(0 <= self.write_quorum <= self.replicas, "block.write_quorum",
+               f"must be between 0 (all) and block.replicas ({self.replicas})")
+        _check(self.read_concurrency >= 1, "block.read_concurrency", "must be at least 1")
+        _check(self.max_retries >= 0, "block.max_retries", "must not be negative")
+        _check(self.request_timeout_s > 0, "block.request_timeout_s", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,8 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
     try:
         if f.name.endswith("_bytes") or f.name == "chunk_size":
             return parse_size(value, name)
+        if kind == "tuple[str, ...]":
+            return _str_tuple(value)
         if kind == "int" and not isinstance(value, bool):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -138,9 +157,18 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
     except (TypeError, ValueError):
         pass
     else:
-        if kind not in ("int", "float", "str"):
+        if kind not in ("int", "float", "str", "tuple[str, ...]"):
             return value
     raise InvalidRequest(f"config field {name}: {value!r} is not a valid {kind}")
+
+
+def _str_tuple(value: Any) -> tuple[str, ...]:
+    """A list of strings from TOML, or a comma-separated string (an environment variable)."""
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TypeError(value)
 
 
 def from_mapping(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> RegionConfig:

@@ -30,7 +30,7 @@ from blobtier.sdk.chain import TierChain
 from blobtier.sdk.embedded import EmbeddedRegion
 from blobtier.sdk.info import BlobInfo
 from blobtier.sdk.reader import BlobReader
-from blobtier.sdk.writer import BlobWriter, WritePath
+from blobtier.sdk.writer import BlobWriter, Reference, WritePath
 
 _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
 _INHERITED: list[object] = []  # handles a forked child must neither use nor close
@@ -223,6 +223,12 @@ class Client:
         writer = self._write_path()
         grace = self.config.client.gc_grace_s if grace_s is None else grace_s
         return gc.collect(writer.metadata, self._blocks.servers, grace, writer.inflight_digests)
+
+    def put_references(self, refs: Sequence[Reference]) -> list[BlobInfo]:
+        """Register origin objects as blobs without copying them (``sdk.ingest.register``
+        builds the references); reads fetch byte ranges of the origin, checksum-verified."""
+        done = self._write_path().put_references(refs)
+        return [BlobInfo.from_record(k, rec) for k, rec in done]
 
     # -- housekeeping ----------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, int]]:

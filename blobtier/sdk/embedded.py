@@ -7,6 +7,9 @@ Layout under the region root::
     writer.lock     held by the one process that may write; names its holder
     tmp/            per-process scratch (RocksDB secondary logs), cleaned when stale
 
+With ``block.endpoints`` set, the chunk servers are those gRPC servers instead of the
+``blocks/`` directories (server id = position in the list); metadata stays embedded.
+
 Any number of processes read at once with no lock. The first write in a process takes the
 writer lock; a second process that tries to write gets ``RegionLocked`` naming the holder.
 """
@@ -17,12 +20,14 @@ import os
 import re
 import shutil
 
-from blobtier.blockstore_sim.replicated import ReplicatedBlockStore
+from blobtier.blockstore_sim.replicated import ReadPolicy, ReplicatedBlockStore
 from blobtier.blockstore_sim.volume import VolumeStore
+from blobtier.chunks import ChunkStore
 from blobtier.config import RegionConfig
 from blobtier.lockfile import LockFile
 from blobtier.metadata.rocksdb_store import RocksDBStore
 from blobtier.metrics import TierStats
+from blobtier.sdk.routing import RoutingSource
 
 _SERVER = re.compile(r"\d{3}")
 _SCRATCH = re.compile(r"secondary-(\d+)-")
@@ -34,7 +39,7 @@ class EmbeddedRegion:
         self.root = config.root
         self.lock = LockFile(os.path.join(self.root, "writer.lock"), f"region {self.root}")
 
-    def open(self, writable: bool, stats: TierStats) -> tuple[RocksDBStore, ReplicatedBlockStore]:
+    def open(self, writable: bool, stats: TierStats) -> tuple[RocksDBStore, RoutingSource]:
         """Open the metadata store and block layer, as the writer or as a reader."""
         if writable:
             os.makedirs(self.root, exist_ok=True)
@@ -48,14 +53,29 @@ class EmbeddedRegion:
                                 block_cache_bytes=self.config.metadata.block_cache_bytes,
                                 row_cache_bytes=self.config.metadata.row_cache_bytes)
         bc = self.config.block
+        servers, writable_ids = self._remote_servers() if bc.endpoints else self._local_servers(writable)
+        policy = ReadPolicy(concurrency=bc.read_concurrency, hedge_after_ms=bc.hedge_after_ms,
+                            max_retries=bc.max_retries, timeout_s=bc.request_timeout_s)
+        blocks = ReplicatedBlockStore(servers, bc.replicas, stats=stats,
+                                      writable_ids=writable_ids if writable else (),
+                                      write_quorum=bc.write_quorum, policy=policy)
+        return metadata, RoutingSource(blocks)
+
+    def _local_servers(self, writable: bool) -> tuple[dict[int, ChunkStore], range]:
+        bc = self.config.block
         ids = set(self._server_ids())
         if writable:
             ids |= set(range(bc.servers))
-        servers = {sid: VolumeStore(self._server_dir(sid), writable=writable,
-                                    volume_bytes=bc.volume_bytes) for sid in sorted(ids)}
-        blocks = ReplicatedBlockStore(servers, bc.replicas, stats=stats,
-                                      writable_ids=range(bc.servers) if writable else ())
-        return metadata, blocks
+        return ({sid: VolumeStore(self._server_dir(sid), writable=writable,
+                                  volume_bytes=bc.volume_bytes) for sid in sorted(ids)},
+                range(bc.servers))
+
+    def _remote_servers(self) -> tuple[dict[int, ChunkStore], range]:
+        from blobtier.blockstore_sim.remote import RemoteChunkStore  # grpc only when used
+
+        bc = self.config.block
+        return ({sid: RemoteChunkStore(addr, timeout_s=bc.request_timeout_s)
+                 for sid, addr in enumerate(bc.endpoints)}, range(len(bc.endpoints)))
 
     def _server_dir(self, sid: int) -> str:
         return os.path.join(self.root, "blocks", f"{sid:03d}")

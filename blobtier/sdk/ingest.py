@@ -1,8 +1,12 @@
-"""Bulk ingest: copy a directory tree or any fsspec location into blobtier keys.
+"""Bulk ingest: copy a directory tree or any fsspec location into blobtier keys, or
+register it by reference.
 
 Files are read by a small thread pool a bounded window ahead of the writer and committed
 with ``put_many`` in batches, so a dataset of many small samples costs one group commit
 per batch rather than an fsync per file. Large files stream through ``open(key, "wb")``.
+
+``register`` copies nothing: it reads every object once to take its chunk checksums and
+commits records that point at the origin objects (``blockstore_sim/origin.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ from dataclasses import dataclass
 
 import fsspec
 
+from blobtier import checksum
+from blobtier.blockstore_sim.origin import object_tag
+from blobtier.errors import OriginChanged
 from blobtier.metadata.schema import validate_key
+from blobtier.sdk.writer import Reference
 
 Progress = Callable[[int, int, int, int], None]
 """progress(files_done, bytes_done, files_total, bytes_total)"""
@@ -129,3 +137,46 @@ def _read_ahead(pool: ThreadPoolExecutor, plan: list[tuple[str, str, int]],
             ahead -= item[2] if item[3] is not None else 0
             yield item
     yield from window
+
+
+def register(client, src: str, dest_prefix: str, *, threads: int = 8,
+             progress: Progress | None = None) -> IngestReport:
+    """Register every object under ``src`` as ``dest_prefix/<relative path>``, by reference.
+
+    Each object is read once, in chunks, to take the checksums reads are verified
+    against; its tag (ETag, or mtime and size) is taken before and after, so an object
+    that changes while it is read is reported rather than registered half old, half new.
+    """
+    fs, _, files = list_source(src)
+    if fs is None:  # a local directory: reach it through fsspec as the origin reader will
+        fs = fsspec.filesystem("file")
+    prefix = dest_prefix.rstrip("/")
+    plan = [(validate_key(f"{prefix}/{rel}"), full, size) for rel, full, size in files]
+    total = sum(size for _, _, size in plan)
+    cfg = client.config.client
+    done_files = done_bytes = 0
+
+    def describe(key: str, path: str) -> Reference:
+        tag = object_tag(fs.info(path))
+        sums, size = [], 0
+        with fs.open(path, "rb") as f:
+            while chunk := f.read(cfg.chunk_size):
+                sums.append(checksum.compute(cfg.checksum, chunk))
+                size += len(chunk)
+        url = fs.unstrip_protocol(path)
+        if object_tag(fs.info(path)) != tag:
+            raise OriginChanged(f"{url} changed while it was being registered; try again")
+        return Reference(key, url, tag, size, sums)
+
+    if progress is not None:
+        progress(0, 0, len(plan), total)
+    with ThreadPoolExecutor(threads, thread_name_prefix="blobtier-register") as pool:
+        for start in range(0, len(plan), _BATCH_FILES):
+            batch = plan[start:start + _BATCH_FILES]
+            refs = list(pool.map(lambda item: describe(item[0], item[1]), batch))
+            client.put_references(refs)
+            done_files += len(refs)
+            done_bytes += sum(r.size for r in refs)
+            if progress is not None:
+                progress(done_files, done_bytes, len(plan), total)
+    return IngestReport(done_files, done_bytes)

@@ -16,19 +16,21 @@ import io
 import threading
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from blobtier import checksum
 from blobtier.chunks import BlockStore, Buffer, ChunkKey
 from blobtier.config import ClientConfig
 from blobtier.errors import InvalidRequest, VersionConflict
-from blobtier.metadata.schema import BlobRecord, new_blob_id, validate_key
+from blobtier.metadata.schema import BlobRecord, chunk_count, new_blob_id, validate_key
 from blobtier.metadata.store import ABSENT, MetadataStore
 
 _STRIPES = 64
 _ATTEMPTS = 5
 _FLUSH_BYTES = 64 << 20  # a streamed blob's chunks go to the block store in groups this big
+_T = TypeVar("_T")
 
 
 @dataclass(eq=False)
@@ -43,10 +45,25 @@ class _Pending:
     size: int = 0
     checksums: list[int] = field(default_factory=list)
     placement: list[tuple[int, ...]] = field(default_factory=list)
+    origin: str = ""  # "url\ntag" of a blob registered by reference
 
     def record(self, chunk_size: int, algo: str) -> BlobRecord:
         return BlobRecord(self.blob_id, self.version, self.size, chunk_size, self.checksums,
-                          self.placement, algo, time.time_ns(), dict(self.attrs))
+                          self.placement, algo, time.time_ns(), dict(self.attrs), self.origin)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An origin object to register as a blob: where it is, which version of it, and the
+    checksums of its chunks (at the client's chunk size and checksum) taken from that
+    version."""
+
+    key: str
+    url: str
+    tag: str
+    size: int
+    checksums: Sequence[int]
+    attrs: Mapping[str, str] = field(default_factory=dict)
 
 
 class WritePath:
@@ -70,23 +87,56 @@ class WritePath:
             views.append((key, view, attrs or {}))
         if len({k for k, _, _ in views}) != len(views):
             raise InvalidRequest("put_many got the same key twice")
+
+        def fill(pending: list[_Pending], batch: list[tuple[str, memoryview, Mapping[str, str]]]) -> None:
+            chunks = []
+            for p, (_, view, _) in zip(pending, batch):
+                chunks += self._stage(p, view)
+            self._store(pending, chunks)
+
+        return self._commit_all(views, fill)
+
+    def put_references(self, refs: Sequence[Reference]) -> list[tuple[str, BlobRecord]]:
+        """Commit records whose chunks are byte ranges of origin objects: nothing is
+        stored in the block layer, the checksums taken at registration guard every read."""
+        items = []
+        for ref in refs:
+            validate_key(ref.key)
+            self._check_size(ref.key, ref.size)
+            if chunk_count(ref.size, self.config.chunk_size) != len(ref.checksums):
+                raise InvalidRequest(f"{ref.key}: {len(ref.checksums)} checksums for {ref.size} bytes "
+                                     f"at chunk size {self.config.chunk_size}")
+            if "\n" in ref.url or not ref.url:
+                raise InvalidRequest(f"{ref.key}: bad origin URL {ref.url!r}")
+            items.append((ref.key, ref, ref.attrs))
+        if len({k for k, _, _ in items}) != len(items):
+            raise InvalidRequest("put_references got the same key twice")
+
+        def fill(pending: list[_Pending], batch: list[tuple[str, Reference, Mapping[str, str]]]) -> None:
+            for p, (_, ref, _) in zip(pending, batch):
+                p.size, p.checksums, p.origin = ref.size, list(ref.checksums), f"{ref.url}\n{ref.tag}"
+
+        return self._commit_all(items, fill)
+
+    def _commit_all(self, items: list[tuple[str, _T, Mapping[str, str]]],
+                    fill: Callable[[list[_Pending], list[tuple[str, _T, Mapping[str, str]]]], None],
+                    ) -> list[tuple[str, BlobRecord]]:
+        """Begin a version of every key, ``fill`` in its chunks, commit them all; retry the
+        keys whose compare-and-set lost to another process."""
         done: dict[str, BlobRecord] = {}
-        remaining = views
-        with self._locked([k for k, _, _ in views]):
+        remaining = items
+        with self._locked([k for k, _, _ in items]):
             for _ in range(_ATTEMPTS):
                 pending = self._begin([(k, a) for k, _, a in remaining])
                 try:
-                    chunks = []
-                    for p, (_, view, _) in zip(pending, remaining):
-                        chunks += self._stage(p, view)
-                    self._store(pending, chunks)
+                    fill(pending, remaining)
                     oks = self._commit(pending)
                 finally:
                     self._forget(pending)
                 done.update((p.key, rec) for p, (ok, rec) in zip(pending, oks) if ok)
                 remaining = [v for v, (ok, _) in zip(remaining, oks) if not ok]
                 if not remaining:
-                    return [(k, done[k]) for k, _, _ in views]
+                    return [(k, done[k]) for k, _, _ in items]
         raise VersionConflict(f"gave up writing {remaining[0][0]!r}: other writers keep "
                               "committing new versions")
 

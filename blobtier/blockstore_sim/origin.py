@@ -1,0 +1,144 @@
+"""The origin adapter: blobs whose chunks are byte ranges of objects in another store.
+
+An existing bucket prefix (any fsspec URL: ``s3://``, ``gs://``, ``file://``, ``memory://``)
+is registered as a namespace without copying it: each object gets a record whose
+``origin`` is ``"url\\ntag"`` and whose per-chunk checksums were taken at registration.
+``FsspecOrigin`` reads the chunks as byte ranges through fsspec and holds them to the same
+guarantee as the block layer: bytes that do not match their checksum are never returned.
+
+The tag names one version of an object: its ETag where the store has one, else its
+modification time and size. The first read of an object in a process compares its tag
+with the registered one; a chunk that fails its checksum compares it again. Either way
+a changed object raises ``OriginChanged`` naming it; a deleted one ``BlobNotFound``.
+
+Filesystems are built with fsspec's own configuration (``fsspec.config.conf`` or
+``FSSPEC_<PROTOCOL>_<OPTION>`` environment variables, e.g. ``FSSPEC_S3_ENDPOINT_URL``),
+overridden per protocol by ``storage_options``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import fsspec
+from fsspec.core import split_protocol
+
+from blobtier import checksum
+from blobtier.chunks import ChunkRef
+from blobtier.errors import BlobNotFound, ChecksumError, OriginChanged, TierUnavailable
+
+
+def object_tag(info: Mapping[str, Any]) -> str:
+    """The tag of one version of an object, from its fsspec ``info()``."""
+    for name in ("ETag", "etag", "e_tag"):
+        if info.get(name):
+            return f"etag:{str(info[name]).strip(chr(34))}"
+    for name in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        if info.get(name) is not None:
+            return f"mtime:{info[name]}:size:{info.get('size')}"
+    return f"size:{info.get('size')}"
+
+
+def split_origin(origin: str) -> tuple[str, str]:
+    """``"url\\ntag"`` -> (url, tag)."""
+    url, sep, tag = origin.partition("\n")
+    if not sep or not url:
+        raise ValueError(f"not an origin reference: {origin!r}")
+    return url, tag
+
+
+class FsspecOrigin:
+    """A ``ChunkSource`` over origin objects reached through fsspec.
+
+    Args:
+        storage_options: per protocol, keyword arguments for its filesystem
+            (e.g. ``{"s3": {"endpoint_url": ...}}``) on top of fsspec's configuration.
+    """
+
+    def __init__(self, storage_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self.storage_options = {k: dict(v) for k, v in (storage_options or {}).items()}
+        self._filesystems: dict[tuple[int, str], fsspec.AbstractFileSystem] = {}
+        self._confirmed: dict[str, str] = {}  # url -> tag seen to match in this process
+        self._lock = threading.Lock()
+
+    def _locate(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        protocol = split_protocol(url)[0] or "file"
+        key = (os.getpid(), protocol)  # an async filesystem's loop does not survive fork
+        fs = self._filesystems.get(key)
+        if fs is None:
+            with self._lock:
+                fs = self._filesystems.get(key)
+                if fs is None:
+                    fs = fsspec.filesystem(protocol, **self.storage_options.get(protocol, {}))
+                    self._filesystems[key] = fs
+        return fs, fs._strip_protocol(url)
+
+    def current_tag(self, url: str) -> str:
+        fs, path = self._locate(url)
+        try:
+            return object_tag(fs.info(path))
+        except FileNotFoundError:
+            raise BlobNotFound(f"origin object {url} no longer exists") from None
+        except OSError as exc:
+            raise TierUnavailable(f"origin {url}: {exc}") from exc
+
+    def _confirm(self, url: str, tag: str, *, fresh: bool = False) -> None:
+        if not fresh and self._confirmed.get(url) == tag:
+            return
+        now = self.current_tag(url)
+        if now != tag:
+            raise OriginChanged(f"origin object {url} changed since it was registered "
+                                f"({tag} then, {now} now); register it again")
+        self._confirmed[url] = tag
+
+    def read_many(self, refs: Sequence[ChunkRef]) -> list[memoryview]:
+        targets = []
+        for rec, index in refs:
+            url, tag = split_origin(rec.origin)
+            self._confirm(url, tag)
+            start, length = rec.chunk_range(index)
+            targets.append((url, tag, start, length))
+        datas = self._fetch(targets)
+        out = []
+        for (rec, index), (url, tag, start, length), data in zip(refs, targets, datas):
+            what = f"origin {url} bytes {start}-{start + length}"
+            try:
+                if len(data) != length:
+                    raise ChecksumError(f"{what}: got {len(data)} bytes")
+                checksum.verify(rec.checksum_algo, data, rec.checksums[index], what)
+            except ChecksumError:
+                self._confirm(url, tag, fresh=True)  # raises OriginChanged if the tag moved
+                raise
+            out.append(memoryview(data).toreadonly())
+        return out
+
+    def _fetch(self, targets: list[tuple[str, str, int, int]]) -> list[bytes]:
+        """The byte ranges, fetched per filesystem with one ``cat_ranges`` (concurrent on
+        object stores)."""
+        by_fs: dict[int, tuple[fsspec.AbstractFileSystem, list[int], list[str]]] = {}
+        for i, (url, _, _, _) in enumerate(targets):
+            fs, path = self._locate(url)
+            group = by_fs.setdefault(id(fs), (fs, [], []))
+            group[1].append(i)
+            group[2].append(path)
+        out: list[bytes] = [b""] * len(targets)
+        for fs, positions, paths in by_fs.values():
+            starts = [targets[i][2] for i in positions]
+            ends = [targets[i][2] + targets[i][3] for i in positions]
+            try:
+                got = fs.cat_ranges(paths, starts, ends, on_error="return")
+            except OSError as exc:
+                raise TierUnavailable(f"origin {targets[positions[0]][0]}: {exc}") from exc
+            for i, data in zip(positions, got):
+                if isinstance(data, FileNotFoundError):
+                    raise BlobNotFound(f"origin object {targets[i][0]} no longer exists")
+                if isinstance(data, BaseException):
+                    raise TierUnavailable(f"origin {targets[i][0]}: {data}") from data
+                out[i] = data
+        return out
+
+    def close(self) -> None:
+        self._filesystems.clear()
