@@ -144,6 +144,7 @@ def run(client: Client, samples: int = 2000, epochs: int = 3, workers: int = 2,
         print(f"{row['epoch']:>5} {row['samples_per_s']:>10,.0f} {row['stall']:>6.1%} "
               f"{row['l1_hits']:>8} {row['l1_misses']:>8} {row['block_reads']:>11} "
               f"{row['loss']:>6.3f} {row['accuracy']:>6.1%}", file=out)
-    print("L1 here is each worker's in-process cache (no host daemon is running); "
-          "block reads are chunks read from the region's block layer.", file=out)
+    print("L1 is shared memory owned by this process (no host daemon is running) and read "
+          "zero-copy by the DataLoader workers; block reads are chunks read from the region's "
+          "block layer.", file=out)
     return results

@@ -4,17 +4,28 @@ A policy only orders keys; the cache that uses it owns the bytes and the byte bu
 The cache calls ``insert`` for a new key, ``hit`` on every hit, ``remove`` when it drops a
 key itself, and ``victim`` when it needs room; ``victim`` forgets the key it returns.
 ``admit`` lets a policy refuse a new key when the cache is full (return False) instead
-of evicting for it.
+of evicting for it. ``announce`` tells a policy the future: the order in which a job
+will read keys (the sampler knows it); order-blind policies ignore it.
+
+Training reads a fresh random permutation of the dataset every epoch: LRU's worst case.
+For one job no policy beats a hit ratio equal to the cache's share of the dataset, and
+``keep`` ("admit until full, then keep what you have") reaches it. With several jobs
+sharing a cache, ``clairvoyant`` (Belady's MIN over the announced orders) evicts the
+chunk needed farthest in the future and needs far fewer origin reads than any
+order-blind policy.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
 
 class EvictionPolicy(Protocol):
+    def announce(self, keys: Sequence[Hashable], job: Hashable = None) -> None: ...
+
     def insert(self, key: Hashable) -> None: ...
 
     def hit(self, key: Hashable) -> None: ...
@@ -26,7 +37,15 @@ class EvictionPolicy(Protocol):
     def admit(self, key: Hashable, full: bool) -> bool: ...
 
 
-class LRU:
+class _OrderBlind:
+    def announce(self, keys: Sequence[Hashable], job: Hashable = None) -> None:
+        pass  # knowing the future does not change these policies
+
+    def admit(self, key: Hashable, full: bool) -> bool:
+        return True
+
+
+class LRU(_OrderBlind):
     """Least recently used: evict the key whose last use is oldest."""
 
     def __init__(self) -> None:
@@ -45,9 +64,6 @@ class LRU:
     def victim(self) -> Hashable | None:
         return self._order.popitem(last=False)[0] if self._order else None
 
-    def admit(self, key: Hashable, full: bool) -> bool:
-        return True
-
 
 class _Node:
     __slots__ = ("key", "newer", "older", "visited")
@@ -59,7 +75,7 @@ class _Node:
         self.visited = False
 
 
-class SIEVE:
+class SIEVE(_OrderBlind):
     """SIEVE (Zhang et al., NSDI '24): a FIFO queue plus one visited bit and a moving hand.
 
     A hit only sets a bit (no list surgery, so hits are cheap and lock-friendly). The hand
@@ -107,9 +123,6 @@ class SIEVE:
         self._unlink(node)
         return node.key
 
-    def admit(self, key: Hashable, full: bool) -> bool:
-        return True
-
     def _unlink(self, node: _Node) -> None:
         if self._hand is node:
             self._hand = node.newer
@@ -124,7 +137,144 @@ class SIEVE:
         node.newer = node.older = None
 
 
-POLICIES: dict[str, Callable[[], EvictionPolicy]] = {"lru": LRU, "sieve": SIEVE}
+class Keep(_OrderBlind):
+    """Admit until full, then keep what you have (CoorDL's MinIO cache).
+
+    Under per-epoch random permutations every cached chunk is equally likely to be read
+    next, so swapping one for another can only cost origin reads: once full, new chunks
+    are refused and nothing is evicted (unless the cache drops a key itself).
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[Hashable, None] = {}
+
+    def insert(self, key: Hashable) -> None:
+        self._keys[key] = None
+
+    def hit(self, key: Hashable) -> None:
+        pass
+
+    def remove(self, key: Hashable) -> None:
+        self._keys.pop(key, None)
+
+    def victim(self) -> Hashable | None:
+        return None  # never make room: refuse instead (see admit)
+
+    def admit(self, key: Hashable, full: bool) -> bool:
+        return not full
+
+
+_NEVER = float("inf")
+_SLACK = 4096  # accesses may run this far out of announced order (DataLoader workers)
+
+
+class Clairvoyant:
+    """Belady's MIN over announced access orders: evict the key needed farthest ahead.
+
+    Each job announces the order in which it will read keys (the rest of this epoch
+    and the next, say). Jobs are assumed to progress at the same rate, so a key's next
+    use is comparable across jobs on one time line: ``start + position``, where
+    ``start`` is the shared clock (accesses so far / jobs) when the job announced. An
+    access consumes the key's earliest pending use. Keys with no announced future use
+    go first, oldest insertion first; with nothing announced the policy is FIFO.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[Hashable, list[Hashable]] = {}
+        self._uses: dict[Hashable, list[tuple[float, Hashable]]] = {}  # key -> heap (time, job)
+        self._cached: dict[Hashable, float] = {}  # key -> the next-use time it is filed under
+        self._heap: list[tuple[float, int, Hashable]] = []  # (-next use, tiebreak, key)
+        self._tick = 0
+        self._accesses = 0
+
+    def announce(self, keys: Sequence[Hashable], job: Hashable = None) -> None:
+        """Replace ``job``'s future with ``keys``, starting now."""
+        old = self._jobs.pop(job, None)
+        if old is not None:
+            for key in set(old):
+                kept = [u for u in self._uses.get(key, ()) if u[1] != job]
+                if kept:
+                    heapq.heapify(kept)
+                    self._uses[key] = kept
+                else:
+                    self._uses.pop(key, None)
+        self._jobs[job] = list(keys)
+        start = self._clock()
+        for pos, key in enumerate(keys):
+            heapq.heappush(self._uses.setdefault(key, []), (start + pos, job))
+        self._heap = []
+        for key in list(self._cached):
+            self._file(key)
+
+    def _clock(self) -> float:
+        return self._accesses / max(1, len(self._jobs))
+
+    def _next_use(self, key: Hashable) -> float:
+        uses = self._uses.get(key)
+        horizon = self._clock() - _SLACK
+        while uses and uses[0][0] < horizon:  # a use that never happened: forget it
+            heapq.heappop(uses)
+        return uses[0][0] if uses else _NEVER
+
+    def _file(self, key: Hashable) -> None:
+        nxt = self._next_use(key)
+        self._cached[key] = nxt
+        self._tick += 1
+        # Largest next use first; among keys never used again, the oldest first.
+        heapq.heappush(self._heap, (-nxt, self._tick if nxt == _NEVER else -self._tick, key))
+        if len(self._heap) > 4 * len(self._cached) + 1024:
+            self._heap = [(-t, 0, k) for k, t in self._cached.items()]
+            heapq.heapify(self._heap)
+
+    def _consume(self, key: Hashable) -> None:
+        self._accesses += 1
+        uses = self._uses.get(key)
+        if uses:
+            heapq.heappop(uses)
+            if not uses:
+                del self._uses[key]
+
+    def insert(self, key: Hashable) -> None:
+        self._consume(key)
+        self._file(key)
+
+    def hit(self, key: Hashable) -> None:
+        self._consume(key)
+        if key in self._cached:
+            self._file(key)
+
+    def remove(self, key: Hashable) -> None:
+        self._cached.pop(key, None)
+
+    def _top(self) -> Hashable | None:
+        """The cached key filed with the farthest next use (dropping stale heap entries)."""
+        while self._heap:
+            prio, _, key = self._heap[0]
+            if self._cached.get(key) == -prio:
+                return key
+            heapq.heappop(self._heap)
+        return None
+
+    def victim(self) -> Hashable | None:
+        key = self._top()
+        if key is not None:
+            heapq.heappop(self._heap)
+            del self._cached[key]
+        return key
+
+    def admit(self, key: Hashable, full: bool) -> bool:
+        """When full, admit a key only if it is needed sooner than the farthest cached one."""
+        if not full:
+            return True
+        top = self._top()
+        if top is not None and self._next_use(key) < self._cached[top]:
+            return True
+        self._consume(key)  # the access happened; the cache just will not keep it
+        return False
+
+
+POLICIES: dict[str, Callable[[], EvictionPolicy]] = {
+    "lru": LRU, "sieve": SIEVE, "keep": Keep, "clairvoyant": Clairvoyant}
 
 
 def make_policy(name: str) -> EvictionPolicy:

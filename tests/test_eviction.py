@@ -191,6 +191,6 @@ def test_make_policy():
     assert isinstance(make_policy("lru"), LRU)
     assert isinstance(make_policy("sieve"), SIEVE)
     assert make_policy("sieve") is not make_policy("sieve")
-    assert set(POLICIES) == {"lru", "sieve"}
+    assert set(POLICIES) == {"lru", "sieve", "keep", "clairvoyant"}
     with pytest.raises(ValueError, match="nope"):
         make_policy("nope")

@@ -41,7 +41,7 @@ def test_imports_point_one_way():
 def test_core_servers_and_cli_import_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
             "import blobtier, blobtier.cli, blobtier.sdk.client, blobtier.metadata.rocksdb_store\n"
-            "import blobtier.blockstore_sim.volume, blobtier.cache_l1_l2.local_l1\n"
+            "import blobtier.blockstore_sim.volume, blobtier.cache_l1_l2.l1, blobtier.cache_l1_l2.wire\n"
             "try:\n    import blobtier.dataloader\nexcept ImportError as e:\n    print(e)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

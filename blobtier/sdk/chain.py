@@ -140,7 +140,6 @@ class TierChain:
             self.stats.add(tier.name, errors=1)
 
     def close(self) -> None:
+        """Finish background fills; the tiers belong to whoever built the chain."""
         if self._fill_pool is not None:
             self._fill_pool.shutdown(wait=True)
-        for tier in self.tiers:
-            tier.close()

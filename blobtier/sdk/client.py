@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
-from blobtier.cache_l1_l2.local_l1 import LocalL1Cache
+from blobtier.cache_l1_l2.l1 import OwnedArena, SharedL1Cache
 from blobtier.chunks import Buffer
 from blobtier.config import RegionConfig, resolve, with_overrides
 from blobtier.errors import BlobNotFound, BlobtierError, InvalidRequest
@@ -59,6 +59,7 @@ class Client:
         self.tier_stats = TierStats()
         self._region = EmbeddedRegion(config)
         self._mutex = threading.RLock()
+        self._arena: OwnedArena | None = None
         self._l1 = self._new_l1()
         self._retired: list[object] = []
         self._writer: WritePath | None = None
@@ -68,8 +69,14 @@ class Client:
         _CLIENTS.add(self)
 
     # -- wiring ----------------------------------------------------------------------
-    def _new_l1(self) -> LocalL1Cache:
-        return LocalL1Cache(self.config.cache.l1_bytes, self.config.cache.l1_policy)
+    def _new_l1(self) -> SharedL1Cache:
+        """This process's view of the host L1: the parent's arena in a forked worker,
+        else an arena of its own."""
+        if self._arena is not None:  # inherited: attach to the parent's
+            return SharedL1Cache(socket_path=self._arena.socket_path)
+        self._arena = OwnedArena(self.config.cache.l1_bytes, self.config.cache.l1_policy)
+        self._arena_pid = os.getpid()
+        return SharedL1Cache(owner=self._arena.owner)
 
     def _open(self, writable: bool) -> None:
         self._metadata, self._blocks = self._region.open(writable, self.tier_stats)
@@ -86,7 +93,7 @@ class Client:
         with self._mutex:
             if self._pid == os.getpid():
                 return
-            _INHERITED.extend([self._metadata, self._blocks, self._chain, *self._retired])
+            _INHERITED.extend([self._metadata, self._blocks, self._chain, self._l1, *self._retired])
             self._retired = []
             self._region.lock.forget()
             self._l1 = self._new_l1()
@@ -243,8 +250,10 @@ class Client:
             self._closed = True
             if self._pid != os.getpid():
                 return  # inherited handles belong to the parent
-            for handle in [self._chain, self._metadata, self._blocks, *self._retired]:
+            for handle in [self._chain, self._l1, self._metadata, self._blocks, *self._retired]:
                 handle.close()
+            if self._arena is not None and self._arena_pid == os.getpid():
+                self._arena.close()
             self._region.lock.release()
 
     def __enter__(self) -> Client:

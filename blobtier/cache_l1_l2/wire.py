@@ -1,0 +1,257 @@
+"""The host-local protocol between an arena's owner and reader processes (Unix socket).
+
+One connection is one session: its pins and unfinished fills die with it. Frames are
+little-endian binary, small and fixed per op, so a batch of 64 lookups costs one round
+trip of about two kilobytes::
+
+    request  op u8 | count u32 | body length u32 | body
+    reply    status u8 | body length u32 | body      (status 0 ok, 1 error: body = message)
+
+    op  body                                   reply body
+    1   INFO                                   json {"name", "size", "policy", "pid"}, after
+                                               a 1-byte message carrying the segment's fd
+    2   LOOKUP   count x digest 16s            count x (found u8, offset u64, length u32)
+    3   RESERVE  count x (digest 16s, len u32) count x (granted u8, offset u64)
+    4   COMMIT   count x digest 16s            count x committed u8
+    5   ABORT    count x digest 16s            -
+    6   RELEASE  count x offset u64            -
+    7   ANNOUNCE job u64 | count x digest 16s  -
+    8   STATS                                  json
+
+A malformed frame gets an error reply and the connection is closed; the owner goes on
+serving everyone else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Sequence
+
+from blobtier.cache_l1_l2.owner import ArenaOwner, Place
+from blobtier.errors import InvalidRequest, TierUnavailable
+
+log = logging.getLogger(__name__)
+
+INFO, LOOKUP, RESERVE, COMMIT, ABORT, RELEASE, ANNOUNCE, STATS = range(1, 9)
+_REQ = struct.Struct("<BII")
+_REP = struct.Struct("<BI")
+_PLACE = struct.Struct("<BQI")
+_GRANT = struct.Struct("<BQ")
+MAX_COUNT = 1 << 20
+MAX_BODY = 64 << 20
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            raise ConnectionError("peer closed the connection")
+        got += k
+    return bytes(buf)
+
+
+class OwnerServer:
+    """Serves one ``ArenaOwner`` on a Unix socket, a thread per connection."""
+
+    def __init__(self, owner: ArenaOwner, path: str) -> None:
+        self.owner = owner
+        self.path = path
+        if os.path.exists(path):
+            os.unlink(path)  # a socket file left by a dead owner
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(path)
+        os.chmod(path, 0o600)
+        self._sock.listen(64)
+        self._closed = False
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, name="blobtier-l1-owner", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                             name="blobtier-l1-session").start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        session = self.owner.open_session()
+        try:
+            while True:
+                op, count, size = _REQ.unpack(_recv_exact(conn, _REQ.size))
+                if count > MAX_COUNT or size > MAX_BODY:
+                    raise InvalidRequest(f"frame too large: {count} items, {size} bytes")
+                body = _recv_exact(conn, size)
+                reply = self._handle(op, count, body, session)
+                if op == INFO:
+                    socket.send_fds(conn, [b"S"], [self.owner.segment.fd])
+                conn.sendall(_REP.pack(0, len(reply)) + reply)
+        except (ConnectionError, OSError):
+            pass
+        except (InvalidRequest, struct.error, ValueError) as exc:
+            log.warning("closing an L1 session after a bad request: %s", exc)
+            msg = str(exc).encode()[:1000]
+            try:
+                conn.sendall(_REP.pack(1, len(msg)) + msg)
+            except OSError:
+                pass
+        finally:
+            self.owner.end_session(session)
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def _handle(self, op: int, count: int, body: bytes, session: int) -> bytes:
+        owner = self.owner
+        if op == INFO:
+            return json.dumps({"name": owner.segment.name, "size": owner.segment.size,
+                               "policy": owner.policy_name, "pid": os.getpid()}).encode()
+        if op == STATS:
+            return json.dumps(owner.stats()).encode()
+        if op == ANNOUNCE:
+            (job,) = struct.unpack_from("<Q", body)
+            owner.announce(_digests(body[8:], count), job)
+            return b""
+        if op == LOOKUP:
+            places = owner.lookup(_digests(body, count), session)
+            return b"".join(_PLACE.pack(1, *p) if p else _PLACE.pack(0, 0, 0) for p in places)
+        if op == RESERVE:
+            _expect(body, count * 20)
+            out = []
+            for i in range(count):
+                digest, length = struct.unpack_from("<16sI", body, i * 20)
+                offset = owner.reserve(digest, length, session)
+                out.append(_GRANT.pack(offset is not None, offset or 0))
+            return b"".join(out)
+        if op == COMMIT:
+            return bytes(owner.commit(d, session) for d in _digests(body, count))
+        if op == ABORT:
+            for d in _digests(body, count):
+                owner.abort(d, session)
+            return b""
+        if op == RELEASE:
+            _expect(body, count * 8)
+            owner.release(struct.unpack(f"<{count}Q", body), session)
+            return b""
+        raise InvalidRequest(f"unknown op {op}")
+
+    def close(self) -> None:
+        self._closed = True
+        self._sock.close()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _expect(body: bytes, n: int) -> None:
+    if len(body) != n:
+        raise InvalidRequest(f"body of {len(body)} bytes where {n} were expected")
+
+
+def _digests(body: bytes, count: int) -> list[bytes]:
+    _expect(body, count * 16)
+    return [body[i:i + 16] for i in range(0, 16 * count, 16)]
+
+
+class OwnerClient:
+    """A reader's connection to an owner. Thread-safe; every failure is TierUnavailable."""
+
+    def __init__(self, path: str, timeout_s: float = 30.0) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def _call(self, op: int, count: int, body: bytes) -> bytes:
+        return self._call_fd(op, count, body)[0]
+
+    def _call_fd(self, op: int, count: int, body: bytes) -> tuple[bytes, int]:
+        fd = -1
+        with self._lock:
+            try:
+                if self._sock is None:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.settimeout(self.timeout_s)
+                    sock.connect(self.path)
+                    self._sock = sock
+                self._sock.sendall(_REQ.pack(op, count, len(body)) + body)
+                if op == INFO:
+                    _, fds, _, _ = socket.recv_fds(self._sock, 1, 1)
+                    fd = fds[0] if fds else -1
+                status, size = _REP.unpack(_recv_exact(self._sock, _REP.size))
+                reply = _recv_exact(self._sock, size)
+            except OSError as exc:
+                self._drop()
+                if fd >= 0:
+                    os.close(fd)
+                raise TierUnavailable(f"L1 owner at {self.path}: {exc}") from exc
+        if status != 0:
+            self._drop()
+            raise TierUnavailable(f"L1 owner refused a request: {reply.decode(errors='replace')}")
+        return reply, fd
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def info(self) -> tuple[dict, int]:
+        """The owner's description and a descriptor of its segment (the caller owns it)."""
+        reply, fd = self._call_fd(INFO, 0, b"")
+        if fd < 0:
+            raise TierUnavailable(f"L1 owner at {self.path} sent no segment")
+        return json.loads(reply), fd
+
+    def stats(self) -> dict:
+        return json.loads(self._call(STATS, 0, b""))
+
+    def lookup(self, digests: Sequence[bytes]) -> list[Place | None]:
+        reply = self._call(LOOKUP, len(digests), b"".join(digests))
+        out: list[Place | None] = []
+        for found, offset, length in _PLACE.iter_unpack(reply):
+            out.append((offset, length) if found else None)
+        return out
+
+    def reserve(self, items: Sequence[tuple[bytes, int]]) -> list[int | None]:
+        body = b"".join(struct.pack("<16sI", d, n) for d, n in items)
+        return [off if ok else None for ok, off in _GRANT.iter_unpack(self._call(RESERVE, len(items), body))]
+
+    def commit(self, digests: Sequence[bytes]) -> list[bool]:
+        return [bool(b) for b in self._call(COMMIT, len(digests), b"".join(digests))]
+
+    def abort(self, digests: Sequence[bytes]) -> None:
+        self._call(ABORT, len(digests), b"".join(digests))
+
+    def release(self, offsets: Sequence[int]) -> None:
+        self._call(RELEASE, len(offsets), struct.pack(f"<{len(offsets)}Q", *offsets))
+
+    def announce(self, digests: Sequence[bytes], job: int = 0) -> None:
+        self._call(ANNOUNCE, len(digests), struct.pack("<Q", job) + b"".join(digests))
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
