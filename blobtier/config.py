@@ -98,7 +98,8 @@ class ClientConfig:
     chunk_size: int = 4 * MiB
     checksum: str = "xxh3"
     readahead_chunks: int = 4  # chunks a sequential reader fetches ahead
-    read_threads: int = 8
+    prefetch_threads: int = 8  # batches a prefetcher keeps in flight
+    prefetch_bytes: int = 256 * MiB  # most bytes fetched ahead of a sampler's position
     metadata_staleness_s: float = 0.5  # how old a reader's view of other writers may be
     gc_grace_s: float = 3600.0  # unreferenced chunks younger than this survive gc
     max_blob_bytes: int = 64 * GiB
@@ -108,7 +109,7 @@ class ClientConfig:
                "must be between 4KiB and 64MiB")
         _check(self.checksum in ALGORITHMS, "client.checksum", f"must be one of {sorted(ALGORITHMS)}")
         _check(self.readahead_chunks >= 0, "client.readahead_chunks", "must not be negative")
-        _check(self.read_threads >= 1, "client.read_threads", "must be at least 1")
+        _check(self.prefetch_threads >= 1, "client.prefetch_threads", "must be at least 1")
         _check(self.metadata_staleness_s >= 0, "client.metadata_staleness_s", "must not be negative")
         _check(self.gc_grace_s >= 0, "client.gc_grace_s", "must not be negative")
 

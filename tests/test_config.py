@@ -60,7 +60,7 @@ def test_section_must_be_a_table():
 
 
 @pytest.mark.parametrize("section, field, value", [
-    ("block", "servers", "many"), ("block", "replicas", True), ("client", "read_threads", "x"),
+    ("block", "servers", "many"), ("block", "replicas", True), ("client", "prefetch_threads", "x"),
     ("client", "metadata_staleness_s", "soon"), ("cache", "l1_bytes", "lots"),
     ("client", "chunk_size", -5),
 ])
@@ -78,11 +78,11 @@ def test_env_overlay(tmp_path):
 
 def test_env_overlay_from_os_environ(monkeypatch, tmp_path):
     monkeypatch.setenv("BLOBTIER_CLIENT_READ_THREADS", "3")
-    assert from_mapping({"root": str(tmp_path)}).client.read_threads == 3
+    assert from_mapping({"root": str(tmp_path)}).client.prefetch_threads == 3
 
 
 def test_bad_env_value_names_field():
-    with pytest.raises(InvalidRequest, match="client.read_threads"):
+    with pytest.raises(InvalidRequest, match="client.prefetch_threads"):
         from_mapping({}, env={"BLOBTIER_CLIENT_READ_THREADS": "lots"})
 
 
@@ -96,7 +96,7 @@ def test_bad_env_value_names_field():
     ({"client": {"chunk_size": "128MiB"}}, "client.chunk_size"),
     ({"client": {"checksum": "md5"}}, "client.checksum"),
     ({"client": {"readahead_chunks": -1}}, "client.readahead_chunks"),
-    ({"client": {"read_threads": 0}}, "client.read_threads"),
+    ({"client": {"prefetch_threads": 0}}, "client.prefetch_threads"),
     ({"client": {"metadata_staleness_s": -0.1}}, "client.metadata_staleness_s"),
     ({"client": {"gc_grace_s": -1}}, "client.gc_grace_s"),
 ])

@@ -10,6 +10,7 @@ except ImportError as exc:  # pragma: no cover - exercised in an environment wit
                       "(or pip install 'blobtier[torch]')") from exc
 
 from blobtier.dataloader.dataset import BlobDataset
+from blobtier.dataloader.sampler import BlobSampler
 from blobtier.dataloader.stall import DataStallMeter, StallReport
 
-__all__ = ["BlobDataset", "DataStallMeter", "StallReport"]
+__all__ = ["BlobDataset", "BlobSampler", "DataStallMeter", "StallReport"]

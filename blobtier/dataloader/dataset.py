@@ -49,6 +49,10 @@ class BlobDataset(Dataset):
     def __getitem__(self, index: int) -> Any:
         return self._decode(self.client.get(self.keys[index]))
 
+    def announce(self, indices: Sequence[int], progress: Callable[[], int] | None = None) -> None:
+        """The sampler's hook: these samples are read next, in this order."""
+        self.client.announce([self.keys[i] for i in indices], progress)
+
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         views = self.client.get_many([self.keys[i] for i in indices])
         return [self._decode(v) for v in views]

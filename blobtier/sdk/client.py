@@ -15,7 +15,7 @@ import os
 import shutil
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -29,6 +29,7 @@ from blobtier.sdk import gc
 from blobtier.sdk.chain import TierChain
 from blobtier.sdk.embedded import EmbeddedRegion
 from blobtier.sdk.info import BlobInfo
+from blobtier.sdk.prefetch import Prefetcher, PrefetchJob
 from blobtier.sdk.reader import BlobReader
 from blobtier.sdk.writer import BlobWriter, Reference, WritePath
 
@@ -60,6 +61,7 @@ class Client:
         self._region = EmbeddedRegion(config)
         self._mutex = threading.RLock()
         self._arena: OwnedArena | None = None
+        self._prefetch: Prefetcher | None = None
         self._l1 = self._new_l1()
         self._retired: list[object] = []
         self._writer: WritePath | None = None
@@ -93,7 +95,9 @@ class Client:
         with self._mutex:
             if self._pid == os.getpid():
                 return
-            _INHERITED.extend([self._metadata, self._blocks, self._chain, self._l1, *self._retired])
+            _INHERITED.extend([self._metadata, self._blocks, self._chain, self._l1, self._prefetch,
+                               *self._retired])
+            self._prefetch = None
             self._retired = []
             self._region.lock.forget()
             self._l1 = self._new_l1()
@@ -199,6 +203,50 @@ class Client:
                 return
             after = rows[-1][0]
 
+    # -- knowing the future ---------------------------------------------------------------
+    def _samples(self, keys: Sequence[str]) -> list[list[tuple[BlobRecord, int]]]:
+        """Each existing key's chunks, in order (missing keys are left out)."""
+        out = []
+        for start in range(0, len(keys), 4096):
+            for rec in self._metadata.get_many(keys[start:start + 4096]):
+                if rec is not None:
+                    out.append([(rec, i) for i in range(rec.n_chunks)])
+        return out
+
+    def _prefetcher(self) -> Prefetcher:
+        with self._mutex:
+            if self._prefetch is None:
+                cc = self.config.client
+                self._prefetch = Prefetcher(lambda refs: self._chain.read(refs), cc.prefetch_bytes,
+                                            cc.prefetch_threads)
+            return self._prefetch
+
+    def announce(self, keys: Sequence[str], progress: Callable[[], int] | None = None,
+                 job: int = 0) -> PrefetchJob | None:
+        """Tell the cache the order in which ``keys`` will be read next.
+
+        The eviction policy learns every chunk's next use (the clairvoyant policy acts on
+        it). With ``progress`` (how many of ``keys`` the reader has reached), a
+        background prefetcher keeps the next samples fetched ahead of it, as far ahead
+        as consumption rate x fetch latency needs and the ``prefetch_bytes`` bound allows.
+        ``BlobSampler`` calls this at the start of every epoch.
+        """
+        self._live()
+        samples = self._samples(list(keys))
+        self._l1.announce([rec.chunk_key(i) for s in samples for rec, i in s], job)
+        if progress is None:
+            return None
+        return self._prefetcher().follow(samples, progress)
+
+    def prefetch(self, keys: Sequence[str], deadline: float | None = None) -> PrefetchJob:
+        """Hydrate the cache with ``keys`` in the background and return at once.
+
+        ``deadline`` (seconds since the epoch) is when the data is needed: what has not
+        been fetched by then is left to be read on demand. ``job.wait()`` blocks until done.
+        """
+        self._live()
+        return self._prefetcher().hydrate(self._samples(list(keys)), deadline)
+
     # -- writing ---------------------------------------------------------------------
     def put(self, key: str, data: Buffer | IO[bytes], *, attrs: Mapping[str, str] | None = None) -> BlobInfo:
         """Store ``data`` (bytes-like or a binary file) as the new version of ``key``."""
@@ -250,6 +298,8 @@ class Client:
             self._closed = True
             if self._pid != os.getpid():
                 return  # inherited handles belong to the parent
+            if self._prefetch is not None:
+                self._prefetch.close()
             for handle in [self._chain, self._l1, self._metadata, self._blocks, *self._retired]:
                 handle.close()
             if self._arena is not None and self._arena_pid == os.getpid():
