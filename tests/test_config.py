@@ -77,13 +77,13 @@ def test_env_overlay(tmp_path):
 
 
 def test_env_overlay_from_os_environ(monkeypatch, tmp_path):
-    monkeypatch.setenv("BLOBTIER_CLIENT_READ_THREADS", "3")
+    monkeypatch.setenv("BLOBTIER_CLIENT_PREFETCH_THREADS", "3")
     assert from_mapping({"root": str(tmp_path)}).client.prefetch_threads == 3
 
 
 def test_bad_env_value_names_field():
     with pytest.raises(InvalidRequest, match="client.prefetch_threads"):
-        from_mapping({}, env={"BLOBTIER_CLIENT_READ_THREADS": "lots"})
+        from_mapping({}, env={"BLOBTIER_CLIENT_PREFETCH_THREADS": "lots"})
 
 
 @pytest.mark.parametrize("data, field", [
