@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -88,3 +89,31 @@ class CountersCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         for name, value in self.counters().items():
             yield GaugeMetricFamily(f"{self.prefix}_{name}", f"{self.prefix} {name}", value=value)
+
+
+class StallMetrics:
+    """The data-stall series of one registry (``DataStallMeter`` feeds them)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, namespace: str = "blobtier") -> None:
+        registry = registry if registry is not None else REGISTRY
+        self.wait = Counter(f"{namespace}_data_stall_seconds", "Time the training loop waited for data",
+                            registry=registry)
+        self.step = Counter(f"{namespace}_step_seconds", "Time of training steps, waits included",
+                            registry=registry)
+        self.samples = Counter(f"{namespace}_samples", "Samples delivered to the training loop",
+                               registry=registry)
+        self.wait_per_step = Histogram(f"{namespace}_data_wait_seconds", "Wait for one batch",
+                                       registry=registry,
+                                       buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                0.5, 1, 2.5, 5, 10))
+
+
+_default_stall: StallMetrics | None = None
+
+
+def default_stall_metrics() -> StallMetrics:
+    """The series on the default registry, created once per process."""
+    global _default_stall
+    if _default_stall is None:
+        _default_stall = StallMetrics()
+    return _default_stall

@@ -11,6 +11,9 @@ except ImportError as exc:  # pragma: no cover - exercised in an environment wit
 
 from blobtier.dataloader.dataset import BlobDataset
 from blobtier.dataloader.sampler import BlobSampler
+from blobtier.dataloader.shards import BlobIterableDataset
 from blobtier.dataloader.stall import DataStallMeter, StallReport
+from blobtier.dataloader.tensors import as_tensor
 
-__all__ = ["BlobDataset", "BlobSampler", "DataStallMeter", "StallReport"]
+__all__ = ["BlobDataset", "BlobIterableDataset", "BlobSampler", "DataStallMeter", "StallReport",
+           "as_tensor"]

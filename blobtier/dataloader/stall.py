@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from blobtier.metrics import StallMetrics, default_stall_metrics
+
 T = TypeVar("T")
 
 
@@ -54,8 +56,15 @@ class DataStallMeter:
     >>> meter.report().stall_fraction
     """
 
-    def __init__(self, count: Callable[[Any], int] = _batch_len) -> None:
+    def __init__(self, count: Callable[[Any], int] = _batch_len,
+                 metrics: StallMetrics | None = None) -> None:
+        """Args:
+            count: samples in a batch (default: the leading dimension of its first tensor).
+            metrics: Prometheus series to feed (default: ``blobtier_data_stall_seconds``
+                and friends on the default registry).
+        """
         self.count = count
+        self.metrics = metrics if metrics is not None else default_stall_metrics()
         self.reset()
 
     def reset(self) -> None:
@@ -69,15 +78,21 @@ class DataStallMeter:
             start = time.perf_counter()
             if handed_out is not None:
                 self._total += start - handed_out  # the consumer's compute on that batch
+                self.metrics.step.inc(start - handed_out)
             try:
                 batch = next(it)
             except StopIteration:
                 return
             handed_out = time.perf_counter()
-            self._wait += handed_out - start
-            self._total += handed_out - start
+            wait, n = handed_out - start, self.count(batch)
+            self._wait += wait
+            self._total += wait
             self._steps += 1
-            self._samples += self.count(batch)
+            self._samples += n
+            self.metrics.wait.inc(wait)
+            self.metrics.step.inc(wait)
+            self.metrics.wait_per_step.observe(wait)
+            self.metrics.samples.inc(n)
             yield batch
 
     def report(self) -> StallReport:

@@ -64,7 +64,8 @@ class PrefetchJob:
         return self.fetched + self.failed + self.skipped
 
     def consumed(self) -> int:
-        return len(self.samples) if self.progress is None else max(0, min(self.progress(), len(self.samples)))
+        """Samples the consumer has reached (none for a hydration with no consumer)."""
+        return 0 if self.progress is None else max(0, min(self.progress(), len(self.samples)))
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -112,6 +113,9 @@ class Prefetcher:
         return job
 
     def hydrate(self, samples: list[Sample], deadline: float | None = None) -> PrefetchJob:
+        """Fetch ``samples`` as fast as allowed; stop at ``deadline`` (seconds since the epoch)."""
+        if deadline is not None:
+            deadline = time.monotonic() + (deadline - time.time())
         job = PrefetchJob(samples, None, deadline)
         with self._cv:
             self._jobs.append(job)
