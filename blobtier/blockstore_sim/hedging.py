@@ -1,10 +1,17 @@
 """When to send a hedged (second) request: after a fixed delay, or one learnt from latency.
 
-The automatic threshold is a high percentile (p95 by default) of the latencies of recent
-answered requests, with a floor: a request still unanswered by then is probably a
-straggler, and asking another replica costs only the few percent of requests that cross
-it (Dean & Barroso, "The Tail at Scale"). Until enough requests have been seen, the
-initial threshold applies.
+What is timed is how long a server takes to start answering (time to first byte), which
+does not depend on the chunk size. The automatic threshold is a high percentile (p99 by
+default) of recent such times, with a floor: a request still unanswered by then is
+probably a straggler, and asking another replica costs only the few percent of requests
+that cross it (Dean & Barroso, "The Tail at Scale").
+
+Only winners are timed, and hedged stragglers lose, so the window holds the body of the
+distribution; the threshold is further capped at ``cap`` times the median so that a heavy
+tail that did get in (while the threshold sat above it) cannot lift the threshold onto
+the stragglers themselves. p95 would hedge 5% of healthy requests by definition; p99 keeps
+that share near 1% on top of the tail. Until enough requests have been seen, the initial
+threshold applies.
 """
 
 from __future__ import annotations
@@ -51,14 +58,17 @@ class HedgeTimer:
     Args:
         after_ms: > 0: a fixed threshold; 0: automatic; < 0: never hedge.
         percentile: the automatic threshold's percentile of recent latencies.
+        cap: the automatic threshold is at most this many times the median.
         floor_ms: the automatic threshold is never below this.
         initial_ms: the threshold until ``min_samples`` latencies have been seen.
     """
 
-    def __init__(self, after_ms: float = 0.0, *, percentile: float = 95.0, floor_ms: float = 1.0,
-                 initial_ms: float = 50.0, min_samples: int = 20, window: int = 512) -> None:
+    def __init__(self, after_ms: float = 0.0, *, percentile: float = 99.0, cap: float = 3.0,
+                 floor_ms: float = 1.0, initial_ms: float = 50.0, min_samples: int = 20,
+                 window: int = 512) -> None:
         self.after_ms = after_ms
         self.percentile = percentile
+        self.cap = cap
         self.floor_ms = floor_ms
         self.initial_ms = initial_ms
         self.min_samples = min_samples
@@ -76,4 +86,6 @@ class HedgeTimer:
             return self.after_ms / 1000
         if len(self.window) < self.min_samples:
             return self.initial_ms / 1000
-        return max(self.floor_ms / 1000, self.window.percentile(self.percentile) or 0.0)
+        high = self.window.percentile(self.percentile) or 0.0
+        median = self.window.percentile(50) or 0.0
+        return max(self.floor_ms / 1000, min(high, self.cap * median))

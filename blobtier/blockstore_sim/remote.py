@@ -8,7 +8,7 @@ Failed calls raise the exception ``rpc/status.py`` maps their status code to.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
@@ -43,28 +43,37 @@ class RemoteGet:
         self._where = where
         self.cancelled = False
 
-    def result(self) -> memoryview:
+    def result(self, on_first: Callable[[], None] | None = None) -> memoryview:
+        """The answer's bytes; ``on_first`` is called when the server starts answering
+        (its first message, which carries the lengths)."""
         with _calling(self._where):
-            first = next(self._call)
-            if len(first.data) == first.length:  # one piece: hand it over without a copy
-                rest = next(self._call, None)
-                if rest is None:
-                    return memoryview(first.data)
-                raise status.exception_for(grpc.StatusCode.INTERNAL)(
-                    f"{self._where}: more bytes than the {first.length} announced")
-            buf = bytearray(first.length)
-            buf[:len(first.data)] = first.data
-            filled = len(first.data)
-            for reply in self._call:
-                end = filled + len(reply.data)
-                if end > len(buf):
-                    break
-                buf[filled:end] = reply.data
+            head = next(self._call)
+            if on_first is not None:
+                on_first()
+            length = head.length
+            piece = next(self._call, None)
+            if piece is None or len(piece.data) == length:  # one piece: no copy
+                data = piece.data if piece is not None else b""
+                if len(data) == length and next(self._call, None) is None:
+                    return memoryview(data)
+                raise self._mismatch(len(data), length)
+            buf = bytearray(length)
+            filled = 0
+            while piece is not None:
+                end = filled + len(piece.data)
+                if end > length:
+                    raise self._mismatch(end, length)
+                buf[filled:end] = piece.data
                 filled = end
-        if filled != len(buf):
-            raise status.exception_for(grpc.StatusCode.INTERNAL)(
-                f"{self._where}: answer of {filled} bytes where {len(buf)} were announced")
+                piece = next(self._call, None)
+        if filled != length:
+            raise self._mismatch(filled, length)
         return memoryview(buf).toreadonly()
+
+    def _mismatch(self, got: int, announced: int) -> Exception:
+        self._call.cancel()
+        return status.exception_for(grpc.StatusCode.INTERNAL)(
+            f"{self._where}: answer of {got} bytes where {announced} were announced")
 
     def cancel(self) -> None:
         self.cancelled = True

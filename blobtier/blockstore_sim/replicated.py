@@ -14,8 +14,12 @@ block layer needs against real servers:
 
 - chunks are read in parallel by a bounded pool, each directly from a server that holds
   a replica (no proxy);
-- a request unanswered after the hedge threshold (``hedging.HedgeTimer``) gets a second
-  request to the next replica; the first good answer wins and the other is cancelled;
+- a request whose first byte has not come after the hedge threshold
+  (``hedging.HedgeTimer``) gets a second request to the next replica (and, should that
+  one be slow to start too, a third); the first good answer wins and the others are
+  cancelled. The threshold is on time to first byte, not
+  to the last: a straggler is a server slow to start answering, and time to first byte
+  does not grow with the chunk size, so one threshold fits chunks of every size;
 - an error or checksum failure moves on to the next replica at once and benches the bad
   server for a while (``health.ReplicaHealth``);
 - when every replica failed transiently, the read is retried a bounded number of times
@@ -31,8 +35,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -61,7 +65,9 @@ COUNTERS = ("requests", "hedges", "hedge_wins", "failovers", "retries", "timeout
 class PendingGet(Protocol):
     cancelled: bool
 
-    def result(self) -> memoryview: ...
+    def result(self, on_first: Callable[[], None] | None = None) -> memoryview:
+        """The bytes; ``on_first`` is called when the first of them arrives."""
+        ...
 
     def cancel(self) -> None: ...
 
@@ -80,8 +86,8 @@ class ReadPolicy:
 
     Args:
         concurrency: chunk reads in flight at most (also the ceiling of the adaptive limit).
-        hedge_after_ms: > 0: hedge after this long; 0: automatically (p95 of recent
-            latencies); < 0: never hedge.
+        hedge_after_ms: > 0: hedge a request with no answer after this long; 0:
+            automatically (a high percentile of recent times to first byte); < 0: never.
         max_retries: extra rounds over the replicas after every one failed transiently.
         timeout_s: deadline of one request.
         backoff: delays between retry rounds.
@@ -92,6 +98,28 @@ class ReadPolicy:
     max_retries: int = 3
     timeout_s: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
+
+
+class _Request:
+    """One request in flight to one replica."""
+
+    __slots__ = ("sid", "call", "started", "changed", "answered", "first_byte_s")
+
+    def __init__(self, sid: int, call: PendingGet, started: float, changed: threading.Event) -> None:
+        self.sid = sid
+        self.call = call
+        self.started = started
+        self.changed = changed
+        self.answered = False
+        self.first_byte_s = 0.0
+
+    def first_byte(self) -> None:
+        self.first_byte_s = time.perf_counter() - self.started
+        self.answered = True
+        self.changed.set()
+
+    def remaining(self, delay: float) -> float:
+        return max(0.0, delay - (time.perf_counter() - self.started))
 
 
 @dataclass
@@ -287,8 +315,9 @@ class ReplicatedBlockStore:
             self._account(tally)
 
     def _race(self, rec, index: int, key: ChunkKey, tally: _Tally) -> memoryview | None:
-        """One round over the replicas: the primary, a hedge if it is slow, the next
-        replica after each failure. The first verified answer wins."""
+        """One round over the replicas. The primary first; while no request has started
+        answering, another replica is asked each time the hedge threshold passes; after
+        a failure the next replica at once. The first verified answer wins."""
         digest = key.digest()
         queue = deque()
         for sid in self.health.order(rec.placement[index]):
@@ -296,75 +325,84 @@ class ReplicatedBlockStore:
                 queue.append(sid)
             else:
                 tally.missing += 1
-        running: dict[Future, tuple[int, PendingGet]] = {}
-        hedged = False
-        primary = queue[0] if queue else None
-        if queue:
-            self._launch(queue, running, digest, rec, index, hedge=False)
+        running: dict[Future, _Request] = {}
+        changed = threading.Event()  # a request's first byte or its end
+        primary = last = self._launch(queue, running, digest, rec, index, changed, hedge=False)
         try:
             while running:
-                timeout = self.hedge.delay() if queue and not hedged else None
-                done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+                done = [f for f in running if f.done()]
                 if not done:
-                    hedged = True  # one hedge per round: the extra load stays bounded
-                    if self._launch(queue, running, digest, rec, index, hedge=True):
-                        self._count("hedges")
+                    delay = self.hedge.delay() if queue and last is not None else None
+                    answering = any(r.answered for r in running.values())
+                    if delay is not None and not answering:
+                        if not changed.wait(last.remaining(delay)):
+                            hedge = self._launch(queue, running, digest, rec, index, changed, hedge=True)
+                            if hedge is not None:
+                                self._count("hedges")
+                                last = hedge
+                            else:
+                                last = None  # no room for a hedge now: just wait
+                            continue
+                    else:
+                        changed.wait()
+                    changed.clear()
                     continue
                 for fut in done:
-                    sid, _ = running.pop(fut)
-                    data, exc, elapsed = fut.result()
+                    req = running.pop(fut)
+                    data, exc = fut.result()
                     if exc is None:
-                        self.health.ok(sid)
-                        self.hedge.observe(elapsed)
-                        if hedged and sid != primary:
+                        self.health.ok(req.sid)
+                        self.hedge.observe(req.first_byte_s)
+                        if req is not primary:
                             self._count("hedge_wins")
                         return data
-                    self._judge(sid, key, exc, tally)
-                if queue and len(running) < 1 + hedged:
+                    self._judge(req.sid, key, exc, tally)
+                if queue and not running:
                     self._count("failovers")
-                    self._launch(queue, running, digest, rec, index, hedge=False)
+                    primary = last = self._launch(queue, running, digest, rec, index, changed,
+                                                  hedge=False)
             return None
         finally:
-            for _, call in running.values():
-                call.cancel()
+            for req in running.values():
+                req.call.cancel()
 
     def _launch(self, queue: deque, running: dict, digest: bytes, rec, index: int,
-                hedge: bool) -> bool:
+                changed: threading.Event, hedge: bool) -> _Request | None:
         """Start a request to the next replica in ``queue``; a hedge only if the limit
         has room right now."""
         if not queue:
-            return False
+            return None
         if hedge:
             if not self.limit.try_acquire():
-                return False
+                return None
         else:
             self.limit.acquire()
         sid = queue.popleft()
         self._count("requests")
         started = time.perf_counter()
         try:
-            call = self.servers[sid].start_get(digest, timeout_s=self.policy.timeout_s)
+            req = _Request(sid, self.servers[sid].start_get(digest, timeout_s=self.policy.timeout_s),
+                           started, changed)
         except BaseException:
             self.limit.release()
             raise
-        fut = self._pools()[1].submit(self._fetch, call, rec, index, sid, started)
-        running[fut] = (sid, call)
-        return True
+        fut = self._pools()[1].submit(self._fetch, req, rec, index)
+        fut.add_done_callback(lambda _: changed.set())
+        running[fut] = req
+        return req
 
-    def _fetch(self, call: PendingGet, rec, index: int, sid: int,
-               started: float) -> tuple[memoryview | None, BaseException | None, float]:
+    def _fetch(self, req: _Request, rec, index: int) -> tuple[memoryview | None, BaseException | None]:
         """Collect and verify one answer (in a request thread); release its room."""
         data = exc = None
         try:
-            data = call.result()
+            data = req.call.result(on_first=req.first_byte)
             checksum.verify(rec.checksum_algo, data, rec.checksums[index],
-                            f"chunk {rec.chunk_key(index)} on server {sid}")
+                            f"chunk {rec.chunk_key(index)} on server {req.sid}")
         except (BlobtierError, OSError) as e:  # any answer but the bytes: try another replica
             data, exc = None, e
-        elapsed = time.perf_counter() - started
-        congested = isinstance(exc, TierUnavailable) and not call.cancelled
-        self.limit.release(elapsed if exc is None else None, congested=congested)
-        return data, exc, elapsed
+        congested = isinstance(exc, TierUnavailable) and not req.call.cancelled
+        self.limit.release(time.perf_counter() - req.started if exc is None else None, congested)
+        return data, exc
 
     def _judge(self, sid: int, key: ChunkKey, exc: BaseException, tally: _Tally) -> None:
         if isinstance(exc, ChecksumError):

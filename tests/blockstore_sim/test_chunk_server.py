@@ -46,12 +46,12 @@ def put_stream(digest: bytes, data: bytes, h: int | None = None, piece: int = wi
 
 def test_put_get_stat_list_delete(stub):
     assert stub.Put(put_stream(D, DATA), timeout=10).stored == 1
-    replies = list(stub.Get(pb.GetRequest(digest=D), timeout=10))
-    assert len(replies) == 4 and all(len(r.data) <= wire.MAX_PIECE_BYTES for r in replies)
-    assert (replies[0].length, replies[0].chunk_length, replies[0].xxh3) == (len(DATA), len(DATA), xxh3(DATA))
-    assert b"".join(r.data for r in replies) == DATA
+    head, *pieces = stub.Get(pb.GetRequest(digest=D), timeout=10)
+    assert (head.data, head.length, head.chunk_length, head.xxh3) == (b"", len(DATA), len(DATA), xxh3(DATA))
+    assert len(pieces) == 4 and all(len(r.data) <= wire.MAX_PIECE_BYTES for r in pieces)
+    assert b"".join(r.data for r in pieces) == DATA
     ranged = list(stub.Get(pb.GetRequest(digest=D, offset=10, length=5), timeout=10))
-    assert [r.data for r in ranged] == [DATA[10:15]]
+    assert [(r.data, r.length) for r in ranged] == [(b"", 5), (DATA[10:15], 0)]
     empty = list(stub.Get(pb.GetRequest(digest=D, offset=len(DATA), length=0), timeout=10))
     assert [(r.data, r.length) for r in empty] == [(b"", 0)]
     st = stub.Stat(pb.StatRequest(digest=D), timeout=10)

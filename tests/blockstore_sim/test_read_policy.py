@@ -32,6 +32,10 @@ def test_hedge_timer_fixed_off_and_automatic():
     for i in range(200):
         auto.observe(0.010 if i % 20 else 0.200)  # 5% stragglers at 200 ms
     assert 0.009 <= auto.delay() <= 0.2
+    heavy = HedgeTimer(0, percentile=99, cap=3, min_samples=20)
+    for i in range(200):
+        heavy.observe(0.010 if i % 10 else 1.0)  # 10% stragglers got into the window
+    assert heavy.delay() == pytest.approx(0.030)  # capped at 3x the median, below them
     fast = HedgeTimer(0, floor_ms=2, min_samples=5)
     for _ in range(50):
         fast.observe(0.0001)

@@ -73,7 +73,8 @@ class ChunkServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Get(self, request, context):
-        """A byte range of one chunk, streamed in pieces; the first reply carries the lengths.
+        """A byte range of one chunk: a first reply with the lengths and no data, sent as soon
+        as the server starts answering, then the bytes in pieces.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
