@@ -53,13 +53,19 @@ class ChunkCache(Protocol):
     """True when bytes cannot change between put and get (local memory): the chain then
     skips re-verifying hits. Remote and on-disk tiers are not trusted."""
 
-    def get_many(self, keys: Sequence[ChunkKey]) -> dict[ChunkKey, memoryview]:
-        """The chunks this tier holds, as read-only views; absent keys are misses."""
+    def get_many(self, keys: Sequence[ChunkKey], touch: bool = True) -> dict[ChunkKey, memoryview]:
+        """The chunks this tier holds, as read-only views; absent keys are misses.
+        ``touch=False``: a read ahead of the reader, not a use for the eviction policy."""
         ...
 
-    def put(self, key: ChunkKey, data: Buffer) -> None:
+    def put(self, key: ChunkKey, data: Buffer, touch: bool = True) -> None:
         """Offer a verified chunk; the tier may decline it (admission)."""
         ...
+
+    # Optional, for tiers shared by several processes (the host L1):
+    #   claim([(key, size)]) -> (claimed, busy): reserve slots before reading below; a
+    #       busy key is being filled elsewhere, and get_many waits for it.
+    #   unclaim(keys): give back claims that will not be filled.
 
     def contains(self, key: ChunkKey) -> bool: ...
 

@@ -1,7 +1,8 @@
 """Chunk-level eviction policies, chosen by name.
 
 A policy only orders keys; the cache that uses it owns the bytes and the byte budget.
-The cache calls ``insert`` for a new key, ``hit`` on every hit, ``remove`` when it drops a
+The cache calls ``insert`` for a new key (``accessed=False`` when it was fetched ahead
+of its reader: a prefetch, which is not a use), ``hit`` on every hit, ``remove`` when it drops a
 key itself, and ``victim`` when it needs room; ``victim`` forgets the key it returns.
 ``admit`` lets a policy refuse a new key when the cache is full (return False) instead
 of evicting for it. ``announce`` tells a policy the future: the order in which a job
@@ -26,7 +27,7 @@ from typing import Protocol
 class EvictionPolicy(Protocol):
     def announce(self, keys: Sequence[Hashable], job: Hashable = None) -> None: ...
 
-    def insert(self, key: Hashable) -> None: ...
+    def insert(self, key: Hashable, accessed: bool = True) -> None: ...
 
     def hit(self, key: Hashable) -> None: ...
 
@@ -51,7 +52,7 @@ class LRU(_OrderBlind):
     def __init__(self) -> None:
         self._order: OrderedDict[Hashable, None] = OrderedDict()
 
-    def insert(self, key: Hashable) -> None:
+    def insert(self, key: Hashable, accessed: bool = True) -> None:
         self._order[key] = None
 
     def hit(self, key: Hashable) -> None:
@@ -89,7 +90,7 @@ class SIEVE(_OrderBlind):
         self._oldest: _Node | None = None
         self._hand: _Node | None = None
 
-    def insert(self, key: Hashable) -> None:
+    def insert(self, key: Hashable, accessed: bool = True) -> None:
         if key in self._nodes:
             return
         node = _Node(key)
@@ -148,7 +149,7 @@ class Keep(_OrderBlind):
     def __init__(self) -> None:
         self._keys: dict[Hashable, None] = {}
 
-    def insert(self, key: Hashable) -> None:
+    def insert(self, key: Hashable, accessed: bool = True) -> None:
         self._keys[key] = None
 
     def hit(self, key: Hashable) -> None:
@@ -234,8 +235,9 @@ class Clairvoyant:
             if not uses:
                 del self._uses[key]
 
-    def insert(self, key: Hashable) -> None:
-        self._consume(key)
+    def insert(self, key: Hashable, accessed: bool = True) -> None:
+        if accessed:
+            self._consume(key)
         self._file(key)
 
     def hit(self, key: Hashable) -> None:

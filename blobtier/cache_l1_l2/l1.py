@@ -4,8 +4,10 @@ A hit is a lookup at the owner (a method call in the owning process, one Unix-so
 round trip per batch elsewhere) and a view of the reader's own mapping of the segment:
 no copy. Each view pins its slot; when the last reference to a view goes, the pin is
 queued and handed back with the next request, so releases cost no round trip of their
-own. A miss is filled by whoever read the chunk from below: it reserves a slot, writes
-the bytes into it and commits.
+own. A miss is filled by whoever read the chunk from below. The chain ``claim``s the slots of
+its misses before it reads below: a chunk another process is already fetching comes back
+``busy``, and a lookup of it waits for that fill instead of fetching it a second time (one
+origin read per chunk per host). The claimed slots are filled by ``put`` and committed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 from collections.abc import Sequence
 
 from blobtier.cache_l1_l2.arena import Segment
-from blobtier.cache_l1_l2.owner import ArenaOwner
+from blobtier.cache_l1_l2.owner import BUSY, GRANTED, ArenaOwner
 from blobtier.cache_l1_l2.wire import OwnerClient, OwnerServer
 from blobtier.chunks import Buffer, ChunkKey
 from blobtier.errors import TierUnavailable
@@ -58,6 +60,7 @@ class SharedL1Cache:
         self._segment: Segment | None = owner.segment if owner else None
         self._address = 0
         self._pending: list[int] = []
+        self._claims: dict[ChunkKey, int] = {}  # claimed slots not yet filled
         self._lock = threading.Lock()
 
     # -- the owner, near or far ------------------------------------------------------------
@@ -76,11 +79,11 @@ class SharedL1Cache:
             self._address = np.frombuffer(self._segment.view, np.uint8).ctypes.data
         return self._segment
 
-    def _lookup(self, digests: list[bytes]) -> list:
+    def _lookup(self, digests: list[bytes], touch: bool) -> list:
         if self._owner is not None:
-            return self._owner.lookup(digests, self._session)
+            return self._owner.lookup(digests, self._session, touch=touch)
         self._flush_releases()
-        return self._client.lookup(digests)
+        return self._client.lookup(digests, touch)
 
     def _flush_releases(self) -> None:
         with self._lock:
@@ -106,9 +109,10 @@ class SharedL1Cache:
                 pass  # the session is gone, and its pins with it
 
     # -- ChunkCache --------------------------------------------------------------------------
-    def get_many(self, keys: Sequence[ChunkKey]) -> dict[ChunkKey, memoryview]:
+    def get_many(self, keys: Sequence[ChunkKey], touch: bool = True) -> dict[ChunkKey, memoryview]:
+        """``touch=False``: a prefetcher's look, not a use the eviction policy should count."""
         segment = self._attach()
-        places = self._lookup([k.digest() for k in keys])
+        places = self._lookup([k.digest() for k in keys], touch)
         found = {}
         for key, place in zip(keys, places):
             if place is not None:
@@ -121,33 +125,57 @@ class SharedL1Cache:
         array.pin = _Pin(self, offset)  # the view keeps the array alive, the array the pin
         return memoryview(array).cast("B").toreadonly()
 
-    def put(self, key: ChunkKey, data: Buffer) -> None:
-        size = len(data)
-        if not size:
-            return
-        digest = key.digest()
-        segment = self._attach()
+    def claim(self, items: Sequence[tuple[ChunkKey, int]]) -> tuple[set[ChunkKey], set[ChunkKey]]:
+        """Claim the slots of chunks about to be read from below: (claimed, busy)."""
+        self._attach()
+        wanted = [(key, size) for key, size in items if size > 0]
         if self._owner is not None:
-            offset = self._owner.reserve(digest, size, self._session)
+            answers = [self._owner.claim(k.digest(), n, self._session) for k, n in wanted]
         else:
-            (offset,) = self._client.reserve([(digest, size)])
+            answers = self._client.claim([(k.digest(), n) for k, n in wanted])
+        claimed, busy = set(), set()
+        with self._lock:
+            for (key, _), (status, offset) in zip(wanted, answers):
+                if status == GRANTED:
+                    self._claims[key] = offset
+                    claimed.add(key)
+                elif status == BUSY:
+                    busy.add(key)
+        return claimed, busy
+
+    def unclaim(self, keys: Sequence[ChunkKey]) -> None:
+        """Give back claims that will not be filled (the read below failed)."""
+        with self._lock:
+            dropped = [k for k in keys if self._claims.pop(k, None) is not None]
+        if dropped:
+            self._abort([k.digest() for k in dropped])
+
+    def put(self, key: ChunkKey, data: Buffer, touch: bool = True) -> None:
+        size = len(data)
+        with self._lock:
+            offset = self._claims.pop(key, None)
         if offset is None:
-            return
+            if not size or not self.claim([(key, size)])[0]:
+                return
+            with self._lock:
+                offset = self._claims.pop(key)
+        digest = key.digest()
         try:
-            segment.view[offset:offset + size] = data
+            self._attach().view[offset:offset + size] = data
         except BaseException:
-            self._abort(digest)
+            self._abort([digest])
             raise
         if self._owner is not None:
-            self._owner.commit(digest, self._session)
+            self._owner.commit(digest, self._session, accessed=touch)
         else:
-            self._client.commit([digest])
+            self._client.commit([digest], accessed=touch)
 
-    def _abort(self, digest: bytes) -> None:
+    def _abort(self, digests: list[bytes]) -> None:
         if self._owner is not None:
-            self._owner.abort(digest, self._session)
+            for digest in digests:
+                self._owner.abort(digest, self._session)
         else:
-            self._client.abort([digest])
+            self._client.abort(digests)
 
     def contains(self, key: ChunkKey) -> bool:
         if self._owner is not None:

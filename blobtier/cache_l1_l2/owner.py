@@ -27,6 +27,7 @@ from blobtier.cache_l1_l2.arena import Segment, SlabAllocator
 from blobtier.eviction import make_policy
 
 Place = tuple[int, int]  # (offset in the segment, length)
+REFUSED, GRANTED, BUSY = 0, 1, 2  # answers to a claim
 FILL_WAIT_S = 10.0  # how long a lookup waits for another session's fill of the same chunk
 SESSION_GRACE_S = 60.0  # pins of a closed session outlive it by this much (see end_session)
 _MAX_EVICTIONS = 256  # per reservation: beyond this the chunk is refused, not forced in
@@ -90,9 +91,10 @@ class ArenaOwner:
         self._leases = keep
 
     # -- reading -----------------------------------------------------------------------
-    def lookup(self, digests: Sequence[bytes], session: int,
-               wait_s: float = FILL_WAIT_S) -> list[Place | None]:
-        """Pinned places of the chunks held; None for a miss. Waits for fills in flight."""
+    def lookup(self, digests: Sequence[bytes], session: int, wait_s: float = FILL_WAIT_S,
+               touch: bool = True) -> list[Place | None]:
+        """Pinned places of the chunks held; None for a miss. Waits for fills in flight.
+        ``touch=False`` (a prefetcher's look) does not count as a use for the policy."""
         out: list[Place | None] = []
         with self._cv:
             pins = self._session_pins[session]
@@ -105,7 +107,8 @@ class ArenaOwner:
                     self.counters["misses"] += 1
                     out.append(None)
                     continue
-                self._policy.hit(digest)
+                if touch:
+                    self._policy.hit(digest)
                 self._pins[place[0]] += 1
                 pins[place[0]] += 1
                 self.counters["hits"] += 1
@@ -135,16 +138,22 @@ class ArenaOwner:
     def reserve(self, digest: bytes, length: int, session: int) -> int | None:
         """A slot to write ``length`` bytes of ``digest`` into, or None: already held,
         being filled, too big, or refused by the policy."""
+        return self.claim(digest, length, session)[1]
+
+    def claim(self, digest: bytes, length: int, session: int) -> tuple[int, int | None]:
+        """(GRANTED, slot) to fill ``digest``; (BUSY, None) if it is held or being filled
+        (a lookup will wait for it); (REFUSED, None) if the cache will not take it."""
         with self._cv:
-            if digest in self._index or digest in self._filling or length <= 0 \
-                    or length > self.allocator.page or session not in self._session_pins:
-                return None
+            if digest in self._index or digest in self._filling:
+                return BUSY, None
+            if length <= 0 or length > self.allocator.page or session not in self._session_pins:
+                return REFUSED, None
             if self._leases:
                 self._expire_leases()
             full = not self.allocator.room_for(length)
             if not self._policy.admit(digest, full):
                 self.counters["rejected"] += 1
-                return None
+                return REFUSED, None
             offset = self.allocator.alloc(length)
             evictions = 0
             while offset is None and evictions < _MAX_EVICTIONS:
@@ -156,18 +165,19 @@ class ArenaOwner:
                 offset = self.allocator.alloc(length)
             if offset is None:
                 self.counters["rejected"] += 1
-                return None
+                return REFUSED, None
             self._filling[digest] = (session, offset, length)
-            return offset
+            return GRANTED, offset
 
-    def commit(self, digest: bytes, session: int) -> bool:
+    def commit(self, digest: bytes, session: int, accessed: bool = True) -> bool:
+        """Publish a filled slot; ``accessed=False`` for a prefetch (not a use yet)."""
         with self._cv:
             fill = self._filling.get(digest)
             if fill is None or fill[0] != session:
                 return False
             del self._filling[digest]
             self._index[digest] = (fill[1], fill[2])
-            self._policy.insert(digest)
+            self._policy.insert(digest, accessed)
             self.counters["inserts"] += 1
             self._cv.notify_all()
             return True

@@ -11,8 +11,11 @@ trip of about two kilobytes::
     1   INFO                                   json {"name", "size", "policy", "pid"}, after
                                                a 1-byte message carrying the segment's fd
     2   LOOKUP   count x digest 16s            count x (found u8, offset u64, length u32)
-    3   RESERVE  count x (digest 16s, len u32) count x (granted u8, offset u64)
+    9   PEEK     as LOOKUP, not counted as a use by the eviction policy (prefetch)
+    3   RESERVE  count x (digest 16s, len u32) count x (status u8, offset u64)
+                                               status 0 refused, 1 granted, 2 held or busy
     4   COMMIT   count x digest 16s            count x committed u8
+    10  STAGE    as COMMIT, for a prefetched chunk (not a use yet)
     5   ABORT    count x digest 16s            -
     6   RELEASE  count x offset u64            -
     7   ANNOUNCE job u64 | count x digest 16s  -
@@ -32,12 +35,12 @@ import struct
 import threading
 from collections.abc import Sequence
 
-from blobtier.cache_l1_l2.owner import ArenaOwner, Place
+from blobtier.cache_l1_l2.owner import GRANTED, ArenaOwner, Place
 from blobtier.errors import InvalidRequest, TierUnavailable
 
 log = logging.getLogger(__name__)
 
-INFO, LOOKUP, RESERVE, COMMIT, ABORT, RELEASE, ANNOUNCE, STATS = range(1, 9)
+INFO, LOOKUP, RESERVE, COMMIT, ABORT, RELEASE, ANNOUNCE, STATS, PEEK, STAGE = range(1, 11)
 _REQ = struct.Struct("<BII")
 _REP = struct.Struct("<BI")
 _PLACE = struct.Struct("<BQI")
@@ -124,19 +127,19 @@ class OwnerServer:
             (job,) = struct.unpack_from("<Q", body)
             owner.announce(_digests(body[8:], count), job)
             return b""
-        if op == LOOKUP:
-            places = owner.lookup(_digests(body, count), session)
+        if op in (LOOKUP, PEEK):
+            places = owner.lookup(_digests(body, count), session, touch=op == LOOKUP)
             return b"".join(_PLACE.pack(1, *p) if p else _PLACE.pack(0, 0, 0) for p in places)
         if op == RESERVE:
             _expect(body, count * 20)
             out = []
             for i in range(count):
                 digest, length = struct.unpack_from("<16sI", body, i * 20)
-                offset = owner.reserve(digest, length, session)
-                out.append(_GRANT.pack(offset is not None, offset or 0))
+                status, offset = owner.claim(digest, length, session)
+                out.append(_GRANT.pack(status, offset or 0))
             return b"".join(out)
-        if op == COMMIT:
-            return bytes(owner.commit(d, session) for d in _digests(body, count))
+        if op in (COMMIT, STAGE):
+            return bytes(owner.commit(d, session, accessed=op == COMMIT) for d in _digests(body, count))
         if op == ABORT:
             for d in _digests(body, count):
                 owner.abort(d, session)
@@ -229,19 +232,25 @@ class OwnerClient:
     def stats(self) -> dict:
         return json.loads(self._call(STATS, 0, b""))
 
-    def lookup(self, digests: Sequence[bytes]) -> list[Place | None]:
-        reply = self._call(LOOKUP, len(digests), b"".join(digests))
+    def lookup(self, digests: Sequence[bytes], touch: bool = True) -> list[Place | None]:
+        reply = self._call(LOOKUP if touch else PEEK, len(digests), b"".join(digests))
         out: list[Place | None] = []
         for found, offset, length in _PLACE.iter_unpack(reply):
             out.append((offset, length) if found else None)
         return out
 
-    def reserve(self, items: Sequence[tuple[bytes, int]]) -> list[int | None]:
+    def claim(self, items: Sequence[tuple[bytes, int]]) -> list[tuple[int, int | None]]:
+        """(status, slot) per (digest, length): see ``ArenaOwner.claim``."""
         body = b"".join(struct.pack("<16sI", d, n) for d, n in items)
-        return [off if ok else None for ok, off in _GRANT.iter_unpack(self._call(RESERVE, len(items), body))]
+        return [(status, off if status == GRANTED else None)
+                for status, off in _GRANT.iter_unpack(self._call(RESERVE, len(items), body))]
 
-    def commit(self, digests: Sequence[bytes]) -> list[bool]:
-        return [bool(b) for b in self._call(COMMIT, len(digests), b"".join(digests))]
+    def reserve(self, items: Sequence[tuple[bytes, int]]) -> list[int | None]:
+        return [off for _, off in self.claim(items)]
+
+    def commit(self, digests: Sequence[bytes], accessed: bool = True) -> list[bool]:
+        reply = self._call(COMMIT if accessed else STAGE, len(digests), b"".join(digests))
+        return [bool(b) for b in reply]
 
     def abort(self, digests: Sequence[bytes]) -> None:
         self._call(ABORT, len(digests), b"".join(digests))

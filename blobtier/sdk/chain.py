@@ -41,8 +41,12 @@ class TierChain:
         self._lock = threading.Lock()
         self._fill_pool: ThreadPoolExecutor | None = None
 
-    def read(self, refs: Sequence[ChunkRef]) -> list[memoryview]:
-        """Verified bytes of each (record, index), in order."""
+    def read(self, refs: Sequence[ChunkRef], touch: bool = True) -> list[memoryview]:
+        """Verified bytes of each (record, index), in order.
+
+        ``touch=False`` reads ahead of the reader (a prefetch): the caches' eviction
+        policies do not count it as a use.
+        """
         ref_of: dict[ChunkKey, ChunkRef] = {}
         keys = []
         for rec, index in refs:
@@ -51,25 +55,55 @@ class TierChain:
             ref_of[key] = (rec, index)
         found: dict[ChunkKey, memoryview] = {}
         missing = list(ref_of)
-        for depth, tier in enumerate(self.tiers):
-            if not missing:
-                break
-            got = self._lookup(tier, missing, ref_of)
-            if got:
-                found.update(got)
-                self._fill(self.tiers[:depth], got)
-                missing = [k for k in missing if k not in got]
-        if missing:
-            found.update(self._from_source(missing, ref_of))
+        claims: list[tuple[ChunkCache, set[ChunkKey]]] = []
+        try:
+            for depth, tier in enumerate(self.tiers):
+                if not missing:
+                    break
+                got = self._lookup(tier, missing, ref_of, touch)
+                if got:
+                    found.update(got)
+                    self._fill(self.tiers[:depth], got, touch)
+                    missing = [k for k in missing if k not in got]
+                if missing and hasattr(tier, "claim"):
+                    missing = self._claim(tier, depth, missing, ref_of, found, claims, touch)
+            if missing:
+                found.update(self._from_source(missing, ref_of, touch))
+        finally:
+            for tier, claimed in claims:
+                tier.unclaim(list(claimed))  # only those a failure left unfilled remain
         return [found[k] for k in keys]
 
-    def _lookup(self, tier: ChunkCache, keys: list[ChunkKey],
-                ref_of: dict[ChunkKey, ChunkRef]) -> dict[ChunkKey, memoryview]:
+    def _claim(self, tier: ChunkCache, depth: int, missing: list[ChunkKey],
+               ref_of: dict[ChunkKey, ChunkRef], found: dict[ChunkKey, memoryview],
+               claims: list, touch: bool) -> list[ChunkKey]:
+        """Claim ``tier``'s slots for the misses; wait for those another process is filling.
+
+        Returns what is still missing.
+        """
         try:
-            got = tier.get_many(keys)
+            claimed, busy = tier.claim([(k, ref_of[k][0].chunk_range(ref_of[k][1])[1]) for k in missing])
         except (TierUnavailable, OSError) as exc:
             log.debug("tier %s skipped: %s", tier.name, exc)
-            self.stats.add(tier.name, misses=len(keys), errors=1)
+            return missing
+        claims.append((tier, claimed))
+        if not busy:
+            return missing
+        waited = self._lookup(tier, list(busy), ref_of, touch, count=False)
+        if waited:
+            self.stats.add(tier.name, hits=len(waited), misses=-len(waited),
+                           nbytes=sum(len(v) for v in waited.values()))
+            found.update(waited)
+            self._fill(self.tiers[:depth], waited, touch)
+        return [k for k in missing if k not in waited]
+
+    def _lookup(self, tier: ChunkCache, keys: list[ChunkKey], ref_of: dict[ChunkKey, ChunkRef],
+                touch: bool = True, count: bool = True) -> dict[ChunkKey, memoryview]:
+        try:
+            got = tier.get_many(keys, touch=touch)
+        except (TierUnavailable, OSError) as exc:
+            log.debug("tier %s skipped: %s", tier.name, exc)
+            self.stats.add(tier.name, misses=len(keys) if count else 0, errors=1)
             return {}
         corrupt = 0
         if not tier.trusted:
@@ -82,12 +116,13 @@ class TierChain:
                     log.warning("%s; treating it as a miss", exc)
                     del got[key]
                     corrupt += 1
-        self.stats.add(tier.name, hits=len(got), misses=len(keys) - len(got),
-                       nbytes=sum(len(v) for v in got.values()), corrupt=corrupt)
+        if count:
+            self.stats.add(tier.name, hits=len(got), misses=len(keys) - len(got),
+                           nbytes=sum(len(v) for v in got.values()), corrupt=corrupt)
         return got
 
-    def _from_source(self, keys: list[ChunkKey],
-                     ref_of: dict[ChunkKey, ChunkRef]) -> dict[ChunkKey, memoryview]:
+    def _from_source(self, keys: list[ChunkKey], ref_of: dict[ChunkKey, ChunkRef],
+                     touch: bool = True) -> dict[ChunkKey, memoryview]:
         own: list[ChunkKey] = []
         waits: list[tuple[ChunkKey, Future]] = []
         with self._lock:
@@ -107,7 +142,7 @@ class TierChain:
                 raise
             got = dict(zip(own, views))
             self.stats.add("origin", hits=len(own), nbytes=sum(len(v) for v in views))
-            self._fill(self.tiers, got)
+            self._fill(self.tiers, got, touch)
             self._settle(own, got, None)
         for key, fut in waits:
             got[key] = fut.result()
@@ -122,19 +157,20 @@ class TierChain:
             else:
                 fut.set_result(got[key])
 
-    def _fill(self, tiers: Sequence[ChunkCache], chunks: dict[ChunkKey, memoryview]) -> None:
+    def _fill(self, tiers: Sequence[ChunkCache], chunks: dict[ChunkKey, memoryview],
+              touch: bool = True) -> None:
         for tier in tiers:
             if tier.trusted:
-                self._put_all(tier, chunks)
+                self._put_all(tier, chunks, touch)
             else:
                 if self._fill_pool is None:
                     self._fill_pool = ThreadPoolExecutor(2, thread_name_prefix="blobtier-fill")
-                self._fill_pool.submit(self._put_all, tier, dict(chunks))
+                self._fill_pool.submit(self._put_all, tier, dict(chunks), touch)
 
-    def _put_all(self, tier: ChunkCache, chunks: dict[ChunkKey, memoryview]) -> None:
+    def _put_all(self, tier: ChunkCache, chunks: dict[ChunkKey, memoryview], touch: bool) -> None:
         try:
             for key, view in chunks.items():
-                tier.put(key, view)
+                tier.put(key, view, touch=touch)
         except (TierUnavailable, OSError) as exc:
             log.debug("fill of tier %s failed: %s", tier.name, exc)
             self.stats.add(tier.name, errors=1)

@@ -217,7 +217,8 @@ class Client:
         with self._mutex:
             if self._prefetch is None:
                 cc = self.config.client
-                self._prefetch = Prefetcher(lambda refs: self._chain.read(refs), cc.prefetch_bytes,
+                self._prefetch = Prefetcher(lambda refs: self._chain.read(refs, touch=False),
+                                            cc.prefetch_bytes,
                                             cc.prefetch_threads)
             return self._prefetch
 
