@@ -84,13 +84,15 @@ class BlockConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    l1_bytes: int = 512 * MiB  # in-process L1 when no host daemon runs
+    l1_bytes: int = 512 * MiB  # host L1 (shared memory) when no daemon runs; 0: none
     l1_policy: str = "sieve"
 
     def validate(self) -> None:
         from blobtier.eviction import POLICIES
 
         _check(self.l1_policy in POLICIES, "cache.l1_policy", f"must be one of {sorted(POLICIES)}")
+        _check(self.l1_bytes == 0 or self.l1_bytes >= 1 * MiB, "cache.l1_bytes",
+               "must be 0 (no L1) or at least 1MiB")
 
 
 @dataclass(frozen=True)

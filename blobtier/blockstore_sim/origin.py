@@ -7,9 +7,11 @@ is registered as a namespace without copying it: each object gets a record whose
 guarantee as the block layer: bytes that do not match their checksum are never returned.
 
 The tag names one version of an object: its ETag where the store has one, else its
-modification time and size. The first read of an object in a process compares its tag
-with the registered one; a chunk that fails its checksum compares it again. Either way
-a changed object raises ``OriginChanged`` naming it; a deleted one ``BlobNotFound``.
+modification time and size. Reads do not ask for it up front: that would cost every
+object a second round trip to the origin, and the checksums already guarantee that only
+the registered version's bytes are served. When a chunk fails its checksum (or comes
+back short), the tag is compared: a changed object raises ``OriginChanged`` naming it,
+a deleted one ``BlobNotFound``; an unchanged one means the read itself went wrong.
 
 Filesystems are built with fsspec's own configuration (``fsspec.config.conf`` or
 ``FSSPEC_<PROTOCOL>_<OPTION>`` environment variables, e.g. ``FSSPEC_S3_ENDPOINT_URL``),
@@ -61,7 +63,6 @@ class FsspecOrigin:
     def __init__(self, storage_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.storage_options = {k: dict(v) for k, v in (storage_options or {}).items()}
         self._filesystems: dict[tuple[int, str], fsspec.AbstractFileSystem] = {}
-        self._confirmed: dict[str, str] = {}  # url -> tag seen to match in this process
         self._lock = threading.Lock()
 
     def _locate(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -85,20 +86,17 @@ class FsspecOrigin:
         except OSError as exc:
             raise TierUnavailable(f"origin {url}: {exc}") from exc
 
-    def _confirm(self, url: str, tag: str, *, fresh: bool = False) -> None:
-        if not fresh and self._confirmed.get(url) == tag:
-            return
+    def _confirm(self, url: str, tag: str) -> None:
+        """Raise OriginChanged if the object is no longer the registered version."""
         now = self.current_tag(url)
         if now != tag:
             raise OriginChanged(f"origin object {url} changed since it was registered "
                                 f"({tag} then, {now} now); register it again")
-        self._confirmed[url] = tag
 
     def read_many(self, refs: Sequence[ChunkRef]) -> list[memoryview]:
         targets = []
         for rec, index in refs:
             url, tag = split_origin(rec.origin)
-            self._confirm(url, tag)
             start, length = rec.chunk_range(index)
             targets.append((url, tag, start, length))
         datas = self._fetch(targets)
@@ -110,7 +108,7 @@ class FsspecOrigin:
                     raise ChecksumError(f"{what}: got {len(data)} bytes")
                 checksum.verify(rec.checksum_algo, data, rec.checksums[index], what)
             except ChecksumError:
-                self._confirm(url, tag, fresh=True)  # raises OriginChanged if the tag moved
+                self._confirm(url, tag)  # OriginChanged if the object moved on
                 raise
             out.append(memoryview(data).toreadonly())
         return out
@@ -136,6 +134,7 @@ class FsspecOrigin:
                 if isinstance(data, FileNotFoundError):
                     raise BlobNotFound(f"origin object {targets[i][0]} no longer exists")
                 if isinstance(data, BaseException):
+                    self._confirm(targets[i][0], targets[i][1])  # e.g. a range past a new end
                     raise TierUnavailable(f"origin {targets[i][0]}: {data}") from data
                 out[i] = data
         return out

@@ -71,9 +71,11 @@ class Client:
         _CLIENTS.add(self)
 
     # -- wiring ----------------------------------------------------------------------
-    def _new_l1(self) -> SharedL1Cache:
+    def _new_l1(self) -> SharedL1Cache | None:
         """This process's view of the host L1: the parent's arena in a forked worker,
-        else an arena of its own."""
+        else an arena of its own (none when ``cache.l1_bytes`` is 0)."""
+        if not self.config.cache.l1_bytes:
+            return None
         if self._arena is not None:  # inherited: attach to the parent's
             return SharedL1Cache(socket_path=self._arena.socket_path)
         self._arena = OwnedArena(self.config.cache.l1_bytes, self.config.cache.l1_policy)
@@ -82,7 +84,7 @@ class Client:
 
     def _open(self, writable: bool) -> None:
         self._metadata, self._blocks = self._region.open(writable, self.tier_stats)
-        self._chain = TierChain([self._l1], self._blocks, self.tier_stats)
+        self._chain = TierChain([self._l1] if self._l1 else [], self._blocks, self.tier_stats)
         self._writer = WritePath(self._metadata, self._blocks, self.config.client) if writable else None
 
     def _live(self) -> None:
@@ -234,7 +236,8 @@ class Client:
         """
         self._live()
         samples = self._samples(list(keys))
-        self._l1.announce([rec.chunk_key(i) for s in samples for rec, i in s], job)
+        if self._l1 is not None:
+            self._l1.announce([rec.chunk_key(i) for s in samples for rec, i in s], job)
         if progress is None:
             return None
         return self._prefetcher().follow(samples, progress)
@@ -302,7 +305,8 @@ class Client:
             if self._prefetch is not None:
                 self._prefetch.close()
             for handle in [self._chain, self._l1, self._metadata, self._blocks, *self._retired]:
-                handle.close()
+                if handle is not None:
+                    handle.close()
             if self._arena is not None and self._arena_pid == os.getpid():
                 self._arena.close()
             self._region.lock.release()

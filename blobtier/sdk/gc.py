@@ -9,12 +9,16 @@ least that long. Only the writer may collect.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from blobtier.chunks import ChunkStore
+from blobtier.errors import TierUnavailable
 from blobtier.metadata.store import MetadataStore
+
+log = logging.getLogger(__name__)
 
 _PAGE = 1000
 
@@ -24,6 +28,7 @@ class GcReport:
     live_chunks: int
     deleted_chunks: int
     spared_young: int
+    skipped_servers: tuple[int, ...] = ()  # down: their garbage waits for the next run
 
 
 def live_digests(metadata: MetadataStore) -> set[bytes]:
@@ -47,15 +52,28 @@ def collect(metadata: MetadataStore, servers: Mapping[int, ChunkStore], grace_s:
     cutoff = int(time.time() - grace_s) - 1
     live = live_digests(metadata) | spare
     deleted = young = 0
-    for store in servers.values():
+    skipped = []
+    for sid, store in servers.items():
         dead = []
-        for digest, written in store.digests():
+        try:
+            stored = store.digests()
+        except (TierUnavailable, OSError) as exc:  # a server that is down keeps its garbage
+            log.warning("gc skipped chunk server %s: %s", sid, exc)
+            skipped.append(sid)
+            continue
+        for digest, written in stored:
             if digest in live:
                 continue
             if written > cutoff:
                 young += 1
             else:
                 dead.append(digest)
-        store.delete_many(dead)
+        try:
+            store.delete_many(dead)
+        except (TierUnavailable, OSError) as exc:
+            log.warning("gc could not delete on chunk server %s: %s", sid, exc)
+            skipped.append(sid)
+            continue
         deleted += len(dead)
-    return GcReport(live_chunks=len(live), deleted_chunks=deleted, spared_young=young)
+    return GcReport(live_chunks=len(live), deleted_chunks=deleted, spared_young=young,
+                    skipped_servers=tuple(skipped))
