@@ -14,14 +14,16 @@ import warnings
 
 import torch
 
+# torch.frombuffer warns that a read-only buffer is not writable: here that is the point.
+# A filter set once for exactly that message (a catch_warnings block per call would cost
+# more than the tensor itself).
+warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+
 
 def as_tensor(view: memoryview, dtype: torch.dtype = torch.uint8, offset: int = 0,
               shape: tuple[int, ...] | None = None) -> torch.Tensor:
-    with warnings.catch_warnings():
-        # frombuffer warns that the buffer is not writable: that is the point here.
-        warnings.filterwarnings("ignore", message="The given buffer is not writable")
-        tensor = torch.frombuffer(view, dtype=dtype, offset=offset,
-                                  count=-1 if shape is None else _numel(shape))
+    tensor = torch.frombuffer(view, dtype=dtype, offset=offset,
+                              count=-1 if shape is None else _numel(shape))
     return tensor if shape is None else tensor.view(shape)
 
 

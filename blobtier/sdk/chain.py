@@ -44,15 +44,23 @@ class TierChain:
     def read(self, refs: Sequence[ChunkRef], touch: bool = True) -> list[memoryview]:
         """Verified bytes of each (record, index), in order.
 
-        ``touch=False`` reads ahead of the reader (a prefetch): the caches' eviction
-        policies do not count it as a use.
+        ``touch=False`` reads ahead of the reader: the caches' eviction policies do not
+        count it as a use.
         """
+        keys = [rec.chunk_key(index) for rec, index in refs]
+        found = self._read(refs, touch, warm=False)
+        return [found[k] for k in keys]
+
+    def warm(self, refs: Sequence[ChunkRef]) -> int:
+        """Bring chunks into the caches ahead of their readers (a prefetch). A chunk the
+        first shared tier refuses to admit is not fetched at all: nobody would keep it.
+        Returns how many chunks are now cached or on their way."""
+        return len(self._read(refs, touch=False, warm=True))
+
+    def _read(self, refs: Sequence[ChunkRef], touch: bool, warm: bool) -> dict[ChunkKey, memoryview]:
         ref_of: dict[ChunkKey, ChunkRef] = {}
-        keys = []
         for rec, index in refs:
-            key = rec.chunk_key(index)
-            keys.append(key)
-            ref_of[key] = (rec, index)
+            ref_of[rec.chunk_key(index)] = (rec, index)
         found: dict[ChunkKey, memoryview] = {}
         missing = list(ref_of)
         claims: list[tuple[ChunkCache, set[ChunkKey]]] = []
@@ -66,20 +74,20 @@ class TierChain:
                     self._fill(self.tiers[:depth], got, touch)
                     missing = [k for k in missing if k not in got]
                 if missing and hasattr(tier, "claim"):
-                    missing = self._claim(tier, depth, missing, ref_of, found, claims, touch)
+                    missing = self._claim(tier, depth, missing, ref_of, found, claims, touch, warm)
             if missing:
                 found.update(self._from_source(missing, ref_of, touch))
         finally:
             for tier, claimed in claims:
                 tier.unclaim(list(claimed))  # only those a failure left unfilled remain
-        return [found[k] for k in keys]
+        return found
 
     def _claim(self, tier: ChunkCache, depth: int, missing: list[ChunkKey],
                ref_of: dict[ChunkKey, ChunkRef], found: dict[ChunkKey, memoryview],
-               claims: list, touch: bool) -> list[ChunkKey]:
+               claims: list, touch: bool, warm: bool) -> list[ChunkKey]:
         """Claim ``tier``'s slots for the misses; wait for those another process is filling.
 
-        Returns what is still missing.
+        Returns what is still missing (for a warm-up, only what the tier will keep).
         """
         try:
             claimed, busy = tier.claim([(k, ref_of[k][0].chunk_range(ref_of[k][1])[1]) for k in missing])
@@ -87,6 +95,8 @@ class TierChain:
             log.debug("tier %s skipped: %s", tier.name, exc)
             return missing
         claims.append((tier, claimed))
+        if warm:
+            missing = [k for k in missing if k in claimed or k in busy]
         if not busy:
             return missing
         waited = self._lookup(tier, list(busy), ref_of, touch, count=False)

@@ -219,8 +219,11 @@ class Client:
         with self._mutex:
             if self._prefetch is None:
                 cc = self.config.client
-                self._prefetch = Prefetcher(lambda refs: self._chain.read(refs, touch=False),
-                                            cc.prefetch_bytes,
+                # Prefetched chunks wait in L1 for their reader: a window deeper than a
+                # quarter of L1 would evict chunks it fetched before they are read.
+                l1 = self.config.cache.l1_bytes
+                window = min(cc.prefetch_bytes, l1 // 4) if l1 else cc.prefetch_bytes
+                self._prefetch = Prefetcher(lambda refs: self._chain.warm(refs), window,
                                             cc.prefetch_threads)
             return self._prefetch
 

@@ -84,7 +84,7 @@ class Prefetcher:
     """
 
     def __init__(self, read: Callable[[Sequence[ChunkRef]], list], memory_bytes: int,
-                 concurrency: int = 8, batch: int = 16) -> None:
+                 concurrency: int = 8, batch: int = 32) -> None:
         self.read = read
         self.memory_bytes = memory_bytes
         self.concurrency = concurrency
@@ -185,7 +185,7 @@ class Prefetcher:
     def _fetch(self, job: PrefetchJob, lo: int, hi: int) -> None:
         refs = [ref for sample in job.samples[lo:hi] for ref in sample]
         start = time.monotonic()
-        self.read(refs)  # the views are dropped at once: the bytes stay in the tiers
+        self.read(refs)  # the bytes stay in the cache tiers; nothing is held here
         self._latency.add(time.monotonic() - start)
 
     def _finished(self, job: PrefetchJob, n: int, fut: Future) -> None:
