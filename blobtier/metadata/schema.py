@@ -27,6 +27,7 @@ chunks are byte ranges of an origin object (the fsspec origin adapter) carries
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import uuid
@@ -235,6 +236,12 @@ def decode(data: bytes) -> BlobRecord:
 _new_record = object.__new__
 
 
+@functools.lru_cache(maxsize=256)
+def _arrays(n: int, replicas: int) -> struct.Struct:
+    """The checksums and placement of ``n`` chunks, unpacked in one call."""
+    return struct.Struct(f"<{n}Q{n * replicas}H")
+
+
 def _decode_body(data: bytes, head: tuple) -> tuple:
     # The crc held, so only a buggy encoder could get here with bad bytes; still, every
     # length is checked rather than trusted.
@@ -242,19 +249,25 @@ def _decode_body(data: bytes, head: tuple) -> tuple:
     if n > MAX_CHUNKS or (chunk_size and n != chunk_count(size, chunk_size)):
         raise CorruptRecord("record header is inconsistent")
     try:
-        pos = _HEAD.size
-        checksums = struct.unpack_from(f"<{n}Q", data, pos)
-        pos += 8 * n
-        flat = struct.unpack_from(f"<{n * replicas}H", data, pos)
-        pos += 2 * n * replicas
-        placement = (tuple(flat[i:i + replicas] for i in range(0, n * replicas, replicas))
-                     if replicas else ())
+        arrays = _arrays(n, replicas)
+        values = arrays.unpack_from(data, _HEAD.size)
+        checksums = values[:n]
+        if not replicas:
+            placement: tuple = ()
+        elif n == 1:
+            placement = (values[1:],)
+        else:
+            placement = tuple(values[i:i + replicas] for i in range(n, n + n * replicas, replicas))
+        pos = _HEAD.size + arrays.size
         origin = ""
         if data[7] & FLAG_ORIGIN:
             (olen,) = struct.unpack_from("<H", data, pos)
             origin = data[pos + 2:pos + 2 + olen].decode()
             pos += 2 + olen
-        attrs, pos = _decode_attrs(memoryview(data), pos)
+        if data[pos:pos + 2] == b"\0\0":  # no attributes: the common case
+            attrs, pos = _NO_ATTRS, pos + 2
+        else:
+            attrs, pos = _decode_attrs(memoryview(data), pos)
     except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
         raise CorruptRecord(f"record body is malformed: {exc}") from None
     if pos != len(data):
