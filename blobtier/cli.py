@@ -135,6 +135,18 @@ def _add_fault_flags(p: argparse.ArgumentParser) -> None:
     updown.add_argument("--up", action="store_true", help="serve again")
 
 
+def cmd_daemon(args: argparse.Namespace) -> None:
+    from blobtier.cache_l1_l2.daemon import HostDaemon
+    from blobtier.config import parse_size
+
+    daemon = HostDaemon(parse_size(args.memory, "--memory"), args.policy, args.socket,
+                        args.metrics_port)
+    extra = f", metrics on 127.0.0.1:{daemon.metrics_port}" if daemon.metrics_port else ""
+    print(f"blobtier daemon: {args.memory} L1 ({args.policy}) on {daemon.socket_path}{extra}",
+          flush=True)
+    daemon.serve_until_signalled()
+
+
 def cmd_gc(args: argparse.Namespace) -> None:
     with _connect(args) as client:
         report = client.gc(args.grace)
@@ -199,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("addr", help="host:port")
     p.add_argument("--reset", action="store_true", help="clear every fault and counter first")
     _add_fault_flags(p)
+    p = add("daemon", cmd_daemon, "run the host cache daemon (the shared-memory L1 of this host)")
+    p.add_argument("--memory", default="1GiB", help="the L1's memory cap, e.g. 16GiB")
+    p.add_argument("--policy", default="sieve", help="eviction: sieve, lru, keep, clairvoyant")
+    p.add_argument("--socket", default=None, help="Unix socket for local clients "
+                                                   "(default: the well-known one clients look for)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
     p = add("demo", cmd_demo, "ingest a synthetic dataset and train a small model through the cache")
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=3)

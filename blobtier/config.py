@@ -86,6 +86,7 @@ class BlockConfig:
 class CacheConfig:
     l1_bytes: int = 512 * MiB  # host L1 (shared memory) when no daemon runs; 0: none
     l1_policy: str = "sieve"
+    daemon: str = "auto"  # host daemon socket: auto (the well-known one if it answers), off, or a path
 
     def validate(self) -> None:
         from blobtier.eviction import POLICIES

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
+from blobtier.cache_l1_l2.daemon import find_daemon
 from blobtier.cache_l1_l2.l1 import OwnedArena, SharedL1Cache
 from blobtier.chunks import Buffer
 from blobtier.config import RegionConfig, resolve, with_overrides
@@ -72,8 +73,12 @@ class Client:
 
     # -- wiring ----------------------------------------------------------------------
     def _new_l1(self) -> SharedL1Cache | None:
-        """This process's view of the host L1: the parent's arena in a forked worker,
-        else an arena of its own (none when ``cache.l1_bytes`` is 0)."""
+        """This process's view of the host L1: the host daemon's arena when one runs, the
+        parent's in a forked worker, else an arena of its own (none when
+        ``cache.l1_bytes`` is 0)."""
+        daemon = find_daemon(self.config.cache.daemon)
+        if daemon is not None:
+            return SharedL1Cache(socket_path=daemon)
         if not self.config.cache.l1_bytes:
             return None
         if self._arena is not None:  # inherited: attach to the parent's

@@ -1,0 +1,123 @@
+"""``blobtier daemon``: the host cache daemon on every GPU host.
+
+It owns the host's L1: one shared-memory arena with a hard memory cap, its index, its
+eviction policy and its pins (``owner.py``), served to every trainer process and
+DataLoader worker on the host over a Unix socket (``wire.py``). Clients find it at
+``cache.daemon`` in the region config, ``$BLOBTIER_CACHE_DAEMON``, or the well-known
+socket ``/tmp/blobtier-<uid>/daemon.sock``; without one, each client owns an arena of
+its own. If the daemon dies, clients read on from the tiers below and reattach when it
+is back. The arena is a memfd: nothing is left in /dev/shm, even after SIGKILL.
+
+The daemon never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from blobtier.cache_l1_l2.l1 import socket_dir
+from blobtier.cache_l1_l2.owner import ArenaOwner
+from blobtier.cache_l1_l2.wire import OwnerClient, OwnerServer
+from blobtier.errors import TierUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def default_socket() -> str:
+    return os.path.join(socket_dir(), "daemon.sock")
+
+
+def find_daemon(setting: str) -> str | None:
+    """The socket of a running daemon per the ``cache.daemon`` setting, or None.
+
+    ``auto``: the well-known socket, if a daemon answers there; ``off``: never; else a
+    socket path, used if a daemon answers there.
+    """
+    if setting == "off":
+        return None
+    path = default_socket() if setting == "auto" else setting
+    if not os.path.exists(path):
+        return None
+    probe = OwnerClient(path, timeout_s=2.0)
+    try:
+        _, fd = probe.info()
+        os.close(fd)
+        return path
+    except TierUnavailable:
+        return None
+    finally:
+        probe.close()
+
+
+class ArenaCollector(Collector):
+    """The arena's counters as ``blobtier_l1_*`` series."""
+
+    def __init__(self, owner: ArenaOwner) -> None:
+        self.owner = owner
+
+    def collect(self) -> Iterator:
+        stats = self.owner.stats()
+        for name in ("hits", "misses", "inserts", "evictions", "rejected"):
+            fam = CounterMetricFamily(f"blobtier_l1_{name}", f"L1 arena {name}")
+            fam.add_metric([], stats.get(name, 0))
+            yield fam
+        for name, what in (("used_bytes", "bytes of slots in use"), ("capacity", "arena bytes"),
+                           ("chunks", "chunks indexed"), ("pinned", "slots pinned by readers")):
+            fam = GaugeMetricFamily(f"blobtier_l1_{name}", f"L1 arena {what}")
+            fam.add_metric([], stats.get(name, 0))
+            yield fam
+
+
+class HostDaemon:
+    """Args:
+        memory: the arena's size in bytes (the host L1's hard cap).
+        policy: eviction policy name.
+        socket_path: where local clients connect (default: the well-known socket).
+        metrics_port: serve Prometheus metrics on 127.0.0.1:PORT (0 picks one).
+    """
+
+    def __init__(self, memory: int, policy: str = "sieve", socket_path: str | None = None,
+                 metrics_port: int | None = None) -> None:
+        self.socket_path = socket_path or default_socket()
+        if find_daemon(self.socket_path):
+            raise TierUnavailable(f"a daemon already serves {self.socket_path}")
+        self.owner = ArenaOwner(memory, policy)
+        self.server = OwnerServer(self.owner, self.socket_path)
+        self.metrics_port = None
+        self._http = None
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            registry = CollectorRegistry()
+            registry.register(ArenaCollector(self.owner))
+            self._http, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+            self.metrics_port = self._http.server_port
+        self._stopped = threading.Event()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self.server.close()
+        self.owner.close()
+        if self._http is not None:
+            self._http.shutdown()
+        self._stopped.set()
+
+    def serve_until_signalled(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stopped.set())
+        try:
+            self._stopped.wait()
+        finally:
+            self._stopped.clear()
+            self.stop()
