@@ -25,7 +25,7 @@ class BlobReader(io.BufferedIOBase):
         self._readahead = readahead
         self._pos = 0
         self._chunks: dict[int, memoryview] = {}
-        self._last_index = -1
+        self._last_index = -2  # a first read is not known to be sequential: no readahead
 
     def readable(self) -> bool:
         return True

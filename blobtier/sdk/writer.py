@@ -307,6 +307,12 @@ class BlobWriter(io.BufferedIOBase):
         finally:
             self._release()
 
+    def __del__(self) -> None:
+        # IOBase would close() (and so commit) a writer dropped unclosed: a half-written
+        # blob must never become visible, so a forgotten writer aborts instead.
+        if not self.closed:
+            self.abort()
+
     def abort(self) -> None:
         """Drop everything written so far; the key keeps its current version."""
         if not self.closed:

@@ -225,3 +225,13 @@ def test_closed_client_refuses(region):
     c.close()
     with pytest.raises(ValueError, match="closed"):
         c.get("ns/x")
+
+
+def test_a_writer_dropped_unclosed_commits_nothing(client):
+    import gc
+
+    f = client.open("ns/dropped", "wb")
+    f.write(b"half a blob")
+    del f
+    gc.collect()
+    assert not client.exists("ns/dropped")
