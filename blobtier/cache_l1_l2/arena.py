@@ -90,20 +90,29 @@ class SlabAllocator:
     owner serialises calls)."""
 
     def __init__(self, capacity: int, page: int = PAGE_BYTES) -> None:
-        while page > 4 << 20 and capacity < 32 * page:
-            page //= 2  # keep a few dozen pages to share between size classes
-        if capacity < page:
-            page = max(MIN_SLOT, 1 << (max(1, capacity).bit_length() - 1))
+        while page > 64 << 10 and capacity < 16 * page:
+            page //= 2  # keep enough pages to share between size classes
         self.page = page
         self.classes = size_classes(page)
-        self.pages = [_Page() for _ in range(capacity // page)]
+        self._capacity = capacity
+        self.pages = [_Page() for _ in range(-(-capacity // page))]  # the last may be short
         self._free_pages = list(range(len(self.pages) - 1, -1, -1))
         self._partial: list[set[int]] = [set() for _ in self.classes]  # pages with a free slot
         self.used_bytes = 0
 
     @property
     def capacity(self) -> int:
-        return len(self.pages) * self.page
+        return self._capacity
+
+    def _page_bytes(self, n: int) -> int:
+        return min(self.page, self._capacity - n * self.page)
+
+    def _take_page(self, slot: int) -> int | None:
+        """A free page with room for at least one ``slot`` (the short last page may not)."""
+        for i in range(len(self._free_pages) - 1, -1, -1):
+            if self._page_bytes(self._free_pages[i]) >= slot:
+                return self._free_pages.pop(i)
+        return None
 
     def klass(self, size: int) -> int:
         if size > self.page or size <= 0:
@@ -122,11 +131,12 @@ class SlabAllocator:
         k = self.klass(size)
         partial = self._partial[k]
         if not partial:
-            if not self._free_pages:
+            slot = self.classes[k]
+            n = self._take_page(slot)
+            if n is None:
                 return None
-            n = self._free_pages.pop()
-            slot, base = self.classes[k], n * self.page
-            self.pages[n] = _Page(k, [base + i * slot for i in range(self.page // slot - 1, -1, -1)])
+            base, count = n * self.page, self._page_bytes(n) // slot
+            self.pages[n] = _Page(k, [base + i * slot for i in range(count - 1, -1, -1)])
             partial.add(n)
         n = next(iter(partial))
         page = self.pages[n]
@@ -154,4 +164,6 @@ class SlabAllocator:
         return self.classes[self.pages[offset // self.page].klass]
 
     def room_for(self, size: int) -> bool:
-        return bool(self._free_pages or self._partial[self.klass(size)])
+        k = self.klass(size)
+        return bool(self._partial[k]) or any(self._page_bytes(n) >= self.classes[k]
+                                             for n in self._free_pages[-2:])

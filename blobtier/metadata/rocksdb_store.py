@@ -46,8 +46,8 @@ def _options(block_cache_bytes: int, row_cache_bytes: int) -> Options:
     table = BlockBasedOptions()
     table.set_block_cache(Cache(block_cache_bytes))
     table.set_bloom_filter(10, False)
-    table.set_cache_index_and_filter_blocks(True)
-    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    # Index and filter blocks stay in the table readers, outside the block cache: charged
+    # to a small cache they evict each other and every lookup reloads megabytes.
     table.set_data_block_index_type(DataBlockIndexType.binary_and_hash())
     table.set_data_block_hash_ratio(0.75)
     opts.set_block_based_table_factory(table)
