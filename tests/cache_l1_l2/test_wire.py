@@ -1,0 +1,290 @@
+"""The owner's Unix-socket protocol: round trips, the segment's fd, bad frames, dead peers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+from blobtier.cache_l1_l2.arena import Segment
+from blobtier.cache_l1_l2.owner import BUSY, GRANTED, REFUSED, ArenaOwner
+from blobtier.cache_l1_l2.wire import (
+    ANNOUNCE,
+    COMMIT,
+    LOOKUP,
+    MAX_BODY,
+    MAX_COUNT,
+    RELEASE,
+    RESERVE,
+    OwnerClient,
+    OwnerServer,
+)
+from blobtier.errors import TierUnavailable
+
+CHUNK = 64 << 10
+
+
+def digest(i: int) -> bytes:
+    return i.to_bytes(16, "little")
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def owner():
+    o = ArenaOwner(4 << 20, "lru")
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def sock_path(tmp_path) -> str:
+    path = str(tmp_path / "o.sock")
+    assert len(path) < 100  # sun_path is 108 bytes
+    return path
+
+
+@pytest.fixture
+def server(owner, sock_path):
+    s = OwnerServer(owner, sock_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def client(server):
+    c = OwnerClient(server.path, timeout_s=10)
+    yield c
+    c.close()
+
+
+def put(client: OwnerClient, segment: Segment, d: bytes, data: bytes) -> int:
+    [offset] = client.reserve([(d, len(data))])
+    assert offset is not None
+    segment.view[offset:offset + len(data)] = data
+    assert client.commit([d]) == [True]
+    return offset
+
+
+@pytest.fixture
+def segment(client):
+    info, fd = client.info()
+    seg = Segment.from_fd(fd, info["name"])
+    yield seg
+    seg.close()
+
+
+# -- round trips --------------------------------------------------------------------------
+def test_info_sends_a_descriptor_of_the_segment(owner, client):
+    info, fd = client.info()
+    assert info == {"name": owner.segment.name, "size": owner.segment.size, "policy": "lru",
+                    "pid": os.getpid()}
+    assert fd != owner.segment.fd
+    seg = Segment.from_fd(fd, info["name"])
+    try:
+        assert seg.size == owner.segment.size
+        owner.segment.view[10:15] = b"owner"
+        assert bytes(seg.view[10:15]) == b"owner"
+        seg.view[20:26] = b"reader"
+        assert bytes(owner.segment.view[20:26]) == b"reader"
+    finally:
+        seg.close()
+    info2, fd2 = client.info()  # again, on the same connection
+    assert info2 == info
+    os.close(fd2)
+
+
+def test_lookup_reserve_commit_release(owner, client, segment):
+    assert client.lookup([digest(1)]) == [None]
+    offset = put(client, segment, digest(1), b"x" * 5000)
+    assert owner.contains(digest(1))
+    assert client.lookup([digest(2), digest(1)]) == [None, (offset, 5000)]
+    assert bytes(segment.view[offset:offset + 5000]) == b"x" * 5000
+    stats = client.stats()
+    assert (stats["pinned"], stats["chunks"], stats["hits"], stats["misses"]) == (1, 1, 1, 2)
+    client.release([offset])
+    assert client.stats()["pinned"] == 0
+    assert owner.check() == []
+
+
+def test_peek_and_stage(owner, client, segment):
+    [offset] = client.reserve([(digest(1), 100)])
+    assert client.commit([digest(1)], accessed=False) == [True]  # STAGE
+    assert client.lookup([digest(1)], touch=False) == [(offset, 100)]  # PEEK still pins
+    assert client.stats()["pinned"] == 1
+
+
+def test_claim_statuses(owner, client, segment):
+    put(client, segment, digest(1), b"a" * 100)
+    answers = client.claim([(digest(1), 100), (digest(2), 100), (digest(2), 100),
+                            (digest(3), 0), (digest(4), (4 << 20) + 1)])
+    assert [status for status, _ in answers] == [BUSY, GRANTED, BUSY, REFUSED, REFUSED]
+    assert answers[1][1] is not None
+    assert [off for _, off in answers if off is not None] == [answers[1][1]]
+    assert client.commit([digest(2), digest(9)]) == [True, False]
+
+
+def test_abort(owner, client):
+    [offset] = client.reserve([(digest(1), 100)])
+    assert owner.stats()["used_bytes"] > 0
+    client.abort([digest(1)])
+    assert owner.stats()["used_bytes"] == 0
+    assert client.commit([digest(1)]) == [False]
+    assert client.reserve([(digest(1), 100)]) == [offset]
+
+
+def test_batches_of_many_digests(owner, client, segment):
+    offsets = [put(client, segment, digest(i), bytes([i]) * 4096) for i in range(64)]
+    places = client.lookup([digest(i) for i in range(64)] + [digest(999)])
+    assert places == [(o, 4096) for o in offsets] + [None]
+    client.release(offsets)
+    assert client.stats()["pinned"] == 0
+
+
+def test_sessions_are_per_connection(owner, server, client, segment):
+    offset = put(client, segment, digest(1), b"a" * 100)
+    other = OwnerClient(server.path)
+    try:
+        assert other.lookup([digest(1)]) == [(offset, 100)]
+        client.release([offset])  # not this session's pin
+        assert owner.stats()["pinned"] == 1
+        other.release([offset])
+        assert owner.stats()["pinned"] == 0
+        assert other.commit([digest(1)]) == [False]
+    finally:
+        other.close()
+
+
+def test_announce_reaches_the_policy(sock_path):
+    owner = ArenaOwner(4 * CHUNK, "clairvoyant")
+    server = OwnerServer(owner, sock_path)
+    client = OwnerClient(sock_path)
+    try:
+        info, fd = client.info()
+        seg = Segment.from_fd(fd, info["name"])
+        for i in range(4):
+            put(client, seg, digest(i), b"c" * CHUNK)
+        client.announce([digest(i) for i in (4, 2, 0, 3, 1)], job=3)
+        put(client, seg, digest(4), b"c" * CHUNK)
+        assert [owner.contains(digest(i)) for i in range(5)] == [True, False, True, True, True]
+        seg.close()
+    finally:
+        client.close()
+        server.close()
+        owner.close()
+
+
+# -- bad frames -------------------------------------------------------------------------------
+BAD_FRAMES = {
+    "unknown op": struct.pack("<BII", 99, 0, 0),
+    "op zero": struct.pack("<BII", 0, 0, 0),
+    "lookup body short": struct.pack("<BII", LOOKUP, 2, 16) + b"x" * 16,
+    "commit body long": struct.pack("<BII", COMMIT, 1, 17) + b"x" * 17,
+    "reserve body short": struct.pack("<BII", RESERVE, 1, 16) + b"x" * 16,
+    "release body short": struct.pack("<BII", RELEASE, 2, 8) + b"x" * 8,
+    "announce without a job": struct.pack("<BII", ANNOUNCE, 0, 4) + b"x" * 4,
+    "announce body short": struct.pack("<BII", ANNOUNCE, 2, 24) + b"x" * 24,
+    "huge count": struct.pack("<BII", LOOKUP, MAX_COUNT + 1, 0),
+    "huge body": struct.pack("<BII", LOOKUP, 0, MAX_BODY + 1),
+}
+
+
+def raw_exchange(path: str, frame: bytes) -> tuple[int, bytes, bytes]:
+    """Send one frame; return (status, message, whatever follows before the close)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(frame)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status, size = struct.unpack_from("<BI", data)
+    return status, data[5:5 + size], data[5 + size:]
+
+
+@pytest.mark.parametrize("frame", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
+def test_a_bad_frame_gets_an_error_and_the_connection_closed(owner, server, client, frame):
+    status, message, rest = raw_exchange(server.path, frame)
+    assert status == 1 and message
+    assert rest == b""  # closed right after the error
+    assert client.stats()["capacity"] == 4 << 20  # others are still served
+    wait_until(lambda: len(owner._session_pins) == 1)  # the bad session is gone
+
+
+def test_a_client_sending_a_bad_frame_raises_and_reconnects(owner, server, client):
+    assert client.stats()["chunks"] == 0
+    with pytest.raises(TierUnavailable, match="unknown op"):
+        client._call(99, 0, b"")
+    assert not client.connected
+    with pytest.raises(TierUnavailable, match="expected"):
+        client._call(LOOKUP, 3, b"x" * 16)
+    assert client.stats()["chunks"] == 0  # a new connection
+    fresh = OwnerClient(server.path)
+    assert fresh.lookup([digest(1)]) == [None]
+    fresh.close()
+    assert owner.check() == []
+
+
+def test_a_connection_closed_mid_session_aborts_its_fills(owner, server, client, segment):
+    offset = put(client, segment, digest(1), b"a" * 100)
+    other = OwnerClient(server.path)
+    assert other.lookup([digest(1)]) == [(offset, 100)]
+    assert other.reserve([(digest(2), 100), (digest(3), 200)])[0] is not None
+    assert len(owner._filling) == 2
+    used_before = owner.stats()["used_bytes"]
+    other.close()
+    wait_until(lambda: not owner._filling)
+    stats = owner.stats()
+    assert stats["used_bytes"] < used_before
+    assert stats["pinned"] == 1  # the pin outlives the session for its grace period
+    assert client.reserve([(digest(2), 100)])[0] is not None  # free to fill again
+    assert owner.check() == []
+
+
+def test_a_peer_killed_mid_frame_ends_its_session(owner, server):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(server.path)
+        s.sendall(struct.pack("<BII", LOOKUP, 4, 64) + b"x" * 10)  # then gone
+    wait_until(lambda: not owner._session_pins)
+    assert owner.check() == []
+
+
+# -- the socket file ------------------------------------------------------------------------------
+def test_no_socket_means_tier_unavailable(tmp_path):
+    client = OwnerClient(str(tmp_path / "none.sock"))
+    for call in (client.stats, client.info, lambda: client.lookup([digest(1)])):
+        with pytest.raises(TierUnavailable):
+            call()
+    assert not client.connected
+
+
+def test_close_removes_the_socket_file_and_clients_see_it_gone(owner, sock_path):
+    server = OwnerServer(owner, sock_path)
+    client = OwnerClient(sock_path)
+    assert client.stats()["chunks"] == 0
+    server.close()
+    assert not os.path.exists(sock_path)
+    with pytest.raises(TierUnavailable):
+        client.stats()
+    with pytest.raises(TierUnavailable):
+        OwnerClient(sock_path).stats()
+    server.close()  # twice is harmless
+
+
+def test_a_stale_socket_file_is_replaced(owner, sock_path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(sock_path)  # a file left by an owner that died
+    server = OwnerServer(owner, sock_path)
+    try:
+        assert oct(os.stat(sock_path).st_mode & 0o777) == "0o600"
+        assert OwnerClient(sock_path).stats()["chunks"] == 0
+    finally:
+        server.close()
