@@ -135,6 +135,71 @@ def _add_fault_flags(p: argparse.ArgumentParser) -> None:
     updown.add_argument("--up", action="store_true", help="serve again")
 
 
+def cmd_flash_serve(args: argparse.Namespace) -> None:
+    import signal
+
+    from blobtier.config import parse_size
+    from blobtier.flash_l3.admission import make_policy
+    from blobtier.flash_l3.service import FlashNode
+
+    source = _flash_source(args)
+    try:
+        node = FlashNode(args.dir, parse_size(args.capacity, "--capacity"), source,
+                         addr=f"{args.host}:{args.port}", node_id=args.id,
+                         region_size=parse_size(args.region_size, "--region-size"),
+                         admission=make_policy(args.admission), reinsert_hits=args.reinsert_hits,
+                         metrics_port=args.metrics_port)
+    except BaseException:
+        source.close()
+        raise
+    signal.signal(signal.SIGTERM, lambda *_: node.server.stop(1))
+    stats = node.cache.stats()
+    extra = f", metrics on 127.0.0.1:{node.metrics_port}" if node.metrics_port is not None else ""
+    print(f"flash node {args.id} serving {args.dir} ({int(stats['entries'])} entries from "
+          f"{node.cache.recovered_from}) on {node.address}{extra}", flush=True)
+    try:
+        node.wait()
+    finally:
+        node.stop(1)  # writes the index snapshot: the next start is warm and fast
+        source.close()
+
+
+def _flash_source(args: argparse.Namespace):
+    """The block layer a flash node reads its misses from: ``--block-endpoints`` (in the
+    region's ``block.endpoints`` order: records name chunk servers by position), else the
+    region's own chunk servers, or the block directories of an embedded region. Blobs
+    registered by reference are read from their origin."""
+    import os
+
+    from blobtier.blockstore_sim.replicated import ReplicatedBlockStore
+    from blobtier.config import resolve
+    from blobtier.errors import InvalidRequest
+    from blobtier.sdk.routing import RoutingSource
+
+    region = args.flash_region or args.region
+    if not args.block_endpoints and not region:
+        raise InvalidRequest("name the block layer to read misses from: --block-endpoints or --region")
+    if args.block_endpoints:
+        endpoints, root = [a.strip() for a in args.block_endpoints.split(",") if a.strip()], ""
+    else:
+        config = resolve(region)
+        endpoints, root = list(config.block.endpoints), config.root
+    if endpoints:
+        from blobtier.blockstore_sim.remote import RemoteChunkStore
+
+        servers = {sid: RemoteChunkStore(addr) for sid, addr in enumerate(endpoints)}
+    else:
+        from blobtier.blockstore_sim.volume import VolumeStore
+
+        blocks = os.path.join(root, "blocks")
+        if not os.path.isdir(blocks):
+            raise InvalidRequest(f"region {root} has no chunk servers and no blocks/ directory")
+        servers = {int(n): VolumeStore(os.path.join(blocks, n)) for n in sorted(os.listdir(blocks))
+                   if n.isdigit()}
+    # Read-only: a node never writes the block layer, so one "replica" and no writable servers.
+    return RoutingSource(ReplicatedBlockStore(servers, 1, writable_ids=()))
+
+
 def cmd_daemon(args: argparse.Namespace) -> None:
     from blobtier.cache_l1_l2.daemon import HostDaemon
     from blobtier.config import parse_size
@@ -211,6 +276,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("addr", help="host:port")
     p.add_argument("--reset", action="store_true", help="clear every fault and counter first")
     _add_fault_flags(p)
+    p = add("flash", None, "regional flash cache nodes (L3)")
+    flash = p.add_subparsers(dest="flash_command", required=True, metavar="SUBCOMMAND")
+    p = flash.add_parser("serve", help="serve a flash cache directory over gRPC, reading misses "
+                                       "through from the block layer")
+    p.set_defaults(func=cmd_flash_serve)
+    p.add_argument("--dir", required=True, help="the cache directory (region files, index snapshot)")
+    p.add_argument("--capacity", required=True, help="most bytes of region files, e.g. 50GiB")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
+    p.add_argument("--id", type=int, default=0, help="node id, reported by Stats")
+    p.add_argument("--region-size", default="64MiB", help="bytes per region file")
+    p.add_argument("--admission", default="all", help="all, second-hit or random")
+    p.add_argument("--reinsert-hits", type=int, default=0,
+                   help="keep entries read this often when their region is reclaimed (0: FIFO only)")
+    p.add_argument("--block-endpoints", default=None, metavar="HOST:PORT,...",
+                   help="chunk servers to read misses from, in the region's block.endpoints order")
+    p.add_argument("--region", dest="flash_region", default=None, metavar="DIR_OR_TOML",
+                   help="or: the region whose block layer to read misses from (its chunk servers, "
+                        "or an embedded region's block directories)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
     p = add("daemon", cmd_daemon, "run the host cache daemon (the shared-memory L1 of this host)")
     p.add_argument("--memory", default="1GiB", help="the L1's memory cap, e.g. 16GiB")
     p.add_argument("--policy", default="sieve", help="eviction: sieve, lru, keep, clairvoyant")

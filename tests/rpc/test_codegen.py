@@ -13,7 +13,8 @@ pytest.importorskip("grpc_tools")
 
 def test_committed_stubs_are_fresh(tmp_path):
     written = codegen.generate(str(tmp_path))
-    assert written == ["block_pb2.py", "block_pb2.pyi", "block_pb2_grpc.py"]
+    assert written == ["block_pb2.py", "block_pb2.pyi", "block_pb2_grpc.py",
+                       "flash_pb2.py", "flash_pb2.pyi", "flash_pb2_grpc.py"]
     for name in written:
         with open(tmp_path / name) as fresh, open(os.path.join(codegen.GEN, name)) as committed:
             assert fresh.read() == committed.read(), (
@@ -25,3 +26,10 @@ def test_stubs_import_from_the_package():
 
     assert block_pb2.DESCRIPTOR.package == "blobtier.block.v1"
     assert hasattr(block_pb2_grpc, "ChunkServiceStub") and hasattr(block_pb2_grpc, "ChunkAdminStub")
+
+
+def test_flash_stubs_import_from_the_package():
+    from blobtier.rpc.gen import flash_pb2, flash_pb2_grpc
+
+    assert flash_pb2.DESCRIPTOR.package == "blobtier.flash.v1"
+    assert hasattr(flash_pb2_grpc, "CacheServiceStub") and hasattr(flash_pb2_grpc, "CacheAdminStub")

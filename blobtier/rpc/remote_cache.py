@@ -1,0 +1,341 @@
+"""``RemoteChunkCache``: the ``ChunkCache`` protocol over one cache node's gRPC service.
+
+One client for every cache tier reached over the network: the regional flash nodes (L3),
+and the peer daemons of L2, which serve the same ``CacheService``; the tier's name is
+given by whoever builds it. The node is not trusted (``trusted = False``): the chain
+verifies every chunk it returns.
+
+It is a read-through tier (``read_through = True``, see ``blobtier.chunks``): given the
+chunks' records, the node reads what it misses from the block layer itself, once however
+many clients ask, and answers with it. Any failure of a call (node down, timeout, a status
+the client does not expect) raises ``TierUnavailable``, which the chain treats as a miss.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from blobtier.checksum import xxh3
+from blobtier.chunks import Buffer, ChunkKey, ChunkRef
+from blobtier.errors import InvalidRequest, TierUnavailable
+from blobtier.metadata.schema import encode
+from blobtier.rpc import cache_wire as wire
+from blobtier.rpc import status
+from blobtier.rpc.channel import LazyChannel
+from blobtier.rpc.gen import flash_pb2 as pb
+from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
+from blobtier.rpc.tls import Tls
+
+CALL_BYTES = 32 << 20  # chunk bytes per Get call: a larger batch becomes parallel calls
+CALL_ITEMS = 256  # chunks per Get call when their sizes are unknown (no records)
+COUNTERS = ("hits", "filled", "misses", "failed", "errors")
+
+
+@contextmanager
+def _calling(where: str) -> Iterator[None]:
+    try:
+        yield
+    except grpc.RpcError as exc:
+        err = status.error_of(exc, where)
+        if isinstance(err, TierUnavailable):
+            raise err from None
+        # A cache that cannot answer is skipped, whatever the reason: never fatal to a read.
+        raise TierUnavailable(str(err)) from None
+
+
+class RemoteChunkCache:
+    """A ``ChunkCache`` served by the cache node at ``addr`` (``host:port``).
+
+    Args:
+        addr: the node.
+        name: the tier's name in stats ("l3" for flash nodes, "l2" for peer daemons).
+        tls: connect with TLS.
+        timeout_s: deadline of each call.
+        parallel: Get calls in flight at once for one large batch.
+    """
+
+    trusted = False
+    read_through = True
+
+    def __init__(self, addr: str, *, name: str = "l3", tls: Tls | None = None, timeout_s: float = 10.0,
+                 parallel: int = 2) -> None:
+        self.addr = addr
+        self.name = name
+        self.timeout_s = timeout_s
+        self.parallel = parallel
+        self.where = f"{name} cache node {addr}"
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self._channel = LazyChannel(addr, tls)
+        self._lock = threading.Lock()
+        self._pool = ProcessLocalPool(parallel, f"blobtier-{name}")
+        _FORKABLE.add(self)
+
+    def _stub(self) -> pb_grpc.CacheServiceStub:
+        return pb_grpc.CacheServiceStub(self._channel.get())
+
+    def _admin(self) -> pb_grpc.CacheAdminStub:
+        return pb_grpc.CacheAdminStub(self._channel.get())
+
+    # -- ChunkCache ------------------------------------------------------------------
+    def get_many(self, keys: Sequence[ChunkKey], touch: bool = True,
+                 refs: Sequence[ChunkRef] | None = None) -> dict[ChunkKey, memoryview]:
+        """The chunks the node has; with ``refs`` (the record and index of each key), also
+        those it reads through from the block layer."""
+        if not keys:
+            return {}
+        calls = list(_split(keys, refs))
+        if len(calls) == 1:
+            return self._get(calls[0][0], calls[0][1], touch)
+        found: dict[ChunkKey, memoryview] = {}
+        for part in self._pool.get().map(lambda c: self._get(c[0], c[1], touch), calls):
+            found.update(part)
+        return found
+
+    def get_range(self, key: ChunkKey, offset: int, length: int) -> memoryview | None:
+        """``length`` bytes of a cached chunk from ``offset``, or None if it is not cached.
+        The bytes are not verified (a range has no checksum of its own)."""
+        item = pb.GetItem(key=wire.key_to_pb(key), offset=offset, length=length)
+        return self._call(pb.GetRequest(items=[item], touch=True), [key]).get(key)
+
+    def _get(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None,
+             touch: bool) -> dict[ChunkKey, memoryview]:
+        request = pb.GetRequest(touch=touch)
+        if refs is None:
+            request.items.extend(pb.GetItem(key=wire.key_to_pb(k)) for k in keys)
+        else:
+            at = _record_positions(refs, request.records)
+            request.items.extend(pb.GetItem(key=wire.key_to_pb(k), record=r) for k, r in zip(keys, at))
+        return self._call(request, keys)
+
+    def _call(self, request: pb.GetRequest, keys: Sequence[ChunkKey]) -> dict[ChunkKey, memoryview]:
+        try:
+            with _calling(self.where):
+                found, tally = _collect(wire.get_call(self._channel.get())(request, timeout=self.timeout_s),
+                                        keys, self.where)
+        except TierUnavailable:
+            self._tally({"errors": 1})
+            raise
+        tally["misses"] = len(keys) - len(found)
+        self._tally(tally)
+        return found
+
+    def put(self, key: ChunkKey, data: Buffer, touch: bool = True) -> None:
+        self.put_many([(key, data)], touch)
+
+    def put_many(self, items: Sequence[tuple[ChunkKey, Buffer]], touch: bool = True) -> tuple[int, int]:
+        """Offer chunks; returns (admitted, rejected) as the node decided."""
+        admitted = rejected = 0
+        for batch in _put_batches(items):
+            with _calling(self.where):
+                reply = self._stub().Put(_put_stream(batch, touch), timeout=self.timeout_s)
+            admitted += reply.admitted
+            rejected += reply.rejected
+        return admitted, rejected
+
+    def contains(self, key: ChunkKey) -> bool:
+        item = pb.GetItem(key=wire.key_to_pb(key), offset=0, length=0)
+        with _calling(self.where):
+            replies = list(wire.get_call(self._channel.get())(pb.GetRequest(items=[item]),
+                                                              timeout=self.timeout_s))
+            answers = list(_replies(iter(replies), self.where))
+        return bool(answers) and answers[0].outcome == pb.HIT
+
+    def prefetch(self, refs: Sequence[ChunkRef]) -> dict[str, int]:
+        """Have the node read chunks from the block layer into its cache; returns how many
+        were cached already, fetched, rejected and failed."""
+        request = pb.PrefetchRequest()
+        at = _record_positions(refs, request.records)
+        request.items.extend(pb.PrefetchItem(record=r, index=i) for (_, i), r in zip(refs, at))
+        with _calling(self.where):
+            reply = self._stub().Prefetch(request, timeout=self.timeout_s)
+        return {"cached": reply.cached, "fetched": reply.fetched, "rejected": reply.rejected,
+                "failed": reply.failed}
+
+    # -- admin -----------------------------------------------------------------------
+    def stats(self) -> dict[str, float]:
+        with _calling(self.where):
+            return dict(self._admin().Stats(pb.StatsRequest(), timeout=self.timeout_s).counters)
+
+    def drop(self, keys: Sequence[ChunkKey] = (), everything: bool = False) -> int:
+        request = pb.DropRequest(keys=[wire.key_to_pb(k) for k in keys], all=everything)
+        with _calling(self.where):
+            return self._admin().Drop(request, timeout=self.timeout_s).dropped
+
+    def resize(self, capacity_bytes: int) -> dict[str, float]:
+        with _calling(self.where):
+            reply = self._admin().Resize(pb.ResizeRequest(capacity_bytes=capacity_bytes),
+                                         timeout=self.timeout_s)
+        return dict(reply.counters)
+
+    def health(self) -> str:
+        """``SERVING`` or ``NOT_SERVING``; raises ``TierUnavailable`` if the node is unreachable."""
+        with _calling(self.where):
+            reply = health_pb2_grpc.HealthStub(self._channel.get()).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=self.timeout_s)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    # -- plumbing --------------------------------------------------------------------
+    def _tally(self, changes: dict[str, int]) -> None:
+        with self._lock:
+            for name, n in changes.items():
+                self.counters[name] += n
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it across fork
+
+    def close(self) -> None:
+        self._pool.close()
+        self._channel.close()
+
+    def __repr__(self) -> str:
+        return f"<RemoteChunkCache {self.name} {self.addr}>"
+
+
+class ProcessLocalPool:
+    """A thread pool made on first use in each process: threads do not survive ``fork``, so
+    a DataLoader worker that inherits one makes its own."""
+
+    def __init__(self, workers: int, prefix: str) -> None:
+        self.workers = workers
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None
+        _FORKABLE.add(self)
+
+    def get(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pool[0] != os.getpid():
+                self._pool = (os.getpid(), ThreadPoolExecutor(self.workers, thread_name_prefix=self.prefix))
+            return self._pool[1]
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None and pool[0] == os.getpid():
+            pool[1].shutdown(wait=True)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it across fork
+
+
+_FORKABLE: weakref.WeakSet[ProcessLocalPool | RemoteChunkCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_FORKABLE):
+        obj._forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _record_positions(refs: Sequence[ChunkRef], records: Any) -> list[int]:
+    """Each ref's position in ``records`` (a request's repeated field), to which every
+    record is appended once, encoded: the chunks of one blob share it."""
+    position: dict[int, int] = {}
+    out = []
+    for rec, _ in refs:
+        at = position.get(id(rec))
+        if at is None:
+            at = position[id(rec)] = len(records)
+            records.append(encode(rec))
+        out.append(at)
+    return out
+
+
+def _split(keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None):
+    """Calls of at most ``CALL_BYTES`` (or ``CALL_ITEMS`` when sizes are unknown)."""
+    if refs is not None and len(refs) != len(keys):
+        raise InvalidRequest(f"{len(keys)} keys but {len(refs)} refs")
+    start, size = 0, 0
+    limit = min(CALL_ITEMS if refs is None else wire.MAX_ITEMS, wire.MAX_ITEMS)
+    for i in range(len(keys)):
+        n = refs[i][0].chunk_range(refs[i][1])[1] if refs is not None else 0
+        if i > start and (size + n > CALL_BYTES or i - start >= limit):
+            yield keys[start:i], refs[start:i] if refs is not None else None
+            start, size = i, 0
+        size += n
+    yield keys[start:], refs[start:] if refs is not None else None
+
+
+def _collect(replies: Iterator[bytes], keys: Sequence[ChunkKey],
+             where: str) -> tuple[dict[ChunkKey, memoryview], dict[str, int]]:
+    """Assemble the chunks of one Get stream (zero-copy when a chunk came in one piece)."""
+    found: dict[ChunkKey, memoryview] = {}
+    tally = {"hits": 0, "filled": 0, "failed": 0}
+    key: ChunkKey | None = None
+    buf: np.ndarray | None = None
+    filled = 0
+    for reply in _replies(replies, where):
+        if reply.item is not None:
+            _finish(found, key, buf, filled, where)
+            key, buf, filled = None, None, 0
+            if reply.item >= len(keys):
+                raise TierUnavailable(f"{where}: answer for item {reply.item} of {len(keys)}")
+            if reply.outcome == pb.FAILED:
+                tally["failed"] += 1
+            if reply.outcome not in (pb.HIT, pb.FILLED):
+                continue
+            tally["hits" if reply.outcome == pb.HIT else "filled"] += 1
+            if len(reply.data) == reply.length:
+                found[keys[reply.item]] = reply.data.toreadonly()
+                continue
+            key, buf = keys[reply.item], np.empty(reply.length, np.uint8)  # no zero-fill pass
+            buf[:len(reply.data)] = reply.data
+            filled = len(reply.data)
+        elif buf is not None and filled + len(reply.data) <= len(buf):
+            buf[filled:filled + len(reply.data)] = reply.data
+            filled += len(reply.data)
+        else:
+            raise TierUnavailable(f"{where}: data with no chunk to go to")
+    _finish(found, key, buf, filled, where)
+    return found, tally
+
+
+def _replies(messages: Iterator[bytes], where: str) -> Iterator[wire.Reply]:
+    try:
+        for raw in messages:
+            yield from wire.decode_replies(raw)
+    except InvalidRequest as exc:  # a malformed answer: the node is not fit to be asked
+        raise TierUnavailable(f"{where}: {exc}") from None
+
+
+def _finish(found: dict, key: ChunkKey | None, buf: np.ndarray | None, filled: int, where: str) -> None:
+    if key is None or buf is None:
+        return
+    if filled != len(buf):
+        raise TierUnavailable(f"{where}: chunk {key} ended after {filled} of {len(buf)} bytes")
+    found[key] = memoryview(buf).toreadonly()
+
+
+def _put_batches(items: Sequence[tuple[ChunkKey, Buffer]]) -> Iterator[list]:
+    batch: list[tuple[ChunkKey, Buffer]] = []
+    size = 0
+    for item in items:
+        n = len(item[1])
+        if batch and size + n > wire.MAX_PUT_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += n
+    if batch:
+        yield batch
+
+
+def _put_stream(items: Sequence[tuple[ChunkKey, Buffer]], touch: bool) -> Iterator[pb.PutRequest]:
+    for key, data in items:
+        view = memoryview(data).cast("B")
+        yield pb.PutRequest(header=pb.PutHeader(key=wire.key_to_pb(key), length=len(view),
+                                                xxh3=xxh3(view), touch=touch))
+        for piece in wire.pieces(view):
+            yield pb.PutRequest(data=piece)
