@@ -117,6 +117,40 @@ class ClientConfig:
         _check(self.gc_grace_s >= 0, "client.gc_grace_s", "must not be negative")
 
 
+def parse_endpoint(entry: str, field_name: str = "endpoint") -> tuple[str, float]:
+    """``"host:port"`` or ``"host:port@weight"`` -> (``"host:port"``, weight)."""
+    addr, at, weight = entry.partition("@")
+    host, _, port = addr.rpartition(":")
+    _check(bool(host) and port.isdigit() and 0 < int(port) < 65536, field_name,
+           f"entry {entry!r} is not host:port or host:port@weight")
+    if not at:
+        return addr, 1.0
+    try:
+        w = float(weight)
+    except ValueError:
+        w = -1.0
+    _check(w > 0 and w != float("inf"), field_name, f"entry {entry!r}: the weight must be a positive number")
+    return addr, w
+
+
+@dataclass(frozen=True)
+class FlashConfig:
+    # "host:port" or "host:port@weight" of the region's flash cache nodes (L3); empty: no L3.
+    # Every client must list the same nodes: a chunk's node is a hash over this list.
+    endpoints: tuple[str, ...] = ()
+    request_timeout_s: float = 10.0  # deadline of one request to a flash node
+    retry_after_s: float = 1.0  # a node that failed is skipped this long, doubling per failure
+
+    def nodes(self) -> list[tuple[str, float]]:
+        return [parse_endpoint(e, "flash.endpoints") for e in self.endpoints]
+
+    def validate(self) -> None:
+        addrs = [addr for addr, _ in self.nodes()]
+        _check(len(set(addrs)) == len(addrs), "flash.endpoints", "lists a node twice")
+        _check(self.request_timeout_s > 0, "flash.request_timeout_s", "must be positive")
+        _check(self.retry_after_s > 0, "flash.retry_after_s", "must be positive")
+
+
 @dataclass(frozen=True)
 class RegionConfig:
     root: str = field(default_factory=default_home)
@@ -124,6 +158,7 @@ class RegionConfig:
     block: BlockConfig = field(default_factory=BlockConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
+    flash: FlashConfig = field(default_factory=FlashConfig)
 
     def validate(self) -> RegionConfig:
         _check(bool(self.root), "root", "must name a directory")
@@ -131,10 +166,12 @@ class RegionConfig:
         self.block.validate()
         self.cache.validate()
         self.client.validate()
+        self.flash.validate()
         return self
 
 
-_SECTIONS = {"metadata": MetadataConfig, "block": BlockConfig, "cache": CacheConfig, "client": ClientConfig}
+_SECTIONS = {"metadata": MetadataConfig, "block": BlockConfig, "cache": CacheConfig, "client": ClientConfig,
+             "flash": FlashConfig}
 
 
 def _check(ok: bool, name: str, why: str) -> None:

@@ -110,7 +110,10 @@ class TierChain:
     def _lookup(self, tier: ChunkCache, keys: list[ChunkKey], ref_of: dict[ChunkKey, ChunkRef],
                 touch: bool = True, count: bool = True) -> dict[ChunkKey, memoryview]:
         try:
-            got = tier.get_many(keys, touch=touch)
+            if getattr(tier, "read_through", False):  # it fetches its misses itself (chunks.py)
+                got = tier.get_many(keys, touch=touch, refs=[ref_of[k] for k in keys])
+            else:
+                got = tier.get_many(keys, touch=touch)
         except (TierUnavailable, OSError) as exc:
             log.debug("tier %s skipped: %s", tier.name, exc)
             self.stats.add(tier.name, misses=len(keys) if count else 0, errors=1)

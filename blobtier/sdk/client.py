@@ -89,7 +89,8 @@ class Client:
 
     def _open(self, writable: bool) -> None:
         self._metadata, self._blocks = self._region.open(writable, self.tier_stats)
-        self._chain = TierChain([self._l1] if self._l1 else [], self._blocks, self.tier_stats)
+        tiers = [t for t in (self._l1, self._region.flash()) if t is not None]  # L1, L3
+        self._chain = TierChain(tiers, self._blocks, self.tier_stats)
         self._writer = WritePath(self._metadata, self._blocks, self.config.client) if writable else None
 
     def _live(self) -> None:
@@ -317,6 +318,7 @@ class Client:
                     handle.close()
             if self._arena is not None and self._arena_pid == os.getpid():
                 self._arena.close()
+            self._region.close()
             self._region.lock.release()
 
     def __enter__(self) -> Client:

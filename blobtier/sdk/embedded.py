@@ -9,6 +9,8 @@ Layout under the region root::
 
 With ``block.endpoints`` set, the chunk servers are those gRPC servers instead of the
 ``blocks/`` directories (server id = position in the list); metadata stays embedded.
+With ``flash.endpoints`` set, reads go through the region's flash nodes (L3) between the
+host L1 and the block layer (``flash()``).
 
 Any number of processes read at once with no lock. The first write in a process takes the
 writer lock; a second process that tries to write gets ``RegionLocked`` naming the holder.
@@ -22,7 +24,7 @@ import shutil
 
 from blobtier.blockstore_sim.replicated import ReadPolicy, ReplicatedBlockStore
 from blobtier.blockstore_sim.volume import VolumeStore
-from blobtier.chunks import ChunkStore
+from blobtier.chunks import ChunkCache, ChunkStore
 from blobtier.config import RegionConfig
 from blobtier.lockfile import LockFile
 from blobtier.metadata.rocksdb_store import RocksDBStore
@@ -38,6 +40,7 @@ class EmbeddedRegion:
         self.config = config
         self.root = config.root
         self.lock = LockFile(os.path.join(self.root, "writer.lock"), f"region {self.root}")
+        self._flash: ChunkCache | None = None
 
     def open(self, writable: bool, stats: TierStats) -> tuple[RocksDBStore, RoutingSource]:
         """Open the metadata store and block layer, as the writer or as a reader."""
@@ -60,6 +63,22 @@ class EmbeddedRegion:
                                       writable_ids=writable_ids if writable else (),
                                       write_quorum=bc.write_quorum, policy=policy)
         return metadata, RoutingSource(blocks)
+
+    def flash(self) -> ChunkCache | None:
+        """The L3 tier over ``flash.endpoints`` (None without them): one per region handle,
+        shared by every chain built on it; its channels and threads reopen after fork."""
+        fc = self.config.flash
+        if self._flash is None and fc.endpoints:
+            from blobtier.rpc.sharded_cache import ShardedChunkCache  # grpc only when used
+
+            self._flash = ShardedChunkCache.connect(fc.nodes(), name="l3", timeout_s=fc.request_timeout_s,
+                                                    retry_after_s=fc.retry_after_s)
+        return self._flash
+
+    def close(self) -> None:
+        if self._flash is not None:
+            self._flash.close()
+            self._flash = None
 
     def _local_servers(self, writable: bool) -> tuple[dict[int, ChunkStore], range]:
         bc = self.config.block
