@@ -171,7 +171,7 @@ def _flash_source(args: argparse.Namespace):
     registered by reference are read from their origin."""
     import os
 
-    from blobtier.blockstore_sim.replicated import ReplicatedBlockStore
+    from blobtier.blockstore_sim.replicated import ReadPolicy, ReplicatedBlockStore
     from blobtier.config import resolve
     from blobtier.errors import InvalidRequest
     from blobtier.sdk.routing import RoutingSource
@@ -197,7 +197,8 @@ def _flash_source(args: argparse.Namespace):
         servers = {int(n): VolumeStore(os.path.join(blocks, n)) for n in sorted(os.listdir(blocks))
                    if n.isdigit()}
     # Read-only: a node never writes the block layer, so one "replica" and no writable servers.
-    return RoutingSource(ReplicatedBlockStore(servers, 1, writable_ids=()))
+    policy = ReadPolicy(hedge_after_ms=args.hedge_after_ms)
+    return RoutingSource(ReplicatedBlockStore(servers, 1, writable_ids=(), policy=policy))
 
 
 def cmd_daemon(args: argparse.Namespace) -> None:
@@ -295,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", dest="flash_region", default=None, metavar="DIR_OR_TOML",
                    help="or: the region whose block layer to read misses from (its chunk servers, "
                         "or an embedded region's block directories)")
+    p.add_argument("--hedge-after-ms", type=float, default=0.0,
+                   help="reads from chunk servers: hedge after this long (0: automatic, < 0: never)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
     p = add("daemon", cmd_daemon, "run the host cache daemon (the shared-memory L1 of this host)")

@@ -211,3 +211,17 @@ def test_a_forked_child_reads_through_the_parents_sharded_cache(node, source):
         assert len(cache.get_many(keys, refs=refs)) == rec.n_chunks  # the parent's still work
     finally:
         cache.close()
+
+
+def test_flash_serve_refuses_bad_flags_with_one_line(tmp_path, capsys):
+    from blobtier import cli
+
+    base = ["flash", "serve", "--dir", str(tmp_path / "f"), "--capacity", "1GiB"]
+    assert cli.main(base) == 1
+    assert "--block-endpoints or --region" in capsys.readouterr().err
+    assert cli.main([*base, "--region", str(tmp_path / "nowhere")]) == 1
+    assert "no blocks/ directory" in capsys.readouterr().err
+    assert cli.main([*base, "--block-endpoints", "127.0.0.1:1", "--admission", "lru"]) == 1
+    assert "unknown admission policy 'lru'" in capsys.readouterr().err
+    assert cli.main([*base[:-1], "1MiB", "--block-endpoints", "127.0.0.1:1"]) == 1
+    assert "at least two regions" in capsys.readouterr().err
