@@ -14,22 +14,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import NamedTuple
 
 from blobtier import checksum
 from blobtier.chunks import ChunkKey, ChunkRef, ChunkSource
 from blobtier.errors import BlobtierError, TierUnavailable
 from blobtier.flash_l3.cache import FlashCache
+from blobtier.rpc.cache_service import FAILED, FILLED, HIT, Answer
 
 log = logging.getLogger(__name__)
 
-HIT, FILLED, FAILED = "hit", "filled", "failed"
-
-
-class Answer(NamedTuple):
-    outcome: str  # HIT, FILLED or FAILED
-    data: memoryview | None
-    error: BaseException | None = None
 
 
 class ReadThrough:

@@ -1,0 +1,207 @@
+"""Serving a chunk cache over ``CacheService`` (rpc/protos/flash.proto), for any tier.
+
+The regional flash nodes (L3) and the host daemons' peer service (L2) answer the same
+calls, so one client (``RemoteChunkCache``) reads both. A served cache needs three
+methods: ``get(key, touch)`` (a buffer that stays valid while it is referenced, or None),
+``put(key, data, touch)`` (True if admitted) and ``contains(key)``. A node that reads its
+misses through from the block layer also passes a ``ReadThrough``-like object (``fill``);
+without one, a miss is a MISS and Prefetch is not served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import NamedTuple, Protocol
+
+import grpc
+
+from blobtier.checksum import xxh3
+from blobtier.chunks import Buffer, ChunkKey, ChunkRef
+from blobtier.errors import BlobtierError, ChecksumError, InvalidRequest, OutOfRange
+from blobtier.metadata.schema import BlobRecord, decode
+from blobtier.rpc import cache_wire as wire
+from blobtier.rpc import status
+from blobtier.rpc.gen import flash_pb2 as pb
+from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
+from blobtier.rpc.server import MAX_PIECE_BYTES
+
+HIT, FILLED, FAILED, MISS = "hit", "filled", "failed", "miss"
+_OUTCOME = {HIT: pb.HIT, FILLED: pb.FILLED, FAILED: pb.FAILED, MISS: pb.MISS}
+
+
+class Answer(NamedTuple):
+    outcome: str  # HIT, FILLED, FAILED or MISS
+    data: Buffer | None
+    error: BaseException | None = None
+
+
+class ServedCache(Protocol):
+    def get(self, key: ChunkKey, touch: bool = True) -> Buffer | None: ...
+
+    def put(self, key: ChunkKey, data: Buffer, touch: bool = True) -> bool: ...
+
+    def contains(self, key: ChunkKey) -> bool: ...
+
+
+class Filler(Protocol):
+    def fill(self, refs: Sequence[ChunkRef], touch: bool = True, force: bool = False) -> list[Answer]: ...
+
+
+@contextmanager
+def answering(context: grpc.ServicerContext) -> Iterator[None]:
+    """Turn blobtier errors into their status codes (see ``rpc/status.py``)."""
+    try:
+        yield
+    except (BlobtierError, OSError) as exc:
+        status.abort(context, exc)
+
+
+def _records(raw: list[bytes]) -> list[BlobRecord]:
+    if len(raw) > wire.MAX_RECORDS:
+        raise InvalidRequest(f"at most {wire.MAX_RECORDS} records per request")
+    return [decode(r) for r in raw]
+
+
+def _ref(records: list[BlobRecord], record: int, index: int) -> ChunkRef:
+    if record >= len(records):
+        raise InvalidRequest(f"item names record {record} of {len(records)}")
+    rec = records[record]
+    if index >= rec.n_chunks:
+        raise InvalidRequest(f"chunk {index} of a blob of {rec.n_chunks} chunks")
+    return rec, index
+
+
+def _answer(out: wire.ReplyBatcher, item: int, answer: Answer, req: pb.GetItem) -> Iterator[bytes]:
+    """Queue one item's replies (a first one naming it, with the first piece, then the
+    rest); yield the messages that fill up."""
+    if answer.data is None:
+        detail = str(answer.error) if answer.error is not None else ""
+        head = pb.GetReply(item=item, outcome=_OUTCOME.get(answer.outcome, pb.MISS), detail=detail)
+        if (msg := out.add(head)) is not None:
+            yield msg
+        return
+    data = answer.data
+    size = len(data)
+    length = req.length if req.HasField("length") else size - req.offset
+    if req.offset < 0 or length < 0 or req.offset + length > size:
+        raise OutOfRange(f"range {req.offset}+{length} outside a chunk of {size} bytes")
+    view = data[req.offset:req.offset + length]
+    head = pb.GetReply(item=item, outcome=_OUTCOME[answer.outcome], length=length)
+    for pos in range(0, max(length, 1), MAX_PIECE_BYTES):
+        if (msg := out.add(head if pos == 0 else None, view[pos:pos + MAX_PIECE_BYTES])) is not None:
+            yield msg
+
+
+class CacheServicer(pb_grpc.CacheServiceServicer):
+    def __init__(self, cache: ServedCache, readthrough: Filler | None = None) -> None:
+        self.cache = cache
+        self.readthrough = readthrough
+
+    def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        with answering(context):
+            if len(request.items) > wire.MAX_ITEMS:
+                raise InvalidRequest(f"at most {wire.MAX_ITEMS} chunks per Get")
+            records = _records(list(request.records))
+            keys = [wire.key_from_pb(item.key) for item in request.items]
+            refs = {i: self._checked_ref(records, item, key)  # a bad request fails before any answer
+                    for i, (item, key) in enumerate(zip(request.items, keys)) if item.HasField("record")}
+            out = wire.ReplyBatcher()
+            through: list[int] = []
+            # Hits are streamed as they are read; misses with a record are read through
+            # afterwards, in one batch that the block layer reads in parallel.
+            for i, (item, key) in enumerate(zip(request.items, keys)):
+                view = self.cache.get(key, request.touch)
+                if view is not None:
+                    yield from _answer(out, i, Answer(HIT, view), item)
+                elif i in refs and self.readthrough is not None:
+                    through.append(i)
+                else:
+                    yield from _answer(out, i, Answer(MISS, None), item)
+            if through:
+                if (msg := out.flush()) is not None:
+                    yield msg  # the hits go out before the wait for the block layer
+                answers = self.readthrough.fill([refs[i] for i in through], request.touch)
+                for i, answer in zip(through, answers):
+                    yield from _answer(out, i, answer, request.items[i])
+            if (msg := out.flush()) is not None:
+                yield msg
+
+    @staticmethod
+    def _checked_ref(records: list[BlobRecord], item: pb.GetItem, key: ChunkKey) -> ChunkRef:
+        rec, index = _ref(records, item.record, key.index)
+        if rec.chunk_key(index) != key:
+            raise InvalidRequest(f"chunk {key} is not a chunk of the record it names")
+        return rec, index
+
+    def Put(self, request_iterator: Iterator[pb.PutRequest], context: grpc.ServicerContext) -> pb.PutReply:
+        with answering(context):
+            admitted = rejected = 0
+            for key, data, h, touch in _received(request_iterator):
+                if xxh3(data) != h:  # damaged on the way: never cache it
+                    raise ChecksumError(f"chunk {key} arrived with the wrong xxh3")
+                if self.cache.put(key, data, touch):
+                    admitted += 1
+                else:
+                    rejected += 1
+            return pb.PutReply(admitted=admitted, rejected=rejected)
+
+    def Prefetch(self, request: pb.PrefetchRequest, context: grpc.ServicerContext) -> pb.PrefetchReply:
+        if self.readthrough is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this cache node reads nothing through")
+        with answering(context):
+            if len(request.items) > wire.MAX_ITEMS:
+                raise InvalidRequest(f"at most {wire.MAX_ITEMS} chunks per Prefetch")
+            records = _records(list(request.records))
+            refs = [_ref(records, item.record, item.index) for item in request.items]
+            reply = pb.PrefetchReply()
+            todo = []
+            for ref in refs:
+                if self.cache.contains(ref[0].chunk_key(ref[1])):
+                    reply.cached += 1
+                else:
+                    todo.append(ref)
+            for ref, answer in zip(todo, self.readthrough.fill(todo, touch=False, force=True)):
+                if answer.outcome == FAILED:
+                    reply.failed += 1
+                elif self.cache.contains(ref[0].chunk_key(ref[1])):
+                    reply.fetched += 1
+                else:
+                    reply.rejected += 1
+            return reply
+
+
+def _received(requests: Iterator[pb.PutRequest]) -> Iterator[tuple[ChunkKey, bytearray, int, bool]]:
+    """The chunks of one Put stream, checked piece by piece."""
+    head: pb.PutHeader | None = None
+    buf, filled, total = bytearray(), 0, 0
+    for req in requests:
+        part = req.WhichOneof("part")
+        if part == "header":
+            if head is not None:
+                yield _whole(head, buf, filled)
+            head = req.header
+            if head.length > wire.MAX_CHUNK_BYTES:
+                raise InvalidRequest(f"chunk of {head.length} bytes exceeds {wire.MAX_CHUNK_BYTES}")
+            total += head.length
+            if total > wire.MAX_PUT_BYTES:
+                raise InvalidRequest(f"one Put carries at most {wire.MAX_PUT_BYTES} bytes")
+            buf, filled = bytearray(head.length), 0
+        elif part == "data":
+            n = len(req.data)
+            if head is None:
+                raise InvalidRequest("chunk data before any header")
+            if n > MAX_PIECE_BYTES or filled + n > len(buf):
+                raise InvalidRequest(f"chunk data overruns its {len(buf)} bytes or the piece limit")
+            buf[filled:filled + n] = req.data
+            filled += n
+        else:
+            raise InvalidRequest("a PutRequest must carry a header or data")
+    if head is not None:
+        yield _whole(head, buf, filled)
+
+
+def _whole(head: pb.PutHeader, buf: bytearray, filled: int) -> tuple[ChunkKey, bytearray, int, bool]:
+    if filled != len(buf):
+        raise InvalidRequest(f"chunk ended after {filled} of {len(buf)} bytes")
+    return wire.key_from_pb(head.key), buf, head.xxh3, head.touch
