@@ -203,11 +203,18 @@ def _flash_source(args: argparse.Namespace):
 
 def cmd_daemon(args: argparse.Namespace) -> None:
     from blobtier.cache_l1_l2.daemon import HostDaemon
-    from blobtier.config import parse_size
+    from blobtier.config import parse_endpoint, parse_size
+    from blobtier.errors import InvalidRequest
 
+    peers = tuple(p.strip() for p in (args.peers or "").split(",") if p.strip())
+    for peer in peers:
+        if parse_endpoint(peer, "--peers")[0] != peer:
+            raise InvalidRequest(f"--peers: {peer!r} must be host:port (peers have no weights)")
     daemon = HostDaemon(parse_size(args.memory, "--memory"), args.policy, args.socket,
-                        args.metrics_port)
+                        args.metrics_port, listen=args.listen, peers=peers)
     extra = f", metrics on 127.0.0.1:{daemon.metrics_port}" if daemon.metrics_port else ""
+    if daemon.peer_server is not None:
+        extra += f", L2 peers served on {daemon.peer_server.address}"
     print(f"blobtier daemon: {args.memory} L1 ({args.policy}) on {daemon.socket_path}{extra}",
           flush=True)
     daemon.serve_until_signalled()
@@ -301,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
     p = add("daemon", cmd_daemon, "run the host cache daemon (the shared-memory L1 of this host)")
+    p.add_argument("--listen", default=None, metavar="HOST:PORT",
+                   help="serve this arena to the cluster's other daemons as their L2")
+    p.add_argument("--peers", default=None, metavar="HOST:PORT,...",
+                   help="the cluster's daemons as each --listens (the same list on every host)")
     p.add_argument("--memory", default="1GiB", help="the L1's memory cap, e.g. 16GiB")
     p.add_argument("--policy", default="sieve", help="eviction: sieve, lru, keep, clairvoyant")
     p.add_argument("--socket", default=None, help="Unix socket for local clients "

@@ -8,6 +8,10 @@ socket ``/tmp/blobtier-<uid>/daemon.sock``; without one, each client owns an are
 its own. If the daemon dies, clients read on from the tiers below and reattach when it
 is back. The arena is a memfd: nothing is left in /dev/shm, even after SIGKILL.
 
+With ``listen`` (``--listen host:port``) the daemon also serves its arena to the other
+daemons' clients as their L2, and tells its own clients the cluster (``--peers``) so
+they ask a chunk's home daemon before L3 (``peers.py``).
+
 The daemon never imports torch.
 """
 
@@ -18,6 +22,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -25,7 +30,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from blobtier.cache_l1_l2.l1 import socket_dir
 from blobtier.cache_l1_l2.owner import ArenaOwner
 from blobtier.cache_l1_l2.wire import OwnerClient, OwnerServer
-from blobtier.errors import TierUnavailable
+from blobtier.errors import InvalidRequest, TierUnavailable
+
+if TYPE_CHECKING:  # grpc loads only in a daemon that serves peers
+    from blobtier.cache_l1_l2.peers import PeerServer
+    from blobtier.rpc.tls import Tls
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,13 @@ def find_daemon(setting: str) -> str | None:
     ``auto``: the well-known socket, if a daemon answers there; ``off``: never; else a
     socket path, used if a daemon answers there.
     """
+    info = daemon_info(setting)
+    return info["socket"] if info is not None else None
+
+
+def daemon_info(setting: str) -> dict | None:
+    """What the daemon per ``setting`` says of itself (its INFO, plus ``socket``), or None
+    when none answers. ``peer`` and ``peers`` name its L2 cluster when it has one."""
     if setting == "off":
         return None
     path = default_socket() if setting == "auto" else setting
@@ -47,9 +63,9 @@ def find_daemon(setting: str) -> str | None:
         return None
     probe = OwnerClient(path, timeout_s=2.0)
     try:
-        _, fd = probe.info()
+        info, fd = probe.info()
         os.close(fd)
-        return path
+        return {**info, "socket": path}
     except TierUnavailable:
         return None
     finally:
@@ -57,10 +73,12 @@ def find_daemon(setting: str) -> str | None:
 
 
 class ArenaCollector(Collector):
-    """The arena's counters as ``blobtier_l1_*`` series."""
+    """The arena's counters as ``blobtier_l1_*`` series; what it served peers as
+    ``blobtier_l2_served_*``."""
 
-    def __init__(self, owner: ArenaOwner) -> None:
+    def __init__(self, owner: ArenaOwner, peers: PeerServer | None = None) -> None:
         self.owner = owner
+        self.peers = peers
 
     def collect(self) -> Iterator:
         stats = self.owner.stats()
@@ -73,6 +91,12 @@ class ArenaCollector(Collector):
             fam = GaugeMetricFamily(f"blobtier_l1_{name}", f"L1 arena {what}")
             fam.add_metric([], stats.get(name, 0))
             yield fam
+        if self.peers is not None:
+            served = self.peers.cache.counters
+            for name in ("hits", "misses", "bytes", "puts_admitted", "puts_rejected"):
+                fam = CounterMetricFamily(f"blobtier_l2_served_{name}", f"L2 requests from peers: {name}")
+                fam.add_metric([], served.get(name, 0))
+                yield fam
 
 
 class HostDaemon:
@@ -81,22 +105,35 @@ class HostDaemon:
         policy: eviction policy name.
         socket_path: where local clients connect (default: the well-known socket).
         metrics_port: serve Prometheus metrics on 127.0.0.1:PORT (0 picks one).
+        listen: serve the arena to L2 peers at ``host:port`` (None: no L2).
+        peers: the cluster's daemons (``host:port`` as each listens), for clients' L2.
+        tls: serve peers with TLS.
     """
 
     def __init__(self, memory: int, policy: str = "sieve", socket_path: str | None = None,
-                 metrics_port: int | None = None) -> None:
+                 metrics_port: int | None = None, listen: str | None = None,
+                 peers: tuple[str, ...] = (), tls: Tls | None = None) -> None:
         self.socket_path = socket_path or default_socket()
         if find_daemon(self.socket_path):
             raise TierUnavailable(f"a daemon already serves {self.socket_path}")
         self.owner = ArenaOwner(memory, policy)
         self.server = OwnerServer(self.owner, self.socket_path)
+        self.peer_server: PeerServer | None = None
+        if listen is not None:
+            from blobtier.cache_l1_l2.peers import PeerServer, cluster
+
+            self.peer_server = PeerServer(self.owner, listen, tls)
+            self.server.info = {"peer": self.peer_server.address,
+                                "peers": cluster(self.peer_server.address, peers)}
+        elif peers:
+            raise InvalidRequest("a daemon with peers must --listen for them")
         self.metrics_port = None
         self._http = None
         if metrics_port is not None:
             from prometheus_client import start_http_server
 
             registry = CollectorRegistry()
-            registry.register(ArenaCollector(self.owner))
+            registry.register(ArenaCollector(self.owner, self.peer_server))
             self._http, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
             self.metrics_port = self._http.server_port
         self._stopped = threading.Event()
@@ -108,6 +145,8 @@ class HostDaemon:
         if self._stopped.is_set():
             return
         self.server.close()
+        if self.peer_server is not None:
+            self.peer_server.stop(1)
         self.owner.close()
         if self._http is not None:
             self._http.shutdown()

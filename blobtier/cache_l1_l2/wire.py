@@ -8,7 +8,8 @@ trip of about two kilobytes::
     reply    status u8 | body length u32 | body      (status 0 ok, 1 error: body = message)
 
     op  body                                   reply body
-    1   INFO                                   json {"name", "size", "policy", "pid"}, after
+    1   INFO                                   json {"name", "size", "policy", "pid", and for
+                                               a daemon with L2 peers "peer", "peers"}, after
                                                a 1-byte message carrying the segment's fd
     2   LOOKUP   count x digest 16s            count x (found u8, offset u64, length u32)
     9   PEEK     as LOOKUP, not counted as a use by the eviction policy (prefetch)
@@ -66,6 +67,7 @@ class OwnerServer:
     def __init__(self, owner: ArenaOwner, path: str) -> None:
         self.owner = owner
         self.path = path
+        self.info: dict = {}  # more INFO fields (a daemon's L2 peers)
         if os.path.exists(path):
             os.unlink(path)  # a socket file left by a dead owner
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -120,7 +122,7 @@ class OwnerServer:
         owner = self.owner
         if op == INFO:
             return json.dumps({"name": owner.segment.name, "size": owner.segment.size,
-                               "policy": owner.policy_name, "pid": os.getpid()}).encode()
+                               "policy": owner.policy_name, "pid": os.getpid(), **self.info}).encode()
         if op == STATS:
             return json.dumps(owner.stats()).encode()
         if op == ANNOUNCE:

@@ -69,16 +69,22 @@ class ShardedChunkCache:
             must be the same in every client (its address).
         name: the tier's name ("l3", "l2").
         health: which nodes are skipped (default: 1 s backoff doubling to 60 s).
+        read_through: the nodes read misses through from the block layer (flash nodes do,
+            L2 peer daemons do not).
+        local: the node that is this host's own (an L2 client's daemon, whose arena is
+            the L1 above): chunks homed there are neither asked for nor offered.
     """
 
     trusted = False
-    read_through = True
 
     def __init__(self, nodes: Sequence[tuple[str, float, RemoteChunkCache]], *, name: str = "l3",
-                 health: NodeHealth | None = None) -> None:
+                 health: NodeHealth | None = None, read_through: bool = True,
+                 local: str | None = None) -> None:
         if not nodes:
             raise InvalidRequest("a sharded cache needs at least one node")
         self.name = name
+        self.read_through = read_through
+        self.local = local
         self.ids = [n for n, _, _ in nodes]
         self.weights = [w for _, w, _ in nodes]
         self.members = {n: cache for n, _, cache in nodes}
@@ -87,10 +93,12 @@ class ShardedChunkCache:
 
     @classmethod
     def connect(cls, endpoints: Sequence[tuple[str, float]], *, name: str = "l3", tls: Tls | None = None,
-                timeout_s: float = 10.0, retry_after_s: float = 1.0) -> ShardedChunkCache:
+                timeout_s: float = 10.0, retry_after_s: float = 1.0, read_through: bool = True,
+                local: str | None = None) -> ShardedChunkCache:
         """Over gRPC nodes given as (``host:port``, weight)."""
         return cls([(addr, w, RemoteChunkCache(addr, name=name, tls=tls, timeout_s=timeout_s))
-                    for addr, w in endpoints], name=name, health=NodeHealth(retry_after_s))
+                    for addr, w in endpoints], name=name, health=NodeHealth(retry_after_s),
+                   read_through=read_through, local=local)
 
     def rank(self, key: ChunkKey) -> list[str]:
         """Every node, best home first, for ``key``."""
@@ -116,7 +124,7 @@ class ShardedChunkCache:
             groups: dict[str, list[ChunkKey]] = {}
             for key in todo:
                 node = self.home(key, failed)
-                if node is not None:
+                if node is not None and node != self.local:
                     groups.setdefault(node, []).append(key)
             if not groups:
                 break
@@ -159,6 +167,8 @@ class ShardedChunkCache:
         node = self.home(key)
         if node is None:
             raise TierUnavailable(f"every {self.name} node is skipped for now")
+        if node == self.local:
+            return
         try:
             self.members[node].put(key, data, touch)
         except (TierUnavailable, OSError) as exc:
@@ -167,7 +177,7 @@ class ShardedChunkCache:
 
     def contains(self, key: ChunkKey) -> bool:
         node = self.home(key)
-        if node is None:
+        if node is None or node == self.local:
             return False
         try:
             return self.members[node].contains(key)

@@ -176,9 +176,11 @@ class TierChain:
             if tier.trusted:
                 self._put_all(tier, chunks, touch)
             else:
-                if self._fill_pool is None:
-                    self._fill_pool = ThreadPoolExecutor(2, thread_name_prefix="blobtier-fill")
-                self._fill_pool.submit(self._put_all, tier, dict(chunks), touch)
+                with self._lock:  # two first fills at once must not make two pools
+                    if self._fill_pool is None:
+                        self._fill_pool = ThreadPoolExecutor(2, thread_name_prefix="blobtier-fill")
+                    pool = self._fill_pool
+                pool.submit(self._put_all, tier, dict(chunks), touch)
 
     def _put_all(self, tier: ChunkCache, chunks: dict[ChunkKey, memoryview], touch: bool) -> None:
         try:

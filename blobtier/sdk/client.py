@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
-from blobtier.cache_l1_l2.daemon import find_daemon
+from blobtier.cache_l1_l2.daemon import daemon_info
 from blobtier.cache_l1_l2.l1 import OwnedArena, SharedL1Cache
-from blobtier.chunks import Buffer
+from blobtier.chunks import Buffer, ChunkCache
 from blobtier.config import RegionConfig, resolve, with_overrides
 from blobtier.errors import BlobNotFound, BlobtierError, InvalidRequest
 from blobtier.metadata.schema import BlobRecord, validate_key, validate_prefix
@@ -63,7 +63,7 @@ class Client:
         self._mutex = threading.RLock()
         self._arena: OwnedArena | None = None
         self._prefetch: Prefetcher | None = None
-        self._l1 = self._new_l1()
+        self._l1, self._l2 = self._host_tiers()
         self._retired: list[object] = []
         self._writer: WritePath | None = None
         self._pid = os.getpid()
@@ -72,24 +72,35 @@ class Client:
         _CLIENTS.add(self)
 
     # -- wiring ----------------------------------------------------------------------
-    def _new_l1(self) -> SharedL1Cache | None:
-        """This process's view of the host L1: the host daemon's arena when one runs, the
-        parent's in a forked worker, else an arena of its own (none when
-        ``cache.l1_bytes`` is 0)."""
-        daemon = find_daemon(self.config.cache.daemon)
+    def _host_tiers(self) -> tuple[SharedL1Cache | None, ChunkCache | None]:
+        """This process's view of the host L1, and the L2 when the host daemon has peers.
+
+        L1 is the host daemon's arena when one runs, the parent's in a forked worker, else
+        an arena of its own (none when ``cache.l1_bytes`` is 0). L2 is the arenas of the
+        daemon's peers, each chunk at its home daemon (``cache_l1_l2/peers.py``).
+        """
+        daemon = daemon_info(self.config.cache.daemon)
         if daemon is not None:
-            return SharedL1Cache(socket_path=daemon)
+            l2 = None
+            if daemon.get("peers"):
+                from blobtier.rpc.sharded_cache import ShardedChunkCache
+
+                l2 = ShardedChunkCache.connect([(p, 1.0) for p in daemon["peers"]], name="l2",
+                                               timeout_s=self.config.flash.request_timeout_s,
+                                               retry_after_s=self.config.flash.retry_after_s,
+                                               read_through=False, local=daemon["peer"])
+            return SharedL1Cache(socket_path=daemon["socket"]), l2
         if not self.config.cache.l1_bytes:
-            return None
+            return None, None
         if self._arena is not None:  # inherited: attach to the parent's
-            return SharedL1Cache(socket_path=self._arena.socket_path)
+            return SharedL1Cache(socket_path=self._arena.socket_path), None
         self._arena = OwnedArena(self.config.cache.l1_bytes, self.config.cache.l1_policy)
         self._arena_pid = os.getpid()
-        return SharedL1Cache(owner=self._arena.owner)
+        return SharedL1Cache(owner=self._arena.owner), None
 
     def _open(self, writable: bool) -> None:
         self._metadata, self._blocks = self._region.open(writable, self.tier_stats)
-        tiers = [t for t in (self._l1, self._region.flash()) if t is not None]  # L1, L3
+        tiers = [t for t in (self._l1, self._l2, self._region.flash()) if t is not None]
         self._chain = TierChain(tiers, self._blocks, self.tier_stats)
         self._writer = WritePath(self._metadata, self._blocks, self.config.client) if writable else None
 
@@ -103,12 +114,13 @@ class Client:
         with self._mutex:
             if self._pid == os.getpid():
                 return
-            _INHERITED.extend([self._metadata, self._blocks, self._chain, self._l1, self._prefetch,
+            _INHERITED.extend([self._metadata, self._blocks, self._chain, self._l1, self._l2,
+                               self._prefetch,
                                *self._retired])
             self._prefetch = None
             self._retired = []
             self._region.lock.forget()
-            self._l1 = self._new_l1()
+            self._l1, self._l2 = self._host_tiers()
             self._pid = os.getpid()
             self._open(writable=False)
 
@@ -313,7 +325,7 @@ class Client:
                 return  # inherited handles belong to the parent
             if self._prefetch is not None:
                 self._prefetch.close()
-            for handle in [self._chain, self._l1, self._metadata, self._blocks, *self._retired]:
+            for handle in [self._chain, self._l1, self._l2, self._metadata, self._blocks, *self._retired]:
                 if handle is not None:
                     handle.close()
             if self._arena is not None and self._arena_pid == os.getpid():
