@@ -176,6 +176,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--cache-share", type=float, default=0.5, help="L1 size / dataset size")
     p.add_argument("--baseline-samples", type=int, default=4000)
+    p.add_argument("--prefetch-threads", type=int, default=None,
+                   help="client.prefetch_threads (default: the config's)")
+    p.add_argument("--only", default=None, metavar="TEXT",
+                   help="run only the blobtier configs whose name contains TEXT (no baselines)")
     args = p.parse_args()
     size = parse_size(args.size)
     _Link.latency_s = args.latency_ms / 1000
@@ -202,9 +206,10 @@ def main() -> None:
                               num_workers=args.workers, persistent_workers=True,
                               generator=torch.Generator().manual_seed(0))
 
-        results["local files"] = train(loader(FileDataset(paths)), None, args.epochs, step_s)
+        if not args.only:
+            results["local files"] = train(loader(FileDataset(paths)), None, args.epochs, step_s)
         base = paths[:args.baseline_samples]
-        for name, url in [("simplecache", "simplecache::slowfile://{}"),
+        for name, url in [] if args.only else [("simplecache", "simplecache::slowfile://{}"),
                           ("blockcache", "blockcache::slowfile://{}")]:
             cache_dir = os.path.join(work, name)
             opts = {name: {"cache_storage": cache_dir}}
@@ -227,8 +232,11 @@ def main() -> None:
                                        ("blobtier no-prefetch clairvoyant", "clairvoyant", False),
                                        ("blobtier no-prefetch keep", "keep", False),
                                        ("blobtier no-prefetch lru", "lru", False)]:
+            if args.only and args.only not in name:
+                continue
             with blobtier.connect(region, cache={"l1_bytes": l1, "l1_policy": policy},
-                                  client={"prefetch_threads": 16}) as client:
+                                  client={} if args.prefetch_threads is None else
+                                  {"prefetch_threads": args.prefetch_threads}) as client:
                 ds = BlobDataset("bench/e2e/", client=client, decode=decode)
                 if not prefetch:  # the policy still learns the order; nothing is fetched ahead
                     ds.announce = lambda indices, progress=None, ds=ds: ds.client.announce(
@@ -242,14 +250,18 @@ def main() -> None:
     rows = [{"config": name, **row} for name, epochs in results.items() for row in epochs]
     print(h.table(rows, ["config", "epoch", "samples_per_s", "stall_pct", "hit_pct"],
                   "DataLoader end to end (hit_pct: samples served without an origin read)"))
-    best = results["blobtier prefetch clairvoyant"]
-    cold_ratio = best[0]["samples_per_s"] / results["simplecache"][0]["samples_per_s"]
-    later = best[1:] or best
-    summary = (f"blobtier prefetch+clairvoyant: cold epoch {best[0]['samples_per_s']:,.0f} samples/s, "
-               f"stall {best[0]['stall_pct']:.1f}% ({cold_ratio:.1f}x fsspec simplecache); "
-               f"later epochs stall {max(r['stall_pct'] for r in later):.1f}%, hit ratio "
-               f"{min(r['hit_pct'] for r in later):.1f}% at a {args.cache_share:.0%} cache "
-               f"(LRU {results['blobtier prefetch lru'][-1]['hit_pct']:.1f}%)")
+    if args.only:
+        summary = "; ".join(f"{name}: " + ", ".join(f"{r['samples_per_s']:,.0f}/s {r['stall_pct']:.1f}%"
+                                                   for r in rows) for name, rows in results.items())
+    else:
+        best = results["blobtier prefetch clairvoyant"]
+        cold_ratio = best[0]["samples_per_s"] / results["simplecache"][0]["samples_per_s"]
+        later = best[1:] or best
+        summary = (f"blobtier prefetch+clairvoyant: cold epoch {best[0]['samples_per_s']:,.0f} samples/s, "
+                   f"stall {best[0]['stall_pct']:.1f}% ({cold_ratio:.1f}x fsspec simplecache); "
+                   f"later epochs stall {max(r['stall_pct'] for r in later):.1f}%, hit ratio "
+                   f"{min(r['hit_pct'] for r in later):.1f}% at a {args.cache_share:.0%} cache "
+                   f"(LRU {results['blobtier prefetch lru'][-1]['hit_pct']:.1f}%)")
     print(summary)
     h.write_json(args.out, "dataloader_e2e", vars(args), results, summary)
 

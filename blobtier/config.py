@@ -101,7 +101,10 @@ class ClientConfig:
     chunk_size: int = 4 * MiB
     checksum: str = "xxh3"
     readahead_chunks: int = 4  # chunks a sequential reader fetches ahead
-    prefetch_threads: int = 8  # batches a prefetcher keeps in flight
+    # Batches a prefetcher keeps in flight. Each batch's chunks are fetched in parallel
+    # already; more threads only fight the trainer for its process's GIL (dataloader_e2e:
+    # 16 threads tripled the cold-epoch stall of 2).
+    prefetch_threads: int = 2
     prefetch_bytes: int = 256 * MiB  # most bytes fetched ahead of a sampler's position
     metadata_staleness_s: float = 0.5  # how old a reader's view of other writers may be
     gc_grace_s: float = 3600.0  # unreferenced chunks younger than this survive gc
