@@ -41,6 +41,13 @@ CALL_ITEMS = 256  # chunks per Get call when their sizes are unknown (no records
 COUNTERS = ("hits", "filled", "misses", "failed", "errors")
 
 
+class Found(dict):
+    """The chunks a node answered with; ``filled`` of them it read through from the block
+    layer for this call (a miss of the tier, though the tier served it)."""
+
+    filled = 0
+
+
 @contextmanager
 def _calling(where: str) -> Iterator[None]:
     try:
@@ -96,9 +103,10 @@ class RemoteChunkCache:
         calls = list(_split(keys, refs))
         if len(calls) == 1:
             return self._get(calls[0][0], calls[0][1], touch)
-        found: dict[ChunkKey, memoryview] = {}
+        found = Found()
         for part in self._pool.get().map(lambda c: self._get(c[0], c[1], touch), calls):
             found.update(part)
+            found.filled += part.filled
         return found
 
     def get_range(self, key: ChunkKey, offset: int, length: int) -> memoryview | None:
@@ -127,7 +135,9 @@ class RemoteChunkCache:
             raise
         tally["misses"] = len(keys) - len(found)
         self._tally(tally)
-        return found
+        out = Found(found)
+        out.filled = tally["filled"]
+        return out
 
     def put(self, key: ChunkKey, data: Buffer, touch: bool = True) -> None:
         self.put_many([(key, data)], touch)

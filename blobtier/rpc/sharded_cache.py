@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from blobtier import placement
 from blobtier.chunks import Buffer, ChunkKey, ChunkRef
 from blobtier.errors import InvalidRequest, TierUnavailable
-from blobtier.rpc.remote_cache import ProcessLocalPool, RemoteChunkCache
+from blobtier.rpc.remote_cache import Found, ProcessLocalPool, RemoteChunkCache
 from blobtier.rpc.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class ShardedChunkCache:
         """Ask each key's home node; the keys of a node that fails go to their next
         candidate once, then count as misses."""
         ref_of = dict(zip(keys, refs)) if refs is not None else None
-        found: dict[ChunkKey, memoryview] = {}
+        found = Found()
         failed: frozenset[str] = frozenset()
         todo = list(keys)
         for _ in range(2):
@@ -135,6 +135,7 @@ class ShardedChunkCache:
                     todo += sub
                 else:
                     found.update(got)
+                    found.filled += getattr(got, "filled", 0)
             if not todo:
                 break
         return found

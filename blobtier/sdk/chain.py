@@ -129,8 +129,9 @@ class TierChain:
                     log.warning("%s; treating it as a miss", exc)
                     del got[key]
                     corrupt += 1
-        if count:
-            self.stats.add(tier.name, hits=len(got), misses=len(keys) - len(got),
+        if count:  # chunks a read-through tier fetched from below for us were its misses
+            filled = min(getattr(got, "filled", 0), len(got))
+            self.stats.add(tier.name, hits=len(got) - filled, misses=len(keys) - len(got) + filled,
                            nbytes=sum(len(v) for v in got.values()), corrupt=corrupt)
         return got
 
