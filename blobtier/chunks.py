@@ -71,6 +71,8 @@ class ChunkCache(Protocol):
     #   read_through = True: the chain calls get_many(keys, touch=..., refs=[(record,
     #       index) for each key]) and the tier may answer with chunks it fetched below. A
     #       tier that fails raises TierUnavailable and the chain reads the source itself.
+    # Optional, for untrusted tiers that cannot check every chunk they serve themselves:
+    #   report_corrupt(keys): these chunks failed their checksum in the chain; forget them.
 
     def contains(self, key: ChunkKey) -> bool: ...
 

@@ -143,6 +143,9 @@ class FlashConfig:
     endpoints: tuple[str, ...] = ()
     request_timeout_s: float = 10.0  # deadline of one request to a flash node
     retry_after_s: float = 1.0  # a node that failed is skipped this long, doubling per failure
+    # Read hits of a node on this host straight from its region files (a short-circuit
+    # read, flash_l3/local_reads.py) instead of streaming them over gRPC.
+    local_reads: bool = True
 
     def nodes(self) -> list[tuple[str, float]]:
         return [parse_endpoint(e, "flash.endpoints") for e in self.endpoints]

@@ -53,7 +53,7 @@ from blobtier.flash_l3.regions import (
 log = logging.getLogger(__name__)
 
 DEFAULT_REGION_SIZE = 64 << 20
-COUNTERS = ("hits", "misses", "bytes_read", "bytes_written", "inserts", "admissions_rejected",
+COUNTERS = ("hits", "located", "misses", "bytes_read", "bytes_written", "inserts", "admissions_rejected",
             "evicted_regions", "evicted_entries", "reinserted", "corrupt", "io_errors",
             "write_errors", "disk_full", "dropped", "recovered_entries", "discarded_entries")
 _ZEROS = bytes(ALIGN)
@@ -147,6 +147,25 @@ class FlashCache:
             self.counters["hits"] += 1
             self.counters["bytes_read"] += entry.length
         return data.toreadonly()
+
+    def locate(self, keys: Sequence[ChunkKey], touch: bool = True) -> tuple[str, list[Entry | None]]:
+        """Where each chunk's entry lies (None for a miss), for a reader on this host that
+        reads the region files itself (``local_reads.py``); each one found is a hit."""
+        entries: list[Entry | None] = []
+        digests = [key.digest() for key in keys]
+        for digest in digests:
+            self.admission.accessed(digest)
+        with self._lock:
+            self._check_open()
+            for digest in digests:
+                entry = self._index.touch(digest) if touch else self._index.get(digest)
+                entries.append(entry)
+                if entry is None:
+                    self.counters["misses"] += 1
+                else:
+                    self.counters["hits"] += 1
+                    self.counters["located"] += 1
+        return self.device.root, entries
 
     def _drop_bad(self, digest: bytes, entry: Entry, why: str) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from blobtier.flash_l3.cache import FlashCache
 from blobtier.flash_l3.readthrough import ReadThrough
 
-_COUNTERS = ("hits", "misses", "bytes_read", "bytes_written", "inserts", "admissions_rejected",
+_COUNTERS = ("hits", "located", "misses", "bytes_read", "bytes_written", "inserts", "admissions_rejected",
              "evicted_regions", "evicted_entries", "reinserted", "corrupt", "io_errors",
              "write_errors", "disk_full", "dropped")
 _GAUGES = (("entries", "entries", "chunks in the index"),

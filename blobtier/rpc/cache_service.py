@@ -5,7 +5,8 @@ calls, so one client (``RemoteChunkCache``) reads both. A served cache needs thr
 methods: ``get(key, touch)`` (a buffer that stays valid while it is referenced, or None),
 ``put(key, data, touch)`` (True if admitted) and ``contains(key)``. A node that reads its
 misses through from the block layer also passes a ``ReadThrough``-like object (``fill``);
-without one, a miss is a MISS and Prefetch is not served.
+without one, a miss is a MISS and Prefetch is not served. A cache whose chunks lie in
+files a client on the same host may read itself has ``locate(keys, touch)`` (Locate).
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
 from blobtier.rpc.server import MAX_PIECE_BYTES
 
 HIT, FILLED, FAILED, MISS = "hit", "filled", "failed", "miss"
+_BOOT_ID: str | None = None
+
+
+def boot_id() -> str:
+    """This kernel's boot id: equal on both ends of a call only when they share a host."""
+    global _BOOT_ID
+    if _BOOT_ID is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _BOOT_ID = f.read().strip()
+        except OSError:
+            _BOOT_ID = ""  # unknown: short-circuit reads are never offered or used
+    return _BOOT_ID
 _OUTCOME = {HIT: pb.HIT, FILLED: pb.FILLED, FAILED: pb.FAILED, MISS: pb.MISS}
 
 
@@ -145,6 +159,20 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 else:
                     rejected += 1
             return pb.PutReply(admitted=admitted, rejected=rejected)
+
+    def Locate(self, request: pb.LocateRequest, context: grpc.ServicerContext) -> pb.LocateReply:
+        locate = getattr(self.cache, "locate", None)
+        if locate is None or not boot_id():
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this cache node offers no local reads")
+        with answering(context):
+            if len(request.keys) > wire.MAX_ITEMS:
+                raise InvalidRequest(f"at most {wire.MAX_ITEMS} chunks per Locate")
+            where, entries = locate([wire.key_from_pb(k) for k in request.keys], request.touch)
+            reply = pb.LocateReply(host=boot_id(), dir=where)
+            for e in entries:
+                reply.locations.add(found=e is not None, **({} if e is None else {
+                    "slot": e.slot, "offset": e.offset, "length": e.length, "seq": e.seq}))
+            return reply
 
     def Prefetch(self, request: pb.PrefetchRequest, context: grpc.ServicerContext) -> pb.PrefetchReply:
         if self.readthrough is None:

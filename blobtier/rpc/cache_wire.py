@@ -153,7 +153,7 @@ def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
 
 def add_cache_service(servicer: Any, server: grpc.Server) -> None:
     """Register a ``CacheService`` whose Get yields messages already encoded
-    (``ReplyBatcher``); Put and Prefetch go through protobuf as usual."""
+    (``ReplyBatcher``); Put, Prefetch and Locate go through protobuf as usual."""
     handlers = {
         "Get": grpc.unary_stream_rpc_method_handler(
             servicer.Get, request_deserializer=pb.GetRequest.FromString, response_serializer=None),
@@ -163,6 +163,9 @@ def add_cache_service(servicer: Any, server: grpc.Server) -> None:
         "Prefetch": grpc.unary_unary_rpc_method_handler(
             servicer.Prefetch, request_deserializer=pb.PrefetchRequest.FromString,
             response_serializer=pb.PrefetchReply.SerializeToString),
+        "Locate": grpc.unary_unary_rpc_method_handler(
+            servicer.Locate, request_deserializer=pb.LocateRequest.FromString,
+            response_serializer=pb.LocateReply.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 

@@ -13,6 +13,7 @@ the client does not expect) raises ``TierUnavailable``, which the chain treats a
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
@@ -28,17 +29,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from blobtier.checksum import xxh3
 from blobtier.chunks import Buffer, ChunkKey, ChunkRef
 from blobtier.errors import InvalidRequest, TierUnavailable
+from blobtier.flash_l3.local_reads import RegionReader
 from blobtier.metadata.schema import encode
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc import status
+from blobtier.rpc.cache_service import boot_id
 from blobtier.rpc.channel import LazyChannel
 from blobtier.rpc.gen import flash_pb2 as pb
 from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
 from blobtier.rpc.tls import Tls
 
+log = logging.getLogger(__name__)
 CALL_BYTES = 32 << 20  # chunk bytes per Get call: a larger batch becomes parallel calls
 CALL_ITEMS = 256  # chunks per Get call when their sizes are unknown (no records)
-COUNTERS = ("hits", "filled", "misses", "failed", "errors")
+COUNTERS = ("hits", "local_hits", "filled", "misses", "failed", "errors")
 
 
 class Found(dict):
@@ -69,15 +73,19 @@ class RemoteChunkCache:
         tls: connect with TLS.
         timeout_s: deadline of each call.
         parallel: Get calls in flight at once for one large batch.
+        local_reads: when the node runs on this host, ask it where hits lie and read
+            them from its region files (``flash_l3/local_reads.py``) instead of over gRPC.
     """
 
     trusted = False
     read_through = True
 
     def __init__(self, addr: str, *, name: str = "l3", tls: Tls | None = None, timeout_s: float = 10.0,
-                 parallel: int = 2) -> None:
+                 parallel: int = 2, local_reads: bool = False) -> None:
         self.addr = addr
         self.name = name
+        self.local_reads = local_reads
+        self._regions: RegionReader | None = None
         self.timeout_s = timeout_s
         self.parallel = parallel
         self.where = f"{name} cache node {addr}"
@@ -100,6 +108,58 @@ class RemoteChunkCache:
         those it reads through from the block layer."""
         if not keys:
             return {}
+        local = Found()
+        if self.local_reads:
+            keys, refs = self._read_local(keys, refs, touch, local)
+            if not keys:
+                return local
+        found = self._get_remote(keys, refs, touch)
+        if local:
+            found.update(local)
+        return found
+
+    def _read_local(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None, touch: bool,
+                    found: Found) -> tuple[Sequence[ChunkKey], Sequence[ChunkRef] | None]:
+        """Read what the node locates in its region files; return the keys (and refs) left
+        for a Get. Turns itself off for good when the node is elsewhere or says no."""
+        left: list[int] = []
+        for start in range(0, len(keys), CALL_ITEMS):
+            part = keys[start:start + CALL_ITEMS]
+            request = pb.LocateRequest(keys=[wire.key_to_pb(k) for k in part], touch=touch)
+            try:
+                reply = self._stub().Locate(request, timeout=self.timeout_s)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    self.local_reads = False
+                    return keys, refs
+                self._tally({"errors": 1})
+                raise TierUnavailable(str(status.error_of(exc, self.where))) from None
+            if not reply.host or reply.host != boot_id():
+                self.local_reads = False  # another host: its paths mean nothing here
+                return keys, refs
+            if self._regions is None or self._regions.directory != reply.dir:
+                self._regions = RegionReader(reply.dir)
+            for i, (key, at) in enumerate(zip(part, reply.locations), start):
+                view = None
+                if at.found:
+                    try:
+                        view = self._regions.read(key, at.slot, at.offset, at.length, at.seq)
+                    except OSError as exc:  # not ours to read (another user, a container)
+                        log.info("%s: no local reads (%s)", self.where, exc)
+                        self.local_reads = False
+                        left.extend(range(i, len(keys)))
+                        break
+                if view is None:
+                    left.append(i)
+                else:
+                    found[key] = view
+            if not self.local_reads:
+                break
+        self._tally({"hits": len(found), "local_hits": len(found)})
+        return [keys[i] for i in left], None if refs is None else [refs[i] for i in left]
+
+    def _get_remote(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None,
+                    touch: bool) -> Found:
         calls = list(_split(keys, refs))
         if len(calls) == 1:
             return self._get(calls[0][0], calls[0][1], touch)
@@ -176,6 +236,11 @@ class RemoteChunkCache:
         with _calling(self.where):
             return dict(self._admin().Stats(pb.StatsRequest(), timeout=self.timeout_s).counters)
 
+    def report_corrupt(self, keys: Sequence[ChunkKey]) -> None:
+        """Chunks from this node failed their checksum: the node forgets them, so the next
+        read fetches them again (a hit read from its files locally is not checked there)."""
+        self.drop(keys)
+
     def drop(self, keys: Sequence[ChunkKey] = (), everything: bool = False) -> int:
         request = pb.DropRequest(keys=[wire.key_to_pb(k) for k in keys], all=everything)
         with _calling(self.where):
@@ -206,6 +271,8 @@ class RemoteChunkCache:
     def close(self) -> None:
         self._pool.close()
         self._channel.close()
+        if self._regions is not None:
+            self._regions.close()
 
     def __repr__(self) -> str:
         return f"<RemoteChunkCache {self.name} {self.addr}>"

@@ -94,9 +94,10 @@ class ShardedChunkCache:
     @classmethod
     def connect(cls, endpoints: Sequence[tuple[str, float]], *, name: str = "l3", tls: Tls | None = None,
                 timeout_s: float = 10.0, retry_after_s: float = 1.0, read_through: bool = True,
-                local: str | None = None) -> ShardedChunkCache:
+                local: str | None = None, local_reads: bool = False) -> ShardedChunkCache:
         """Over gRPC nodes given as (``host:port``, weight)."""
-        return cls([(addr, w, RemoteChunkCache(addr, name=name, tls=tls, timeout_s=timeout_s))
+        return cls([(addr, w, RemoteChunkCache(addr, name=name, tls=tls, timeout_s=timeout_s,
+                                               local_reads=local_reads))
                     for addr, w in endpoints], name=name, health=NodeHealth(retry_after_s),
                    read_through=read_through, local=local)
 
@@ -175,6 +176,17 @@ class ShardedChunkCache:
         except (TierUnavailable, OSError) as exc:
             self._failed(node, exc)
             raise
+
+    def report_corrupt(self, keys: Sequence[ChunkKey]) -> None:
+        groups: dict[str, list[ChunkKey]] = {}
+        for key in keys:
+            node = self.home(key)
+            if node is not None and node != self.local:
+                groups.setdefault(node, []).append(key)
+        for node, sub in groups.items():
+            report = getattr(self.members[node], "report_corrupt", None)
+            if report is not None:
+                report(sub)
 
     def contains(self, key: ChunkKey) -> bool:
         node = self.home(key)

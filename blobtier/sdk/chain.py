@@ -118,7 +118,7 @@ class TierChain:
             log.debug("tier %s skipped: %s", tier.name, exc)
             self.stats.add(tier.name, misses=len(keys) if count else 0, errors=1)
             return {}
-        corrupt = 0
+        bad: list[ChunkKey] = []
         if not tier.trusted:
             for key in list(got):
                 rec, index = ref_of[key]
@@ -128,7 +128,13 @@ class TierChain:
                 except ChecksumError as exc:
                     log.warning("%s; treating it as a miss", exc)
                     del got[key]
-                    corrupt += 1
+                    bad.append(key)
+        if bad and hasattr(tier, "report_corrupt"):  # so that it drops them, not serves them again
+            try:
+                tier.report_corrupt(bad)
+            except (TierUnavailable, OSError) as exc:
+                log.debug("tier %s not told of corrupt chunks: %s", tier.name, exc)
+        corrupt = len(bad)
         if count:  # chunks a read-through tier fetched from below for us were its misses
             filled = min(getattr(got, "filled", 0), len(got))
             self.stats.add(tier.name, hits=len(got) - filled, misses=len(keys) - len(got) + filled,

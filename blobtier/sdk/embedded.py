@@ -72,7 +72,8 @@ class EmbeddedRegion:
             from blobtier.rpc.sharded_cache import ShardedChunkCache  # grpc only when used
 
             self._flash = ShardedChunkCache.connect(fc.nodes(), name="l3", timeout_s=fc.request_timeout_s,
-                                                    retry_after_s=fc.retry_after_s)
+                                                    retry_after_s=fc.retry_after_s,
+                                                    local_reads=fc.local_reads)
         return self._flash
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x66lash.proto\x12\x11\x62lobtier.flash.v1\":\n\x07\x43hunkId\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\x0c\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05index\x18\x03 \x01(\r\"\x82\x01\n\x07GetItem\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.blobtier.flash.v1.ChunkId\x12\x13\n\x06record\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x13\n\x06length\x18\x04 \x01(\x03H\x01\x88\x01\x01\x42\t\n\x07_recordB\t\n\x07_length\"W\n\nGetRequest\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.blobtier.flash.v1.GetItem\x12\x0f\n\x07records\x18\x02 \x03(\x0c\x12\r\n\x05touch\x18\x03 \x01(\x08\"\x81\x01\n\x08GetReply\x12\x11\n\x04item\x18\x01 \x01(\rH\x00\x88\x01\x01\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.blobtier.flash.v1.Outcome\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\tB\x07\n\x05_item\":\n\nGetReplies\x12,\n\x07replies\x18\x01 \x03(\x0b\x32\x1b.blobtier.flash.v1.GetReply\"a\n\tPutHeader\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.blobtier.flash.v1.ChunkId\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x0c\n\x04xxh3\x18\x03 \x01(\x04\x12\r\n\x05touch\x18\x04 \x01(\x08\"T\n\nPutRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.blobtier.flash.v1.PutHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\".\n\x08PutReply\x12\x10\n\x08\x61\x64mitted\x18\x01 \x01(\r\x12\x10\n\x08rejected\x18\x02 \x01(\r\"-\n\x0cPrefetchItem\x12\x0e\n\x06record\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\"R\n\x0fPrefetchRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.blobtier.flash.v1.PrefetchItem\x12\x0f\n\x07records\x18\x02 \x03(\x0c\"R\n\rPrefetchReply\x12\x0e\n\x06\x63\x61\x63hed\x18\x01 \x01(\r\x12\x0f\n\x07\x66\x65tched\x18\x02 \x01(\r\x12\x10\n\x08rejected\x18\x03 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\r\"\x0e\n\x0cStatsRequest\"\x8d\x01\n\nStatsReply\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12=\n\x08\x63ounters\x18\x02 \x03(\x0b\x32+.blobtier.flash.v1.StatsReply.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\x0b\x44ropRequest\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.blobtier.flash.v1.ChunkId\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"\x1c\n\tDropReply\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x04\"\'\n\rResizeRequest\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x01 \x01(\x04*M\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x07\n\x03HIT\x10\x01\x12\n\n\x06\x46ILLED\x10\x02\x12\x08\n\x04MISS\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x32\xec\x01\n\x0c\x43\x61\x63heService\x12\x45\n\x03Get\x12\x1d.blobtier.flash.v1.GetRequest\x1a\x1d.blobtier.flash.v1.GetReplies0\x01\x12\x43\n\x03Put\x12\x1d.blobtier.flash.v1.PutRequest\x1a\x1b.blobtier.flash.v1.PutReply(\x01\x12P\n\x08Prefetch\x12\".blobtier.flash.v1.PrefetchRequest\x1a .blobtier.flash.v1.PrefetchReply2\xe6\x01\n\nCacheAdmin\x12G\n\x05Stats\x12\x1f.blobtier.flash.v1.StatsRequest\x1a\x1d.blobtier.flash.v1.StatsReply\x12\x44\n\x04\x44rop\x12\x1e.blobtier.flash.v1.DropRequest\x1a\x1c.blobtier.flash.v1.DropReply\x12I\n\x06Resize\x12 .blobtier.flash.v1.ResizeRequest\x1a\x1d.blobtier.flash.v1.StatsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x66lash.proto\x12\x11\x62lobtier.flash.v1\":\n\x07\x43hunkId\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\x0c\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05index\x18\x03 \x01(\r\"\x82\x01\n\x07GetItem\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.blobtier.flash.v1.ChunkId\x12\x13\n\x06record\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x13\n\x06length\x18\x04 \x01(\x03H\x01\x88\x01\x01\x42\t\n\x07_recordB\t\n\x07_length\"W\n\nGetRequest\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.blobtier.flash.v1.GetItem\x12\x0f\n\x07records\x18\x02 \x03(\x0c\x12\r\n\x05touch\x18\x03 \x01(\x08\"\x81\x01\n\x08GetReply\x12\x11\n\x04item\x18\x01 \x01(\rH\x00\x88\x01\x01\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.blobtier.flash.v1.Outcome\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\tB\x07\n\x05_item\":\n\nGetReplies\x12,\n\x07replies\x18\x01 \x03(\x0b\x32\x1b.blobtier.flash.v1.GetReply\"a\n\tPutHeader\x12\'\n\x03key\x18\x01 \x01(\x0b\x32\x1a.blobtier.flash.v1.ChunkId\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x0c\n\x04xxh3\x18\x03 \x01(\x04\x12\r\n\x05touch\x18\x04 \x01(\x08\"T\n\nPutRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.blobtier.flash.v1.PutHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\".\n\x08PutReply\x12\x10\n\x08\x61\x64mitted\x18\x01 \x01(\r\x12\x10\n\x08rejected\x18\x02 \x01(\r\"-\n\x0cPrefetchItem\x12\x0e\n\x06record\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\"R\n\x0fPrefetchRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.blobtier.flash.v1.PrefetchItem\x12\x0f\n\x07records\x18\x02 \x03(\x0c\"R\n\rPrefetchReply\x12\x0e\n\x06\x63\x61\x63hed\x18\x01 \x01(\r\x12\x0f\n\x07\x66\x65tched\x18\x02 \x01(\r\x12\x10\n\x08rejected\x18\x03 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\r\"H\n\rLocateRequest\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.blobtier.flash.v1.ChunkId\x12\r\n\x05touch\x18\x02 \x01(\x08\"T\n\x08Location\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x0b\n\x03seq\x18\x05 \x01(\x04\"X\n\x0bLocateReply\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0b\n\x03\x64ir\x18\x02 \x01(\t\x12.\n\tlocations\x18\x03 \x03(\x0b\x32\x1b.blobtier.flash.v1.Location\"\x0e\n\x0cStatsRequest\"\x8d\x01\n\nStatsReply\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12=\n\x08\x63ounters\x18\x02 \x03(\x0b\x32+.blobtier.flash.v1.StatsReply.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\x0b\x44ropRequest\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.blobtier.flash.v1.ChunkId\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"\x1c\n\tDropReply\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x04\"\'\n\rResizeRequest\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x01 \x01(\x04*M\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x07\n\x03HIT\x10\x01\x12\n\n\x06\x46ILLED\x10\x02\x12\x08\n\x04MISS\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x32\xb8\x02\n\x0c\x43\x61\x63heService\x12\x45\n\x03Get\x12\x1d.blobtier.flash.v1.GetRequest\x1a\x1d.blobtier.flash.v1.GetReplies0\x01\x12\x43\n\x03Put\x12\x1d.blobtier.flash.v1.PutRequest\x1a\x1b.blobtier.flash.v1.PutReply(\x01\x12P\n\x08Prefetch\x12\".blobtier.flash.v1.PrefetchRequest\x1a .blobtier.flash.v1.PrefetchReply\x12J\n\x06Locate\x12 .blobtier.flash.v1.LocateRequest\x1a\x1e.blobtier.flash.v1.LocateReply2\xe6\x01\n\nCacheAdmin\x12G\n\x05Stats\x12\x1f.blobtier.flash.v1.StatsRequest\x1a\x1d.blobtier.flash.v1.StatsReply\x12\x44\n\x04\x44rop\x12\x1e.blobtier.flash.v1.DropRequest\x1a\x1c.blobtier.flash.v1.DropReply\x12I\n\x06Resize\x12 .blobtier.flash.v1.ResizeRequest\x1a\x1d.blobtier.flash.v1.StatsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STATSREPLY_COUNTERSENTRY']._loaded_options = None
   _globals['_STATSREPLY_COUNTERSENTRY']._serialized_options = b'8\001'
-  _globals['_OUTCOME']._serialized_start=1257
-  _globals['_OUTCOME']._serialized_end=1334
+  _globals['_OUTCOME']._serialized_start=1507
+  _globals['_OUTCOME']._serialized_end=1584
   _globals['_CHUNKID']._serialized_start=34
   _globals['_CHUNKID']._serialized_end=92
   _globals['_GETITEM']._serialized_start=95
@@ -57,20 +57,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREFETCHREQUEST']._serialized_end=870
   _globals['_PREFETCHREPLY']._serialized_start=872
   _globals['_PREFETCHREPLY']._serialized_end=954
-  _globals['_STATSREQUEST']._serialized_start=956
-  _globals['_STATSREQUEST']._serialized_end=970
-  _globals['_STATSREPLY']._serialized_start=973
-  _globals['_STATSREPLY']._serialized_end=1114
-  _globals['_STATSREPLY_COUNTERSENTRY']._serialized_start=1067
-  _globals['_STATSREPLY_COUNTERSENTRY']._serialized_end=1114
-  _globals['_DROPREQUEST']._serialized_start=1116
-  _globals['_DROPREQUEST']._serialized_end=1184
-  _globals['_DROPREPLY']._serialized_start=1186
-  _globals['_DROPREPLY']._serialized_end=1214
-  _globals['_RESIZEREQUEST']._serialized_start=1216
-  _globals['_RESIZEREQUEST']._serialized_end=1255
-  _globals['_CACHESERVICE']._serialized_start=1337
-  _globals['_CACHESERVICE']._serialized_end=1573
-  _globals['_CACHEADMIN']._serialized_start=1576
-  _globals['_CACHEADMIN']._serialized_end=1806
+  _globals['_LOCATEREQUEST']._serialized_start=956
+  _globals['_LOCATEREQUEST']._serialized_end=1028
+  _globals['_LOCATION']._serialized_start=1030
+  _globals['_LOCATION']._serialized_end=1114
+  _globals['_LOCATEREPLY']._serialized_start=1116
+  _globals['_LOCATEREPLY']._serialized_end=1204
+  _globals['_STATSREQUEST']._serialized_start=1206
+  _globals['_STATSREQUEST']._serialized_end=1220
+  _globals['_STATSREPLY']._serialized_start=1223
+  _globals['_STATSREPLY']._serialized_end=1364
+  _globals['_STATSREPLY_COUNTERSENTRY']._serialized_start=1317
+  _globals['_STATSREPLY_COUNTERSENTRY']._serialized_end=1364
+  _globals['_DROPREQUEST']._serialized_start=1366
+  _globals['_DROPREQUEST']._serialized_end=1434
+  _globals['_DROPREPLY']._serialized_start=1436
+  _globals['_DROPREPLY']._serialized_end=1464
+  _globals['_RESIZEREQUEST']._serialized_start=1466
+  _globals['_RESIZEREQUEST']._serialized_end=1505
+  _globals['_CACHESERVICE']._serialized_start=1587
+  _globals['_CACHESERVICE']._serialized_end=1899
+  _globals['_CACHEADMIN']._serialized_start=1902
+  _globals['_CACHEADMIN']._serialized_end=2132
 # @@protoc_insertion_point(module_scope)

@@ -128,6 +128,38 @@ class PrefetchReply(_message.Message):
     failed: int
     def __init__(self, cached: _Optional[int] = ..., fetched: _Optional[int] = ..., rejected: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
 
+class LocateRequest(_message.Message):
+    __slots__ = ("keys", "touch")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    TOUCH_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[ChunkId]
+    touch: bool
+    def __init__(self, keys: _Optional[_Iterable[_Union[ChunkId, _Mapping]]] = ..., touch: _Optional[bool] = ...) -> None: ...
+
+class Location(_message.Message):
+    __slots__ = ("found", "slot", "offset", "length", "seq")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    slot: int
+    offset: int
+    length: int
+    seq: int
+    def __init__(self, found: _Optional[bool] = ..., slot: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class LocateReply(_message.Message):
+    __slots__ = ("host", "dir", "locations")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    DIR_FIELD_NUMBER: _ClassVar[int]
+    LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    dir: str
+    locations: _containers.RepeatedCompositeFieldContainer[Location]
+    def __init__(self, host: _Optional[str] = ..., dir: _Optional[str] = ..., locations: _Optional[_Iterable[_Union[Location, _Mapping]]] = ...) -> None: ...
+
 class StatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

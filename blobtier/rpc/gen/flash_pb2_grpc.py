@@ -49,6 +49,11 @@ class CacheServiceStub:
                 request_serializer=flash__pb2.PrefetchRequest.SerializeToString,
                 response_deserializer=flash__pb2.PrefetchReply.FromString,
                 _registered_method=True)
+        self.Locate = channel.unary_unary(
+                '/blobtier.flash.v1.CacheService/Locate',
+                request_serializer=flash__pb2.LocateRequest.SerializeToString,
+                response_deserializer=flash__pb2.LocateReply.FromString,
+                _registered_method=True)
 
 
 class CacheServiceServicer:
@@ -83,6 +88,17 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Locate(self, request, context):
+        """Where cached chunks lie in the node's region files, for a client on the same host to
+        read them itself (a short-circuit read, as HDFS clients read local blocks). A located
+        chunk counts as a hit. The client checks each entry's header (key, generation) and
+        the chunk's checksum, so a region reclaimed meanwhile is a miss, never wrong bytes.
+        A node that cannot offer this answers UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +116,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.Prefetch,
                     request_deserializer=flash__pb2.PrefetchRequest.FromString,
                     response_serializer=flash__pb2.PrefetchReply.SerializeToString,
+            ),
+            'Locate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Locate,
+                    request_deserializer=flash__pb2.LocateRequest.FromString,
+                    response_serializer=flash__pb2.LocateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +204,33 @@ class CacheService:
             '/blobtier.flash.v1.CacheService/Prefetch',
             flash__pb2.PrefetchRequest.SerializeToString,
             flash__pb2.PrefetchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Locate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blobtier.flash.v1.CacheService/Locate',
+            flash__pb2.LocateRequest.SerializeToString,
+            flash__pb2.LocateReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,72 @@
+"""Short-circuit reads: a client on the flash node's host reads L3 hits from the region files.
+
+Streaming a chunk through Python gRPC costs far more CPU than reading it from the page
+cache or the disk, so a client that shares a host with a flash node asks the node only
+*where* its chunks are (``Locate``) and reads them itself, as HDFS clients read local
+blocks. What keeps this safe is the entry header: it names the chunk and the region's
+generation, so an entry whose region was reclaimed (and perhaps rewritten) between the
+answer and the read is a miss. The chain checks every chunk's checksum against its record
+as it does for any untrusted tier, so a torn read is a miss too, never wrong bytes.
+
+A client can read the region files only where the filesystem lets it (the node creates
+them 0600: the same user). A node on another host, or files it cannot open, turn local
+reads off for that node; its chunks then come over gRPC as before.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from blobtier.chunks import ChunkKey
+from blobtier.flash_l3.regions import ENTRY_HEADER, parse_entry_header
+
+
+class RegionReader:
+    """Reads entries from one node's region directory, keeping a descriptor per file."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def read(self, key: ChunkKey, slot: int, offset: int, length: int, seq: int) -> memoryview | None:
+        """The chunk's bytes if its entry is still there, else None. Raises ``OSError``
+        when the region file cannot be opened at all (local reads are then off)."""
+        buf = np.empty(ENTRY_HEADER + length, np.uint8)  # no zero-fill: the read fills it
+        for fresh in (False, True):
+            fd = self._fd(slot, fresh)
+            if os.preadv(fd, [buf], offset) != len(buf):
+                continue  # a shorter file than the entry: a region removed and recreated
+            head = parse_entry_header(buf)
+            if head is not None and head.key == key and head.seq == seq and head.length == length:
+                return memoryview(buf)[ENTRY_HEADER:].toreadonly()
+        return None
+
+    def _fd(self, slot: int, fresh: bool) -> int:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child opens descriptors of its own
+                for inherited in self._fds.values():
+                    os.close(inherited)
+                self._fds, self._pid = {}, os.getpid()
+            fd = self._fds.get(slot)
+            if fd is not None and not fresh:
+                return fd
+            if fd is not None:
+                os.close(fd)
+                del self._fds[slot]
+            # A region removed by a shrink and created again is a new file: reopen once.
+            fd = os.open(os.path.join(self.directory, f"{slot:06d}.reg"), os.O_RDONLY | os.O_CLOEXEC)
+            self._fds[slot] = fd
+            return fd
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, {}
+            mine = self._pid == os.getpid()
+        if mine:
+            for fd in fds.values():
+                os.close(fd)

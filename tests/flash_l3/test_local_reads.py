@@ -1,0 +1,131 @@
+"""Short-circuit reads: a client on the node's host reads L3 hits from the region files."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import blobtier
+from blobtier.blockstore_sim.replicated import ReplicatedBlockStore
+from blobtier.blockstore_sim.volume import VolumeStore
+from blobtier.flash_l3.cache import FlashCache
+from blobtier.flash_l3.local_reads import RegionReader
+from blobtier.flash_l3.service import FlashNode
+from blobtier.rpc import remote_cache
+from blobtier.rpc.remote_cache import RemoteChunkCache
+from blobtier.sdk.routing import RoutingSource
+from tests.flash_l3.helpers import MemorySource, keys_and_data
+
+REGION = 1 << 20
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = FlashNode(str(tmp_path / "flash"), 8 * REGION, MemorySource(), region_size=REGION)
+    yield n
+    n.stop(0)
+
+
+def remote(node: FlashNode, local: bool = True) -> RemoteChunkCache:
+    return RemoteChunkCache(node.address, timeout_s=10, local_reads=local)
+
+
+def test_hits_are_read_from_the_region_files(node):
+    chunks = keys_and_data(12)
+    for key, data in chunks.items():
+        assert node.cache.put(key, data)
+    r = remote(node)
+    try:
+        got = r.get_many(list(chunks))
+        assert {k: bytes(v) for k, v in got.items()} == chunks
+        assert r.counters["local_hits"] == 12 and r.local_reads
+        assert node.cache.stats()["located"] == 12  # located, never streamed
+        assert node.cache.stats()["hits"] == 12
+        missing = keys_and_data(1)
+        assert r.get_many(list(missing)) == {}  # a miss goes on to an ordinary Get
+    finally:
+        r.close()
+
+
+def test_a_reclaimed_region_is_a_miss_not_old_bytes(tmp_path):
+    cache = FlashCache(str(tmp_path / "c"), 2 * REGION, region_size=REGION)
+    try:
+        chunks = keys_and_data(4, 100_000)
+        for key, data in chunks.items():
+            cache.put(key, data)
+        where, entries = cache.locate(list(chunks))
+        reader = RegionReader(where)
+        key, entry = next(iter(chunks)), entries[0]
+        assert bytes(reader.read(key, entry.slot, entry.offset, entry.length, entry.seq)) == chunks[key]
+        for k, data in keys_and_data(40, 100_000).items():  # FIFO reclaims the first region
+            cache.put(k, data)
+        assert cache.locate([key])[1] == [None]
+        assert reader.read(key, entry.slot, entry.offset, entry.length, entry.seq) is None
+        reader.close()
+    finally:
+        cache.close()
+
+
+def test_another_host_gets_its_chunks_over_grpc(node, monkeypatch):
+    chunks = keys_and_data(3)
+    for key, data in chunks.items():
+        node.cache.put(key, data)
+    monkeypatch.setattr(remote_cache, "boot_id", lambda: "some-other-host")
+    r = remote(node)
+    try:
+        got = r.get_many(list(chunks))
+        assert {k: bytes(v) for k, v in got.items()} == chunks
+        assert r.local_reads is False and r.counters["local_hits"] == 0
+    finally:
+        r.close()
+
+
+def test_unreadable_region_files_turn_local_reads_off(node, monkeypatch):
+    chunks = keys_and_data(3)
+    for key, data in chunks.items():
+        node.cache.put(key, data)
+
+    def denied(self, *args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(RegionReader, "read", denied)
+    r = remote(node)
+    try:
+        got = r.get_many(list(chunks))
+        assert {k: bytes(v) for k, v in got.items()} == chunks
+        assert r.local_reads is False
+    finally:
+        r.close()
+
+
+def test_a_flipped_byte_read_locally_is_refetched_and_dropped(tmp_path):
+    """Through the SDK: the corrupt chunk is never returned, and the node forgets it."""
+    region = str(tmp_path / "region")
+    with blobtier.connect(region, cache={"daemon": "off"}) as c:
+        c.put("ds/a", os.urandom(200_000))
+        want = c.get("ds/a")
+    # The node reads the embedded region's block directories, as `flash serve --region` does.
+
+    blocks = os.path.join(region, "blocks")
+    servers = {int(n): VolumeStore(os.path.join(blocks, n)) for n in os.listdir(blocks) if n.isdigit()}
+    source = RoutingSource(ReplicatedBlockStore(servers, 1, writable_ids=()))
+    node = FlashNode(str(tmp_path / "flash"), 8 * REGION, source, region_size=REGION)
+    try:
+        opts = {"cache": {"daemon": "off", "l1_bytes": 0}, "flash": {"endpoints": [node.address]}}
+        with blobtier.connect(region, **opts) as c:
+            assert bytes(c.get("ds/a")) == bytes(want)  # read through: now cached on the node
+        entry = next(e for _, e in node.cache._index.items())
+        path = os.path.join(node.cache.device.root, f"{entry.slot:06d}.reg")
+        with open(path, "r+b") as f:  # flip a data byte behind the node's back
+            f.seek(entry.offset + 64 + 1000)
+            b = f.read(1)
+            f.seek(entry.offset + 64 + 1000)
+            f.write(bytes([b[0] ^ 0xFF]))
+        with blobtier.connect(region, **opts) as c:
+            assert bytes(c.get("ds/a")) == bytes(want)  # from the block layer, not the bad copy
+            assert c.stats()["l3"]["corrupt"] == 1
+        assert node.cache.stats()["dropped"] >= 1  # told, the node dropped the entry
+    finally:
+        node.stop(0)
+        source.close()
