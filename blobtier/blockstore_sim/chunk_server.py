@@ -3,7 +3,8 @@
 ``ChunkServer(root)`` starts serving at once (loopback, a free port unless told) and runs
 until ``stop()``. Besides ``ChunkService`` it serves ``ChunkAdmin`` (faults, changeable
 while it runs) and the standard ``grpc.health.v1`` service, which says NOT_SERVING while
-the server is down. A bad request gets its status code and the server keeps serving.
+the server is down; optionally its Prometheus series (``metrics.py``) on
+``127.0.0.1:metrics_port``. A bad request gets its status code and the server keeps serving.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from grpc_health.v1 import health_pb2
 
 from blobtier.blockstore_sim import wire
 from blobtier.blockstore_sim.faults import NO_FAULTS, FaultInjector, FaultProfile, flip_byte
+from blobtier.blockstore_sim.metrics import ChunkServerMetrics
 from blobtier.blockstore_sim.volume import VolumeStore
 from blobtier.checksum import xxh3
 from blobtier.errors import BlobNotFound, BlobtierError, ChecksumError, InvalidRequest, OutOfRange
@@ -48,13 +50,14 @@ def _cancel_event(context: grpc.ServicerContext) -> threading.Event:
 
 
 class ChunkServicer(pb_grpc.ChunkServiceServicer):
-    def __init__(self, store: VolumeStore, faults: FaultInjector) -> None:
+    def __init__(self, store: VolumeStore, faults: FaultInjector, metrics: ChunkServerMetrics) -> None:
         self.store = store
         self.faults = faults
+        self.metrics = metrics
 
     def Put(self, request_iterator: Iterator[pb.PutRequest], context: grpc.ServicerContext) -> pb.PutReply:
         cancel = _cancel_event(context)
-        with _answering(context):
+        with self.metrics.observe("Put"), _answering(context):
             if not self.faults.admit(cancel):
                 return pb.PutReply()
             items = self._receive(request_iterator, cancel)
@@ -108,7 +111,7 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> Iterator[pb.GetReply]:
         cancel = _cancel_event(context)
-        with _answering(context):
+        with self.metrics.observe("Get"), _answering(context):
             digest = wire.check_digest(request.digest)
             if not self.faults.admit(cancel):
                 return
@@ -132,7 +135,7 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteReply:
         cancel = _cancel_event(context)
-        with _answering(context):
+        with self.metrics.observe("Delete"), _answering(context):
             if len(request.digests) > wire.MAX_DELETE:
                 raise InvalidRequest(f"at most {wire.MAX_DELETE} digests per Delete")
             digests = [wire.check_digest(d) for d in request.digests]
@@ -144,7 +147,7 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
 
     def Stat(self, request: pb.StatRequest, context: grpc.ServicerContext) -> pb.StatReply:
         cancel = _cancel_event(context)
-        with _answering(context):
+        with self.metrics.observe("Stat"), _answering(context):
             digest = wire.check_digest(request.digest)
             if not self.faults.admit(cancel):
                 return pb.StatReply()
@@ -156,7 +159,7 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
 
     def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> Iterator[pb.ListReply]:
         cancel = _cancel_event(context)
-        with _answering(context):
+        with self.metrics.observe("List"), _answering(context):
             if not self.faults.admit(cancel):
                 return
             entries = self.store.digests()
@@ -195,23 +198,36 @@ class ChunkServer:
         seed: seeds the fault draws.
         tls: serve TLS with these certificates.
         workers: requests served at once (each in-flight request holds a thread).
+        metrics_port: serve Prometheus series on 127.0.0.1:PORT (0 picks one; None: off).
     """
 
     def __init__(self, root: str, *, addr: str = "127.0.0.1:0", server_id: int = 0,
                  faults: FaultProfile = NO_FAULTS, seed: int | None = None,
-                 tls: Tls | None = None, workers: int = 64) -> None:
+                 tls: Tls | None = None, workers: int = 64, metrics_port: int | None = None) -> None:
         self.root = root
         self.server_id = server_id
         self.store = VolumeStore(root, writable=True)
         self._health, health = health_servicer(SERVICES)
         self.faults = FaultInjector(faults, seed=seed, on_change=self._set_health)
+        self.metrics = ChunkServerMetrics(self.faults)
         self._set_health(faults)
+        self._http = None
+        self.metrics_port: int | None = None
         try:
             self.server, self.port = serve(
-                [(pb_grpc.add_ChunkServiceServicer_to_server, ChunkServicer(self.store, self.faults)),
+                [(pb_grpc.add_ChunkServiceServicer_to_server,
+                  ChunkServicer(self.store, self.faults, self.metrics)),
                  (pb_grpc.add_ChunkAdminServicer_to_server, AdminServicer(server_id, self.faults)),
                  health], addr, tls, max_workers=workers)
+            if metrics_port is not None:
+                from prometheus_client import start_http_server
+
+                self._http, _ = start_http_server(metrics_port, addr="127.0.0.1",
+                                                  registry=self.metrics.registry)
+                self.metrics_port = self._http.server_port
         except BaseException:
+            if hasattr(self, "server"):
+                self.server.stop(0)
             self.store.close()
             raise
         self.host = addr.rsplit(":", 1)[0]
@@ -232,6 +248,10 @@ class ChunkServer:
     def stop(self, grace_s: float | None = None) -> None:
         """Stop serving (in-flight calls get ``grace_s`` to finish), then close the disk."""
         self.server.stop(grace_s).wait()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
         self.store.close()
 
     def __enter__(self) -> ChunkServer:

@@ -4,8 +4,9 @@ Counters (``blobtier_flash_<name>_total``): hits, misses, bytes_read, bytes_writ
 inserts, admissions_rejected, evicted_regions, evicted_entries, reinserted, corrupt,
 io_errors, write_errors, disk_full, dropped, and read-through fills, fill_failures and
 coalesced (requests that waited on another's fill). Gauges: entries (index), region_fill
-(share of the capacity written), used_bytes, capacity_bytes, regions. Histogram:
-``blobtier_flash_fill_seconds``, the time of each batch read from the block layer.
+(share of the capacity written), used_bytes, capacity_bytes, regions. Histograms:
+``blobtier_flash_fill_seconds``, the time of each batch read from the block layer, and
+``blobtier_flash_get_seconds``, the time to answer one Get (hits and read-through alike).
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ class FlashMetrics:
                                       "Time of one batch read from the block layer", registry=registry,
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                                1, 2.5, 5, 10))
+        self.get_seconds = Histogram(f"{namespace}_flash_get_seconds", "Time to answer one Get",
+                                     registry=registry,
+                                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                              0.5, 1, 2.5, 5, 10))
+
+    def observe_get(self, seconds: float) -> None:
+        self.get_seconds.observe(seconds)
 
     def observe_fill(self, seconds: float) -> None:
         self.fill_seconds.observe(seconds)
