@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from blobtier.errors import BlobtierError
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+STOP_GRACE_S = 5.0  # on SIGTERM a server refuses new calls and gives in-flight ones this long
 
 
 def _connect(args: argparse.Namespace):
@@ -81,13 +82,14 @@ def cmd_block_serve(args: argparse.Namespace) -> None:
     from blobtier.blockstore_sim.chunk_server import ChunkServer
 
     server = ChunkServer(args.root, addr=f"{args.host}:{args.port}", server_id=args.id,
-                         faults=_fault_profile(args), seed=args.seed)
-    signal.signal(signal.SIGTERM, lambda *_: server.server.stop(1))
-    print(f"chunk server {args.id} serving {args.root} on {server.address}", flush=True)
+                         faults=_fault_profile(args), seed=args.seed, metrics_port=args.metrics_port)
+    signal.signal(signal.SIGTERM, lambda *_: server.server.stop(STOP_GRACE_S))
+    extra = f", metrics on 127.0.0.1:{server.metrics_port}" if server.metrics_port is not None else ""
+    print(f"chunk server {args.id} serving {args.root} on {server.address}{extra}", flush=True)
     try:
         server.wait()
     finally:
-        server.stop(1)
+        server.stop(STOP_GRACE_S)
 
 
 def cmd_block_faults(args: argparse.Namespace) -> None:
@@ -152,7 +154,7 @@ def cmd_flash_serve(args: argparse.Namespace) -> None:
     except BaseException:
         source.close()
         raise
-    signal.signal(signal.SIGTERM, lambda *_: node.server.stop(1))
+    signal.signal(signal.SIGTERM, lambda *_: node.server.stop(STOP_GRACE_S))
     stats = node.cache.stats()
     extra = f", metrics on 127.0.0.1:{node.metrics_port}" if node.metrics_port is not None else ""
     print(f"flash node {args.id} serving {args.dir} ({int(stats['entries'])} entries from "
@@ -160,7 +162,7 @@ def cmd_flash_serve(args: argparse.Namespace) -> None:
     try:
         node.wait()
     finally:
-        node.stop(1)  # writes the index snapshot: the next start is warm and fast
+        node.stop(STOP_GRACE_S)  # writes the index snapshot: the next start is warm and fast
         source.close()
 
 
@@ -230,6 +232,8 @@ def cmd_gc(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from blobtier import demo
 
+    if args.demo_region:
+        args.region = args.demo_region
     with _connect(args) as client:
         demo.run(client, samples=args.samples, epochs=args.epochs, workers=args.workers,
                  batch_size=args.batch_size)
@@ -278,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
     p.add_argument("--id", type=int, default=0, help="server id, reported by the admin RPC")
     p.add_argument("--seed", type=int, default=None, help="seed of the fault draws")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
     _add_fault_flags(p)
     p = block.add_parser("faults", help="show or change the faults of the chunk server at ADDR")
     p.set_defaults(func=cmd_block_faults)
@@ -323,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--region", dest="demo_region", default=None, metavar="DIR_OR_TOML",
+                   help="run against this region (e.g. one started by `blobtier up`)")
+    from blobtier.region.commands import add_commands
+
+    add_commands(add)
     return parser
 
 
@@ -330,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -339,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BlobtierError, OSError, ValueError) as exc:
         print(f"blobtier: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    return 0
+    return code or 0  # a command may return its own status (e.g. status: 1 if one is unhealthy)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,100 @@ class FlashConfig:
         _check(self.retry_after_s > 0, "flash.retry_after_s", "must be positive")
 
 
+def _check_port(port: int, name: str) -> None:
+    _check(0 < port < 65536, name, f"port {port} is not between 1 and 65535")
+
+
+@dataclass(frozen=True)
+class ServicesConfig:
+    """The processes ``blobtier up`` runs for this region, all on one host.
+
+    Chunk server ``i`` serves ``<root>/blocks/NNN`` (``i`` zero-padded), the same directory
+    an embedded client writes, so data moves freely between the two modes; there is one
+    per ``block.servers``. Metadata stays embedded in every client (RocksDB under root).
+    Ports are fixed, so that restarts keep every chunk on the same flash node.
+    """
+
+    host: str = "127.0.0.1"  # the interface every service binds (loopback unless told)
+    base_port: int = 7400  # chunk server i: base_port + i; flash node j: next after the chunk servers
+    block_ports: tuple[int, ...] = ()  # explicit ports of chunk servers 0.. (instead of base_port)
+    flash_ports: tuple[int, ...] = ()  # explicit ports of flash nodes 0..
+    metrics: bool = True  # a Prometheus endpoint on every service
+    metrics_base_port: int = 0  # chunk servers, flash nodes, then the daemon from here; 0: base_port + 100
+    flash_nodes: int = 1  # flash cache nodes (L3); 0: none
+    flash_dir: str = ""  # parent of the nodes' directories (NNN/); empty: <root>/flash
+    flash_capacity_bytes: int = 4 * GiB  # region files of one node, at most
+    flash_region_bytes: int = 64 * MiB  # one region file
+    flash_admission: str = "all"  # all, second-hit or random
+    daemon: bool = True  # a host daemon holding the shared-memory L1
+    daemon_memory_bytes: int = 512 * MiB  # the daemon's arena
+    daemon_policy: str = "sieve"  # L1 eviction
+    daemon_socket: str = ""  # empty: <root>/run/daemon.sock (a short temp path if that is too long)
+    start_timeout_s: float = 60.0  # how long `up` waits for a service to answer its health check
+    stop_timeout_s: float = 20.0  # how long `down` waits after SIGTERM before SIGKILL
+
+    def ports(self, servers: int) -> dict[str, tuple[int | None, int | None]]:
+        """Service name -> (gRPC port, metrics port); the daemon has no gRPC port."""
+        names = [f"block-{i}" for i in range(servers)] + [f"flash-{j}" for j in range(self.flash_nodes)]
+        grpc_ports = (list(self.block_ports) or [self.base_port + i for i in range(servers)]) + \
+            (list(self.flash_ports) or [self.base_port + servers + j for j in range(self.flash_nodes)])
+        names += ["daemon"] if self.daemon else []
+        grpc_ports += [None] if self.daemon else []
+        base = self.metrics_base_port or self.base_port + 100
+        return {name: (port, base + k if self.metrics else None)
+                for k, (name, port) in enumerate(zip(names, grpc_ports))}
+
+    def validate(self, servers: int) -> None:
+        from blobtier.eviction import POLICIES
+        from blobtier.flash_l3.admission import POLICIES as ADMISSION
+
+        _check(bool(self.host), "services.host", "must name an interface, e.g. 127.0.0.1")
+        _check_port(self.base_port, "services.base_port")
+        if self.metrics_base_port:
+            _check_port(self.metrics_base_port, "services.metrics_base_port")
+        _check(not self.block_ports or len(self.block_ports) == servers, "services.block_ports",
+               f"lists {len(self.block_ports)} ports for {servers} chunk servers (block.servers)")
+        _check(self.flash_nodes >= 0, "services.flash_nodes", "must not be negative")
+        _check(not self.flash_ports or len(self.flash_ports) == self.flash_nodes, "services.flash_ports",
+               f"lists {len(self.flash_ports)} ports for {self.flash_nodes} flash nodes "
+               "(services.flash_nodes)")
+        self._check_clashes(servers)
+        _check(self.flash_region_bytes >= 1 * MiB, "services.flash_region_bytes", "must be at least 1MiB")
+        _check(self.flash_capacity_bytes >= 2 * self.flash_region_bytes, "services.flash_capacity_bytes",
+               "must hold at least two regions (services.flash_region_bytes)")
+        _check(self.flash_admission in ADMISSION, "services.flash_admission",
+               f"must be one of {sorted(ADMISSION)}")
+        _check(self.daemon_memory_bytes >= 1 * MiB, "services.daemon_memory_bytes", "must be at least 1MiB")
+        _check(self.daemon_policy in POLICIES, "services.daemon_policy", f"must be one of {sorted(POLICIES)}")
+        _check(len(os.fsencode(self.daemon_socket)) <= 107, "services.daemon_socket",
+               "is longer than the 107 bytes a Unix socket path may have")
+        _check(self.start_timeout_s > 0, "services.start_timeout_s", "must be positive")
+        _check(self.stop_timeout_s > 0, "services.stop_timeout_s", "must be positive")
+
+    def _check_clashes(self, servers: int) -> None:
+        """Every port in range and used once; an error names the field the port came from."""
+        def source(name: str, metrics: bool) -> str:
+            if metrics:
+                return "services.metrics_base_port" if self.metrics_base_port else "services.base_port"
+            if name.startswith("block-") and self.block_ports:
+                return "services.block_ports"
+            if name.startswith("flash-") and self.flash_ports:
+                return "services.flash_ports"
+            return "services.base_port"
+
+        owner: dict[int, str] = {}
+        plan = self.ports(servers).items()
+        # gRPC ports first: a metrics port that lands on one is the metrics setting's fault.
+        ports = [(port, name, source(name, False)) for name, (port, _) in plan] + \
+            [(m, f"{name} metrics", source(name, True)) for name, (_, m) in plan]
+        for p, what, field_name in ports:
+            if p is None:
+                continue
+            _check_port(p, field_name)
+            _check(p not in owner, field_name, f"gives port {p} to both {owner.get(p)} and {what}")
+            owner[p] = what
+
+
 @dataclass(frozen=True)
 class RegionConfig:
     root: str = field(default_factory=default_home)
@@ -165,6 +259,7 @@ class RegionConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     flash: FlashConfig = field(default_factory=FlashConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
 
     def validate(self) -> RegionConfig:
         _check(bool(self.root), "root", "must name a directory")
@@ -173,11 +268,14 @@ class RegionConfig:
         self.cache.validate()
         self.client.validate()
         self.flash.validate()
+        self.services.validate(self.block.servers)
         return self
 
 
 _SECTIONS = {"metadata": MetadataConfig, "block": BlockConfig, "cache": CacheConfig, "client": ClientConfig,
-             "flash": FlashConfig}
+             "flash": FlashConfig, "services": ServicesConfig}
+_KINDS = ("int", "float", "str", "bool", "tuple[str, ...]", "tuple[int, ...]")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def _check(ok: bool, name: str, why: str) -> None:
@@ -193,6 +291,10 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
             return parse_size(value, name)
         if kind == "tuple[str, ...]":
             return _str_tuple(value)
+        if kind == "tuple[int, ...]":
+            return tuple(int(v) for v in _int_list(value))
+        if kind == "bool":
+            return _bool(value)
         if kind == "int" and not isinstance(value, bool):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -201,10 +303,12 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
             return float(value)
         if kind == "str":
             return str(value)
+    except InvalidRequest:
+        raise  # parse_size says what a size looks like
     except (TypeError, ValueError):
         pass
     else:
-        if kind not in ("int", "float", "str", "tuple[str, ...]"):
+        if kind not in _KINDS:
             return value
     raise InvalidRequest(f"config field {name}: {value!r} is not a valid {kind}")
 
@@ -216,6 +320,24 @@ def _str_tuple(value: Any) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise TypeError(value)
+
+
+def _int_list(value: Any) -> list[int]:
+    """Ports from TOML (a list of integers) or an environment variable ("7000,7001")."""
+    if isinstance(value, str):
+        return [int(v) for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                for v in value):
+        return list(value)
+    raise TypeError(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(value)
 
 
 def from_mapping(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> RegionConfig:
@@ -261,16 +383,26 @@ def load(path: str) -> RegionConfig:
     return from_mapping(data)
 
 
-def resolve(target: str | os.PathLike | RegionConfig | None) -> RegionConfig:
-    """What ``connect()`` accepts: nothing (the default home), a region dir, a TOML file."""
+def resolve(target: str | os.PathLike | RegionConfig | None, *, running: bool = True) -> RegionConfig:
+    """What ``connect()`` accepts: nothing (the default home), a region dir, a TOML file.
+
+    With ``running`` (the default), a region that ``blobtier up`` is running is read
+    through its services: endpoints it does not set come from the state file under its
+    root (``blobtier.region.state.attach``).
+    """
     if isinstance(target, RegionConfig):
-        return target.validate()
-    if target is None:
-        return from_mapping({"root": default_home()})
-    path = os.fspath(target)
-    if path.endswith(".toml"):
-        return load(path)
-    return from_mapping({"root": os.path.abspath(os.path.expanduser(path))})
+        config = target.validate()
+    elif target is None:
+        config = from_mapping({"root": default_home()})
+    else:
+        path = os.fspath(target)
+        config = (load(path) if path.endswith(".toml")
+                  else from_mapping({"root": os.path.abspath(os.path.expanduser(path))}))
+    if not running:
+        return config
+    from blobtier.region.state import attach  # reads a small JSON file; imports no server
+
+    return attach(config)
 
 
 def with_overrides(config: RegionConfig, **sections: Mapping[str, Any]) -> RegionConfig:

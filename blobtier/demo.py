@@ -23,6 +23,7 @@ from blobtier.sdk.ingest import ingest
 SIDE = 184
 CLASSES = 10
 PREFIX = "demo/synthetic"
+_TIER_LABEL = {"l1": "L1", "l2": "L2", "l3": "L3", "origin": "block"}
 
 
 def make_dataset(directory: str, samples: int, seed: int = 0) -> None:
@@ -62,7 +63,8 @@ def _model():
         nn.Flatten(), nn.Linear(32 * 16, CLASSES))
 
 
-def _progress_bar(label: str, out=sys.stderr) -> Callable[[int, int, int, int], None]:
+def _progress_bar(label: str, out=None) -> Callable[[int, int, int, int], None]:
+    out = out if out is not None else sys.stderr  # the stream of now, not of import time
     start = time.perf_counter()
     last = [0.0]
 
@@ -81,6 +83,39 @@ def _progress_bar(label: str, out=sys.stderr) -> Callable[[int, int, int, int], 
         out.flush()
 
     return show
+
+
+def _lookups(moved: dict[str, dict[str, int]], tiers: list[str]) -> int:
+    """Chunk reads: the lookups of the first tier (every read starts there)."""
+    if not tiers:
+        return moved["origin"]["hits"]
+    return moved[tiers[0]]["hits"] + moved[tiers[0]]["misses"]
+
+
+def _served(moved: dict[str, dict[str, int]], tiers: list[str]) -> dict[str, float]:
+    """The share of chunk reads each tier answered from what it held; the rest came from the
+    block layer, read by the client or through a read-through tier (L3) on its behalf."""
+    reads = _lookups(moved, tiers) or 1
+    share = {t: moved[t]["hits"] / reads for t in tiers}
+    share["origin"] = max(0.0, 1.0 - sum(share.values()))
+    return share
+
+
+def _tiers_note(client: Client, tiers: list[str]) -> str:
+    from blobtier.cache_l1_l2.daemon import find_daemon
+
+    if "l1" not in tiers:
+        note = "No L1 (cache.l1_bytes is 0)"
+    elif find_daemon(client.config.cache.daemon):
+        note = "L1 is the host daemon's shared memory, read zero-copy by the DataLoader workers"
+    else:
+        note = ("L1 is shared memory owned by this process (no host daemon is running), read "
+                "zero-copy by the DataLoader workers")
+    if "l2" in tiers:
+        note += "; L2 is the peer daemons' memory"
+    if "l3" in tiers:
+        note += "; L3 is the region's flash nodes"
+    return note + "."
 
 
 def run(client: Client, samples: int = 2000, epochs: int = 3, workers: int = 2,
@@ -117,8 +152,12 @@ def run(client: Client, samples: int = 2000, epochs: int = 3, workers: int = 2,
     loss_fn = torch.nn.CrossEntropyLoss()
     print(f"training a small CNN for {epochs} epochs: {len(dataset)} samples, batch {batch_size}, "
           f"{workers} DataLoader workers", file=out)
-    print(f"{'epoch':>5} {'samples/s':>10} {'stall':>6} {'L1 hit':>8} {'L1 miss':>8} "
-          f"{'block reads':>11} {'loss':>6} {'acc':>6}", file=out)
+    tiers = client.tiers
+    served = [*tiers, "origin"]
+    print("per epoch: samples/s, data stall, and the share of chunk reads each tier served "
+          "(block: read from the block layer)", file=out)
+    print(f"{'epoch':>5} {'samples/s':>10} {'stall':>6} "
+          + " ".join(f"{_TIER_LABEL[t]:>6}" for t in served) + f" {'loss':>6} {'acc':>6}", file=out)
     results = []
     for epoch in range(epochs):
         meter = DataStallMeter()
@@ -135,16 +174,16 @@ def run(client: Client, samples: int = 2000, epochs: int = 3, workers: int = 2,
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
         rep = meter.report()
-        tiers = delta(client.stats(), before)
+        moved = delta(client.stats(), before)
+        share = _served(moved, tiers)
         row = {"epoch": epoch + 1, "samples_per_s": rep.samples_per_s, "stall": rep.stall_fraction,
-               "l1_hits": tiers["l1"]["hits"], "l1_misses": tiers["l1"]["misses"],
-               "block_reads": tiers["origin"]["hits"], "loss": total_loss / seen,
-               "accuracy": correct / seen}
+               "l1_hits": moved["l1"]["hits"], "l1_misses": moved["l1"]["misses"],
+               "l2_hits": moved["l2"]["hits"], "l3_hits": moved["l3"]["hits"],
+               "block_reads": round(share["origin"] * _lookups(moved, tiers)), "loss": total_loss / seen,
+               "accuracy": correct / seen, "served": share}
         results.append(row)
         print(f"{row['epoch']:>5} {row['samples_per_s']:>10,.0f} {row['stall']:>6.1%} "
-              f"{row['l1_hits']:>8} {row['l1_misses']:>8} {row['block_reads']:>11} "
-              f"{row['loss']:>6.3f} {row['accuracy']:>6.1%}", file=out)
-    print("L1 is shared memory owned by this process (no host daemon is running) and read "
-          "zero-copy by the DataLoader workers; block reads are chunks read from the region's "
-          "block layer.", file=out)
+              + " ".join(f"{row['served'][t]:>6.1%}" for t in served)
+              + f" {row['loss']:>6.3f} {row['accuracy']:>6.1%}", file=out)
+    print(_tiers_note(client, tiers), file=out)
     return results

@@ -316,6 +316,12 @@ class Client:
         share this client through fork)."""
         return self.tier_stats.snapshot()
 
+    @property
+    def tiers(self) -> list[str]:
+        """The cache tiers reads go through, fastest first (e.g. ``["l1", "l3"]``)."""
+        self._live()
+        return [tier.name for tier in self._chain.tiers]
+
     def close(self) -> None:
         with self._mutex:
             if self._closed:

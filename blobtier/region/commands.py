@@ -1,0 +1,118 @@
+"""The region's commands: ``up``, ``down``, ``status``, ``top`` and ``warmup``.
+
+Each takes the region as ``-c/--config`` (a TOML file or a region directory) or the
+global ``--region``; with neither, the default region at ``$BLOBTIER_HOME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+
+from blobtier.config import RegionConfig, resolve
+
+Add = Callable[[str, Callable, str], argparse.ArgumentParser]
+
+
+def _config(args: argparse.Namespace) -> RegionConfig:
+    # The services' own config, not one attached to what runs: `up` derives what to run.
+    return resolve(args.config or args.region, running=False)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from blobtier.region import supervisor
+
+    config = _config(args)
+    region = supervisor.up(config)
+    print(f"region {config.root} is up: {len(region.services)} services; `blobtier status` shows "
+          "them, `blobtier down` stops them")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from blobtier.region import supervisor
+
+    config = _config(args)
+    timeout = args.timeout if args.timeout is not None else config.services.stop_timeout_s
+    region = supervisor.down(config.root, timeout)
+    print(f"region {config.root} is down ({len(region.services)} services stopped)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from blobtier.region import probe, supervisor
+
+    config = _config(args)
+    rows = supervisor.status(config.root)
+    print(f"region {config.root}")
+    for line in supervisor.format_status(rows):
+        print(line)
+    return 0 if all(r.health == probe.SERVING for r in rows) else 1
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from blobtier.errors import InvalidRequest
+    from blobtier.region import state, top
+
+    config = _config(args)
+    region = state.read(config.root)
+    if region is None:
+        raise InvalidRequest(f"no region is up at {config.root}; `blobtier up` starts one")
+    live = sys.stdout.isatty() and not args.once
+    prev = None
+    while True:
+        cur = top.scrape(region.services)
+        lines = top.render(region, cur, prev)
+        if live:
+            sys.stdout.write("\x1b[H\x1b[2J")  # home and clear: redraw in place
+        print("\n".join(lines), flush=True)
+        if args.once:
+            return 0
+        prev = cur
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+        if not live:
+            print()
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from blobtier import connect
+    from blobtier.demo import _progress_bar
+    from blobtier.sdk.warmup import warmup
+
+    with connect(args.config or args.region) as client:
+        show = _progress_bar(f"warmup {args.tier}") if sys.stderr.isatty() and not args.quiet else None
+        report = warmup(client, args.prefix, args.tier, progress=show)
+    print(report.summary())
+    return 0 if not report.failed else 1
+
+
+def add_commands(add: Add) -> None:
+    def config_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", default=None, metavar="TOML_OR_DIR",
+                       help="the region's config (default: --region, else $BLOBTIER_HOME)")
+
+    p = add("up", cmd_up, "start the region's services (chunk servers, flash nodes, host daemon) "
+                          "and wait until they are healthy")
+    config_flag(p)
+    p = add("down", cmd_down, "stop the region's services (SIGTERM, then SIGKILL after a timeout)")
+    config_flag(p)
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds to wait after SIGTERM (default: services.stop_timeout_s)")
+    p = add("status", cmd_status, "each service of the region: pid, address, health, uptime")
+    config_flag(p)
+    p = add("top", cmd_top, "a live view of the region's tiers: hit ratios, throughput, latency, "
+                            "evictions, block egress")
+    config_flag(p)
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
+    p = add("warmup", cmd_warmup, "hydrate every blob under PREFIX into a cache tier")
+    config_flag(p)
+    p.add_argument("prefix")
+    p.add_argument("--tier", choices=("l3", "l1"), default="l3",
+                   help="l3: the region's flash nodes (default); l1: the host daemon's memory")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

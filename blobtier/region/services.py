@@ -1,0 +1,114 @@
+"""What ``blobtier up`` runs: one ``ServiceSpec`` per process, derived from the config.
+
+Layout under the region root (beside the embedded region's ``metadata/`` and ``blocks/``)::
+
+    blocks/NNN/     chunk server NNN's volumes (the directories an embedded client writes)
+    flash/NNN/      flash node NNN's regions and index snapshot (``services.flash_dir``)
+    logs/<name>.log each service's stdout and stderr
+    run/region.json the state file (``state.py``); run/daemon.sock the daemon's socket
+
+Every service is ``python -m blobtier.cli ...`` with the same interpreter as ``up``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+
+from blobtier.cache_l1_l2.l1 import socket_dir
+from blobtier.config import RegionConfig
+from blobtier.errors import InvalidRequest
+
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last a NUL
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str  # block-0, flash-0, daemon
+    kind: str  # block, flash, daemon
+    argv: list[str]
+    address: str | None  # host:port it serves gRPC on
+    metrics_port: int | None
+    socket: str | None
+    log: str
+
+
+def _under(root: str, path: str, default: str) -> str:
+    """``path`` (relative to root), or ``root/default`` when empty."""
+    return os.path.join(root, os.path.expanduser(path) if path else default)
+
+
+def daemon_socket(config: RegionConfig) -> str:
+    """``services.daemon_socket``, else ``<root>/run/daemon.sock``, else (a root too deep
+    for a Unix socket path) a short path named after the root in this user's socket dir."""
+    if config.services.daemon_socket:
+        return _under(config.root, config.services.daemon_socket, "")
+    path = os.path.join(config.root, "run", "daemon.sock")
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(os.fsencode(os.path.abspath(config.root))).hexdigest()[:16]
+    return os.path.join(socket_dir(), f"region-{digest}.sock")
+
+
+def flash_dir(config: RegionConfig) -> str:
+    return _under(config.root, config.services.flash_dir, "flash")
+
+
+def block_dir(root: str, sid: int) -> str:
+    return os.path.join(root, "blocks", f"{sid:03d}")
+
+
+def specs(config: RegionConfig) -> list[ServiceSpec]:
+    """The region's services: chunk servers in id order, flash nodes, the daemon."""
+    sc, root = config.services, config.root
+    cli = [sys.executable, "-m", "blobtier.cli"]
+    logs = os.path.join(root, "logs")
+    ports = sc.ports(config.block.servers)
+    out = []
+    endpoints = []
+    for i in range(config.block.servers):
+        port, metrics = ports[f"block-{i}"]
+        argv = [*cli, "block", "serve", "--root", block_dir(root, i), "--host", sc.host,
+                "--port", str(port), "--id", str(i), *_metrics_flag(metrics)]
+        endpoints.append(f"{sc.host}:{port}")
+        out.append(ServiceSpec(f"block-{i}", "block", argv, endpoints[-1], metrics, None,
+                               os.path.join(logs, f"block-{i}.log")))
+    for j in range(sc.flash_nodes):
+        port, metrics = ports[f"flash-{j}"]
+        argv = [*cli, "flash", "serve", "--dir", os.path.join(flash_dir(config), f"{j:03d}"),
+                "--capacity", str(sc.flash_capacity_bytes), "--region-size", str(sc.flash_region_bytes),
+                "--admission", sc.flash_admission, "--host", sc.host, "--port", str(port),
+                "--id", str(j), "--block-endpoints", ",".join(endpoints), *_metrics_flag(metrics)]
+        out.append(ServiceSpec(f"flash-{j}", "flash", argv, f"{sc.host}:{port}", metrics, None,
+                               os.path.join(logs, f"flash-{j}.log")))
+    if sc.daemon:
+        _, metrics = ports["daemon"]
+        sock = daemon_socket(config)
+        argv = [*cli, "daemon", "--memory", str(sc.daemon_memory_bytes), "--policy", sc.daemon_policy,
+                "--socket", sock, *_metrics_flag(metrics)]
+        out.append(ServiceSpec("daemon", "daemon", argv, None, metrics, sock,
+                               os.path.join(logs, "daemon.log")))
+    return out
+
+
+def _metrics_flag(port: int | None) -> list[str]:
+    return [] if port is None else ["--metrics-port", str(port)]
+
+
+def check_directories(config: RegionConfig) -> None:
+    """Before ``up``: the directories the config names exist, and no chunk data lies beyond
+    the chunk servers it would start (its blobs would become unreadable)."""
+    if config.services.flash_dir and not os.path.isdir(flash_dir(config)):
+        raise InvalidRequest(f"config field services.flash_dir names {flash_dir(config)}, "
+                             "which is not a directory")
+    sock_dir = os.path.dirname(daemon_socket(config))
+    if config.services.daemon_socket and not os.path.isdir(sock_dir):
+        raise InvalidRequest(f"config field services.daemon_socket: directory {sock_dir} does not exist")
+    blocks = os.path.join(config.root, "blocks")
+    ids = sorted(int(n) for n in os.listdir(blocks) if n.isdigit()) if os.path.isdir(blocks) else []
+    beyond = [i for i in ids if i >= config.block.servers]
+    if beyond:
+        raise InvalidRequest(f"config field block.servers is {config.block.servers}, but {blocks} "
+                             f"holds chunks of server {beyond[0]}: set it to at least {ids[-1] + 1}")

@@ -1,0 +1,138 @@
+"""The state file of a region started by ``blobtier up``, and how clients attach to it.
+
+``<root>/run/region.json`` (written atomically by ``up``, removed by ``down``)::
+
+    {"version": 1, "started": 1718000000.0, "root": "/data/region",
+     "services": [{"name": "block-0", "kind": "block", "pid": 4242,
+                   "address": "127.0.0.1:7400", "metrics_port": 7500,
+                   "socket": null, "started": 1718000000.1, "log": "/data/region/logs/block-0.log"},
+                  ...]}
+
+Chunk servers are listed in id order (a blob record names its replicas by server id =
+position in ``block.endpoints``). The rule clients follow (``attach``): while any process
+of the file is alive, every client of that root reads through the running services; fields
+the config sets explicitly (``block.endpoints``, ``flash.endpoints``, a ``cache.daemon``
+other than ``auto``) win. With no state file, or only dead processes in it, the region is
+opened embedded: the same chunk directories, read and written directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+from blobtier.config import RegionConfig
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    name: str  # block-0, flash-0, daemon
+    kind: str  # block, flash, daemon
+    pid: int
+    address: str | None  # host:port of a gRPC service
+    metrics_port: int | None
+    socket: str | None  # the daemon's Unix socket
+    started: float  # seconds since the epoch
+    log: str
+
+
+@dataclass
+class RegionState:
+    root: str
+    started: float = field(default_factory=time.time)
+    services: list[ServiceRecord] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> list[ServiceRecord]:
+        return [s for s in self.services if s.kind == kind]
+
+    def alive(self) -> list[ServiceRecord]:
+        return [s for s in self.services if pid_alive(s.pid)]
+
+    def to_json(self) -> str:
+        return json.dumps({"version": VERSION, "started": self.started, "root": self.root,
+                           "services": [asdict(s) for s in self.services]}, indent=1)
+
+
+def path(root: str) -> str:
+    return os.path.join(root, "run", "region.json")
+
+
+def read(root: str) -> RegionState | None:
+    """The state file under ``root``, or None if there is none."""
+    try:
+        with open(path(root)) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise OSError(f"{path(root)}: unreadable region state ({exc}); remove it if no "
+                      "region is running") from None
+    return RegionState(data["root"], data["started"], [ServiceRecord(**s) for s in data["services"]])
+
+
+def write(state: RegionState) -> None:
+    """Publish atomically: a reader sees the old file or the new one, never half."""
+    target = path(state.root)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".region-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(state.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def remove(root: str) -> None:
+    try:
+        os.unlink(path(root))
+    except FileNotFoundError:
+        pass
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is still one of our services: it runs (a zombie, dead but not yet
+    reaped, does not) and is a blobtier process (after a reboot the pid may be another's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # another user's process: not a service we started
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"blobtier" in f.read()
+    except (OSError, IndexError):
+        return True  # no /proc to ask: trust the signal
+
+
+def attach(config: RegionConfig) -> RegionConfig:
+    """``config`` reading through the services running for its root, if any (see above)."""
+    try:
+        state = read(config.root)
+    except OSError:
+        return config
+    if state is None or not state.alive():
+        return config
+    block, flash, cache = config.block, config.flash, config.cache
+    if not block.endpoints and state.of_kind("block"):
+        block = replace(block, endpoints=tuple(s.address for s in state.of_kind("block")))
+    if not flash.endpoints and state.of_kind("flash"):
+        flash = replace(flash, endpoints=tuple(s.address for s in state.of_kind("flash")))
+    daemons = state.of_kind("daemon")
+    if cache.daemon == "auto" and daemons and daemons[0].socket:
+        cache = replace(cache, daemon=daemons[0].socket)
+    if (block, flash, cache) == (config.block, config.flash, config.cache):
+        return config
+    return replace(config, block=block, flash=flash, cache=cache).validate()

@@ -1,0 +1,272 @@
+"""Start, watch and stop a region's processes (``blobtier up`` / ``status`` / ``down``).
+
+``up`` starts every service as a detached child (its own session, so it outlives the
+command and a Ctrl-C in the terminal), waits until each answers its health check, then
+writes the state file. If any service fails to start, everything started is stopped, no
+state file is written, and the error carries the tail of that service's log. ``down``
+sends SIGTERM (each service finishes its in-flight requests; flash nodes write their index
+snapshot, so the next ``up`` is warm), waits, and escalates to SIGKILL after
+``services.stop_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from blobtier.config import RegionConfig
+from blobtier.errors import InvalidRequest, RegionLocked, TierUnavailable
+from blobtier.lockfile import LockFile
+from blobtier.region import probe, state
+from blobtier.region.services import ServiceSpec, check_directories, flash_dir, specs
+from blobtier.region.state import RegionState, ServiceRecord, pid_alive
+
+LOG_TAIL_LINES = 20
+Say = Callable[[str], None]
+
+
+@dataclass
+class _Started:
+    spec: ServiceSpec
+    proc: subprocess.Popen
+    started: float
+    log_offset: int  # where this run's output begins in the log
+
+    def record(self) -> ServiceRecord:
+        s = self.spec
+        return ServiceRecord(s.name, s.kind, self.proc.pid, s.address, s.metrics_port, s.socket,
+                             self.started, s.log)
+
+
+def _lock(root: str) -> LockFile:
+    lock = LockFile(os.path.join(root, "run", "supervisor.lock"), f"region {root} (up/down)")
+    lock.acquire()
+    return lock
+
+
+def up(config: RegionConfig, say: Say = print) -> RegionState:
+    """Start the region's services and wait until every one is healthy."""
+    root = config.root
+    check_directories(config)
+    lock = _lock(root)
+    try:
+        _refuse_if_running(root, say)
+        _refuse_if_embedded_writer(root)
+        todo = specs(config)
+        _check_ports_free(config.services.host, todo)
+        for d in ("logs", "run", *(os.path.join("blocks", f"{i:03d}") for i in range(config.block.servers))):
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+        for j in range(config.services.flash_nodes):
+            os.makedirs(os.path.join(flash_dir(config), f"{j:03d}"), exist_ok=True)
+        started: list[_Started] = []
+        try:
+            for spec in todo:
+                started.append(_launch(spec))
+            _wait_healthy(started, config.services.start_timeout_s)
+        except BaseException:
+            _stop([s.record() for s in started], 5.0, lambda _: None)
+            raise
+        region = RegionState(root, services=[s.record() for s in started])
+        state.write(region)
+        for s in region.services:
+            say(f"started {s.name:<8} pid {s.pid:<7} {s.address or s.socket}"
+                + (f"  metrics :{s.metrics_port}" if s.metrics_port else ""))
+        return region
+    finally:
+        lock.release()
+
+
+def _refuse_if_running(root: str, say: Say) -> None:
+    old = state.read(root)
+    if old is None:
+        return
+    alive = old.alive()
+    if alive:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(old.started))
+        raise RegionLocked(f"region {root} is already up since {since} ({len(alive)} services, "
+                           f"pids {' '.join(str(s.pid) for s in alive)}); `blobtier down` stops it")
+    say(f"removing the state file of a region that is no longer running ({state.path(root)})")
+    _remove_sockets(old.services)
+    state.remove(root)
+
+
+def _refuse_if_embedded_writer(root: str) -> None:
+    """A process writing the region embedded writes the chunk directories itself; chunk
+    servers must not open them at the same time."""
+    writer = LockFile(os.path.join(root, "writer.lock"), f"region {root}")
+    try:
+        writer.acquire()
+    except RegionLocked:
+        raise RegionLocked(f"region {root} is open for writing by {writer.holder()}; close it "
+                           "before `blobtier up` (its chunk directories are about to be served)") from None
+    writer.release()
+
+
+def _check_ports_free(host: str, todo: list[ServiceSpec]) -> None:
+    for spec in todo:
+        ports = [(spec.address.rsplit(":", 1)[1], "")] if spec.address else []
+        ports += [(str(spec.metrics_port), " metrics")] if spec.metrics_port else []
+        for port, what in ports:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+                try:
+                    s.bind((host, int(port)))
+                except OSError as exc:
+                    raise InvalidRequest(f"port {port} for {spec.name}{what} on {host} is not free "
+                                         f"({exc.strerror}); change services.base_port or the "
+                                         "explicit ports") from None
+
+
+def _launch(spec: ServiceSpec) -> _Started:
+    os.makedirs(os.path.dirname(spec.log), exist_ok=True)
+    with open(spec.log, "ab") as log:
+        offset = log.tell()
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(spec.argv)}\n".encode())
+        log.flush()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # A session of its own: the service outlives `up` and ignores the terminal's Ctrl-C.
+        proc = subprocess.Popen(spec.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, env=env)
+    return _Started(spec, proc, time.time(), offset)
+
+
+def _wait_healthy(started: list[_Started], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(started)
+    while pending:
+        for s in list(pending):
+            code = s.proc.poll()
+            if code is not None:
+                raise TierUnavailable(f"{s.spec.name} exited with status {code} while starting; "
+                                      f"{_tail(s)}")
+            if probe.health(s.spec.kind, s.proc.pid, s.spec.address, s.spec.socket,
+                            timeout_s=0.5) == probe.SERVING:
+                pending.remove(s)
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(s.spec.name for s in pending)
+            raise TierUnavailable(f"{names} not healthy after {timeout_s:.0f}s (services.start_timeout_s); "
+                                  f"{_tail(pending[0])}")
+        if pending:
+            time.sleep(0.1)
+
+
+def _tail(s: _Started) -> str:
+    try:
+        with open(s.spec.log, "rb") as f:
+            f.seek(s.log_offset)
+            lines = f.read().decode(errors="replace").splitlines()[1:]  # past the header
+    except OSError as exc:
+        return f"its log {s.spec.log} is unreadable: {exc}"
+    body = "\n".join("  | " + line for line in lines[-LOG_TAIL_LINES:]) or "  | (empty)"
+    return f"the end of {s.spec.log}:\n{body}"
+
+
+# -- stopping ----------------------------------------------------------------------------
+def down(root: str, timeout_s: float, say: Say = print) -> RegionState:
+    """Stop every service of the region at ``root`` (SIGTERM, then SIGKILL after ``timeout_s``)."""
+    lock = _lock(root)
+    try:
+        region = state.read(root)
+        if region is None:
+            raise InvalidRequest(f"no region is up at {root} (no {state.path(root)})")
+        _stop(region.services, timeout_s, say)
+        state.remove(root)
+        return region
+    finally:
+        lock.release()
+
+
+def _stop(services: list[ServiceRecord], timeout_s: float, say: Say) -> None:
+    """SIGTERM in reverse start order (clients of the block layer before it), then wait."""
+    order = list(reversed(services))
+    t0 = time.monotonic()
+    live = [s for s in order if pid_alive(s.pid)]
+    for s in live:
+        _signal(s.pid, signal.SIGTERM)
+    for s in order:
+        if s not in live:
+            say(f"{s.name:<8} pid {s.pid:<7} was not running")
+            continue
+        how = "stopped"
+        if not _wait_gone(s.pid, t0 + timeout_s):
+            _signal(s.pid, signal.SIGKILL)
+            _wait_gone(s.pid, time.monotonic() + 10)
+            how = "killed (SIGKILL)"
+        say(f"{how} {s.name:<8} pid {s.pid:<7} in {time.monotonic() - t0:.1f}s")
+    _remove_sockets(services)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_gone(pid: int, deadline: float) -> bool:
+    while True:
+        _reap(pid)
+        if not pid_alive(pid):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit of a service that is our own child (started by this process)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _remove_sockets(services: list[ServiceRecord]) -> None:
+    """A daemon killed before it could clean up leaves its socket file."""
+    for s in services:
+        if s.socket and os.path.exists(s.socket) and not pid_alive(s.pid):
+            try:
+                os.unlink(s.socket)
+            except FileNotFoundError:
+                pass
+
+
+# -- watching ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServiceStatus:
+    record: ServiceRecord
+    health: str
+    uptime_s: float
+
+
+def status(root: str) -> list[ServiceStatus]:
+    region = state.read(root)
+    if region is None:
+        raise InvalidRequest(f"no region is up at {root} (no {state.path(root)}); `blobtier up` starts one")
+    now = time.time()
+    return [ServiceStatus(s, probe.service_health(s), now - s.started) for s in region.services]
+
+
+def format_status(rows: list[ServiceStatus]) -> list[str]:
+    lines = [f"{'service':<9} {'pid':>7}  {'address':<30} {'metrics':>7}  {'health':<12} {'uptime':>9}"]
+    for r in rows:
+        s = r.record
+        where = s.address or s.socket or ""
+        if len(where) > 30:
+            where = "..." + where[-27:]
+        metrics = str(s.metrics_port) if s.metrics_port else "-"
+        lines.append(f"{s.name:<9} {s.pid:>7}  {where:<30} {metrics:>7}  {r.health:<12} "
+                     f"{_duration(r.uptime_s):>9}")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
