@@ -60,6 +60,8 @@ def cmd_top(args: argparse.Namespace) -> int:
     region = state.read(config.root)
     if region is None:
         raise InvalidRequest(f"no region is up at {config.root}; `blobtier up` starts one")
+    if not any(s.metrics_port for s in region.services):
+        raise InvalidRequest(f"the services of {config.root} serve no metrics (services.metrics is off)")
     live = sys.stdout.isatty() and not args.once
     prev = None
     while True:
