@@ -16,7 +16,9 @@ reads off for that node; its chunks then come over gRPC as before.
 from __future__ import annotations
 
 import os
+import sys
 import threading
+from collections import deque
 
 import numpy as np
 
@@ -24,11 +26,46 @@ from blobtier.chunks import ChunkKey
 from blobtier.flash_l3.regions import ENTRY_HEADER, parse_entry_header
 
 
+class BufferPool:
+    """Read buffers used again once nobody holds a view of them.
+
+    A fresh multi-megabyte buffer per read costs a page fault per 4 KiB page, more than
+    the read itself (glibc hands big freed blocks back to the kernel). A buffer whose only
+    references are the pool's own is free: views of it (the memoryviews handed to
+    readers, tensors made from them) each hold a reference.
+    """
+
+    _SCAN = 8  # buffers of a size looked at per take before a new one is made
+    _IDLE_REFS = 3  # the pool's deque, the loop variable, getrefcount's argument
+
+    def __init__(self, limit_bytes: int = 256 << 20) -> None:
+        self.limit_bytes = limit_bytes
+        self._bytes = 0
+        self._by_size: dict[int, deque[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> np.ndarray:
+        size = (n + 4095) & ~4095
+        with self._lock:
+            ring = self._by_size.setdefault(size, deque())
+            for _ in range(min(self._SCAN, len(ring))):
+                buf = ring[0]
+                ring.rotate(-1)
+                if sys.getrefcount(buf) == self._IDLE_REFS:
+                    return buf[:n]
+            buf = np.empty(size, np.uint8)  # no zero-fill: the read overwrites it
+            if self._bytes + size <= self.limit_bytes:
+                ring.append(buf)
+                self._bytes += size
+        return buf[:n]
+
+
 class RegionReader:
     """Reads entries from one node's region directory, keeping a descriptor per file."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, pool: BufferPool | None = None) -> None:
         self.directory = directory
+        self.pool = pool or BufferPool()
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -36,7 +73,7 @@ class RegionReader:
     def read(self, key: ChunkKey, slot: int, offset: int, length: int, seq: int) -> memoryview | None:
         """The chunk's bytes if its entry is still there, else None. Raises ``OSError``
         when the region file cannot be opened at all (local reads are then off)."""
-        buf = np.empty(ENTRY_HEADER + length, np.uint8)  # no zero-fill: the read fills it
+        buf = self.pool.take(ENTRY_HEADER + length)
         for fresh in (False, True):
             fd = self._fd(slot, fresh)
             if os.preadv(fd, [buf], offset) != len(buf):

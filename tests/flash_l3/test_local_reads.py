@@ -129,3 +129,20 @@ def test_a_flipped_byte_read_locally_is_refetched_and_dropped(tmp_path):
     finally:
         node.stop(0)
         source.close()
+
+
+def test_buffer_pool_reuses_only_buffers_nobody_holds():
+    from blobtier.flash_l3.local_reads import BufferPool
+
+    pool = BufferPool(limit_bytes=1 << 20)
+    first = pool.take(100_000)
+    first_id = id(first.base)
+    held = memoryview(first)[10:20]  # a reader still holds a view of it
+    del first
+    second = pool.take(100_000)
+    assert id(second.base) != first_id
+    del held
+    again = pool.take(100_000)  # the first buffer is free now: used again
+    assert id(again.base) == first_id and len(again) == 100_000
+    big = [pool.take(300_000) for _ in range(5)]  # past the limit: made, not kept
+    assert pool._bytes <= 1 << 20 and len(big) == 5
