@@ -25,6 +25,10 @@ from typing import Protocol
 
 
 class EvictionPolicy(Protocol):
+    evicts: bool
+    """False for a policy whose keys must never be evicted to make room for others (Keep):
+    a cache then leaves its keys alone, even when it frees space in bulk."""
+
     def announce(self, keys: Sequence[Hashable], job: Hashable = None) -> None: ...
 
     def insert(self, key: Hashable, accessed: bool = True) -> None: ...
@@ -39,6 +43,8 @@ class EvictionPolicy(Protocol):
 
 
 class _OrderBlind:
+    evicts = True
+
     def announce(self, keys: Sequence[Hashable], job: Hashable = None) -> None:
         pass  # knowing the future does not change these policies
 
@@ -146,6 +152,8 @@ class Keep(_OrderBlind):
     are refused and nothing is evicted (unless the cache drops a key itself).
     """
 
+    evicts = False
+
     def __init__(self) -> None:
         self._keys: dict[Hashable, None] = {}
 
@@ -177,13 +185,19 @@ class Clairvoyant:
     use is comparable across jobs on one time line: ``start + position``, where
     ``start`` is the shared clock (accesses so far / jobs) when the job announced. An
     access consumes the key's earliest pending use. Keys with no announced future use
-    go first, oldest insertion first; with nothing announced the policy is FIFO.
+    go first, oldest insertion first; with nothing announced the policy is FIFO, and a
+    full cache admits a key needed no later than its farthest one (so an unannounced key
+    still replaces the oldest unannounced one).
     """
+
+    evicts = True
 
     def __init__(self) -> None:
         self._jobs: dict[Hashable, list[Hashable]] = {}
         self._uses: dict[Hashable, list[tuple[float, Hashable]]] = {}  # key -> heap (time, job)
-        self._cached: dict[Hashable, float] = {}  # key -> the next-use time it is filed under
+        # key -> (next-use time, tiebreak) it is filed under; the tiebreak holds the filing
+        # tick, so compacting the heap keeps "oldest first" among equal next uses.
+        self._cached: dict[Hashable, tuple[float, int]] = {}
         self._heap: list[tuple[float, int, Hashable]] = []  # (-next use, tiebreak, key)
         self._tick = 0
         self._accesses = 0
@@ -219,12 +233,13 @@ class Clairvoyant:
 
     def _file(self, key: Hashable) -> None:
         nxt = self._next_use(key)
-        self._cached[key] = nxt
         self._tick += 1
         # Largest next use first; among keys never used again, the oldest first.
-        heapq.heappush(self._heap, (-nxt, self._tick if nxt == _NEVER else -self._tick, key))
+        tiebreak = self._tick if nxt == _NEVER else -self._tick
+        self._cached[key] = (nxt, tiebreak)
+        heapq.heappush(self._heap, (-nxt, tiebreak, key))
         if len(self._heap) > 4 * len(self._cached) + 1024:
-            self._heap = [(-t, 0, k) for k, t in self._cached.items()]
+            self._heap = [(-t, tb, k) for k, (t, tb) in self._cached.items()]
             heapq.heapify(self._heap)
 
     def _consume(self, key: Hashable) -> None:
@@ -251,8 +266,8 @@ class Clairvoyant:
     def _top(self) -> Hashable | None:
         """The cached key filed with the farthest next use (dropping stale heap entries)."""
         while self._heap:
-            prio, _, key = self._heap[0]
-            if self._cached.get(key) == -prio:
+            prio, tiebreak, key = self._heap[0]
+            if self._cached.get(key) == (-prio, tiebreak):
                 return key
             heapq.heappop(self._heap)
         return None
@@ -265,11 +280,13 @@ class Clairvoyant:
         return key
 
     def admit(self, key: Hashable, full: bool) -> bool:
-        """When full, admit a key only if it is needed sooner than the farthest cached one."""
+        """When full, admit a key only if it is needed no later than the farthest cached
+        one. Ties admit: swapping two keys never needed again costs no hit, and it keeps
+        a cache with nothing announced caching (FIFO) instead of freezing when full."""
         if not full:
             return True
         top = self._top()
-        if top is not None and self._next_use(key) < self._cached[top]:
+        if top is not None and self._next_use(key) <= self._cached[top][0]:
             return True
         self._consume(key)  # the access happened; the cache just will not keep it
         return False

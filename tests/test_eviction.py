@@ -272,14 +272,34 @@ def test_clairvoyant_admit_refuses_a_key_needed_after_every_cached_one():
     assert p.victim() == "b"
 
 
-@pytest.mark.xfail(strict=True, reason="Clairvoyant._file compacts its heap with tiebreak 0, so keys "
-                   "never needed again are then evicted in key order, not oldest first")
 def test_clairvoyant_keeps_oldest_first_after_its_heap_is_compacted():
     p = clairvoyant(["m", "c", "x", "a"], ["hot"] * 5000)
     p.insert("hot")
     for _ in range(3000):  # every hit refiles "hot": the heap grows until it is compacted
         p.hit("hot")
     assert drain(p)[:4] == ["m", "c", "x", "a"]
+
+
+def test_clairvoyant_with_nothing_announced_keeps_caching_fifo():
+    """An unannounced cache is a FIFO cache: once full, a new key replaces the oldest."""
+    cache = SimCache(Clairvoyant(), 3)
+    hits = [cache.access(k) for k in "abcdab"]
+    assert hits == [False] * 6  # FIFO on a cyclic trace larger than the cache
+    assert cache.keys == {"d", "a", "b"}
+    assert cache.access("d")
+
+
+def test_clairvoyant_admits_unannounced_keys_only_in_place_of_unannounced_ones():
+    p = clairvoyant("xa", list("a"))
+    assert p.admit("y", full=True)  # x is never needed either: y may take its place
+    assert p.victim() == "x"
+    p = clairvoyant("ab", list("ab"))
+    assert not p.admit("y", full=True)  # every cached key is needed: y is not
+
+
+def test_policies_say_whether_they_give_up_keys():
+    assert {name: make_policy(name).evicts for name in POLICIES} == {
+        "lru": True, "sieve": True, "keep": False, "clairvoyant": True}
 
 
 # -- trace simulation ------------------------------------------------------------------------------
