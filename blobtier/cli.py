@@ -212,8 +212,12 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     for peer in peers:
         if parse_endpoint(peer, "--peers")[0] != peer:
             raise InvalidRequest(f"--peers: {peer!r} must be host:port (peers have no weights)")
+    from blobtier.cache_l1_l2.owner import parse_namespace_policies
+
+    namespace_policies = parse_namespace_policies(args.namespace_policy)
     daemon = HostDaemon(parse_size(args.memory, "--memory"), args.policy, args.socket,
-                        args.metrics_port, listen=args.listen, peers=peers)
+                        args.metrics_port, listen=args.listen, peers=peers,
+                        namespace_policies=namespace_policies)
     extra = f", metrics on 127.0.0.1:{daemon.metrics_port}" if daemon.metrics_port else ""
     if daemon.peer_server is not None:
         extra += f", L2 peers served on {daemon.peer_server.address}"
@@ -320,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the cluster's daemons as each --listens (the same list on every host)")
     p.add_argument("--memory", default="1GiB", help="the L1's memory cap, e.g. 16GiB")
     p.add_argument("--policy", default="sieve", help="eviction: sieve, lru, keep, clairvoyant")
+    p.add_argument("--namespace-policy", action="append", default=[], metavar="NAMESPACE=POLICY",
+                   help="evict NAMESPACE's chunks by POLICY instead of --policy (repeatable)")
     p.add_argument("--socket", default=None, help="Unix socket for local clients "
                                                    "(default: the well-known one clients look for)")
     p.add_argument("--metrics-port", type=int, default=None,

@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -102,21 +102,24 @@ class ArenaCollector(Collector):
 class HostDaemon:
     """Args:
         memory: the arena's size in bytes (the host L1's hard cap).
-        policy: eviction policy name.
+        policy: eviction policy name (the default of every namespace).
         socket_path: where local clients connect (default: the well-known socket).
         metrics_port: serve Prometheus metrics on 127.0.0.1:PORT (0 picks one).
         listen: serve the arena to L2 peers at ``host:port`` (None: no L2).
         peers: the cluster's daemons (``host:port`` as each listens), for clients' L2.
         tls: serve peers with TLS.
+        namespace_policies: ``{namespace: policy name}`` for namespaces that evict by
+            another policy than ``policy`` (``owner.py``).
     """
 
     def __init__(self, memory: int, policy: str = "sieve", socket_path: str | None = None,
                  metrics_port: int | None = None, listen: str | None = None,
-                 peers: tuple[str, ...] = (), tls: Tls | None = None) -> None:
+                 peers: tuple[str, ...] = (), tls: Tls | None = None,
+                 namespace_policies: Mapping[str, str] | None = None) -> None:
         self.socket_path = socket_path or default_socket()
         if find_daemon(self.socket_path):
             raise TierUnavailable(f"a daemon already serves {self.socket_path}")
-        self.owner = ArenaOwner(memory, policy)
+        self.owner = ArenaOwner(memory, policy, namespace_policies=namespace_policies)
         self.server = OwnerServer(self.owner, self.socket_path)
         self.peer_server: PeerServer | None = None
         if listen is not None:

@@ -2,21 +2,27 @@
 
 A hit is a lookup at the owner (a method call in the owning process, one Unix-socket
 round trip per batch elsewhere) and a view of the reader's own mapping of the segment:
-no copy. Each view pins its slot; when the last reference to a view goes, the pin is
-queued and handed back with the next request, so releases cost no round trip of their
-own. A miss is filled by whoever read the chunk from below. The chain ``claim``s the slots of
-its misses before it reads below: a chunk another process is already fetching comes back
-``busy``, and a lookup of it waits for that fill instead of fetching it a second time (one
-origin read per chunk per host). The claimed slots are filled by ``put`` and committed.
+no copy. A view holds the reader's mapping (an export of the mmap), so it stays
+readable whatever happens to the owner or the cache. Each view pins its slot; when the
+last reference to a view goes, the pin is queued (never under a lock: that can happen in
+the middle of any call) and handed back with the next request, so releases cost no
+round trip of their own. A miss is filled by whoever read the chunk from below. The
+chain ``claim``s the slots of its misses before it reads below: a chunk another process
+is already fetching comes back ``busy``, and a lookup of it waits for that fill instead
+of fetching it a second time (one origin read per chunk per host). The claimed slots are
+filled by ``put`` and committed. A claim (or a ``put`` that claims) may name the chunk's
+namespace, whose eviction policy then rules it (``owner.py``); without one it falls to
+the owner's default policy.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from blobtier.cache_l1_l2.arena import Segment
 from blobtier.cache_l1_l2.owner import BUSY, GRANTED, ArenaOwner
@@ -25,6 +31,10 @@ from blobtier.chunks import Buffer, ChunkKey
 from blobtier.errors import TierUnavailable
 
 _FLUSH_RELEASES = 512  # queued releases that force a round trip of their own
+
+Claim = tuple[ChunkKey, int] | tuple[ChunkKey, int, str]
+"""(key, size) of a chunk to claim, or (key, size, namespace) to file it under the
+namespace of its blob's key (``owner.namespace_of``), whose eviction policy then rules it."""
 
 
 class _Pin:
@@ -37,6 +47,8 @@ class _Pin:
         self.offset = offset
 
     def __del__(self) -> None:
+        # A finaliser runs wherever the last reference goes, even inside this cache's or
+        # the owner's own calls with their locks held: so it only queues the release.
         self.cache._released(self.offset)
 
 
@@ -58,86 +70,110 @@ class SharedL1Cache:
         self._client = OwnerClient(socket_path) if socket_path else None
         self._session = owner.open_session() if owner else 0
         self._segment: Segment | None = owner.segment if owner else None
-        self._address = 0
-        self._pending: list[int] = []
-        self._claims: dict[ChunkKey, int] = {}  # claimed slots not yet filled
+        self._generation: int | None = None  # the owner connection the segment came from
+        self._pending: collections.deque[int] = collections.deque()  # releases to send
+        self._claims: dict[ChunkKey, tuple[int, int | None]] = {}  # unfilled: (slot, generation)
         self._lock = threading.Lock()
+        self._attach_lock = threading.Lock()
 
     # -- the owner, near or far ------------------------------------------------------------
-    def _attach(self) -> Segment:
-        """Map the owner's segment (again, if the owner restarted with a new one)."""
-        if self._segment is None or (self._client is not None and not self._client.connected):
-            info, fd = self._client.info()
-            if self._segment is None or self._segment.name != info["name"]:
-                self._segment = Segment.from_fd(fd, info["name"])
-                self._address = 0
-            else:
-                os.close(fd)
-        if not self._address:
-            import numpy as np  # the segment's base address, for views that carry a pin
+    def _attach(self) -> tuple[Segment, int | None]:
+        """Map the owner's segment (again, if the owner restarted with a new one).
 
-            self._address = np.frombuffer(self._segment.view, np.uint8).ctypes.data
-        return self._segment
+        Returns it with the connection it belongs to: places from another connection
+        (another owner, reached by a reconnect) must not be read in this segment.
+        """
+        if self._client is None:
+            if self._segment.fd < 0:
+                raise TierUnavailable(f"L1 arena {self._segment.name} is closed")
+            return self._segment, None
+        with self._attach_lock:
+            if (self._segment is None or not self._client.connected
+                    or self._client.generation != self._generation):
+                info, fd, generation = self._client.info_of_connection()
+                if self._segment is None or self._segment.name != info["name"]:
+                    old, self._segment = self._segment, Segment.from_fd(fd, info["name"])
+                    if old is not None:
+                        old.close()  # unmapped once the last view of it is gone
+                else:
+                    os.close(fd)
+                self._generation = generation
+            return self._segment, self._generation
 
-    def _lookup(self, digests: list[bytes], touch: bool) -> list:
+    def _lookup(self, digests: list[bytes], touch: bool, generation: int | None) -> list:
         if self._owner is not None:
             return self._owner.lookup(digests, self._session, touch=touch)
         self._flush_releases()
-        return self._client.lookup(digests, touch)
+        return self._client.lookup(digests, touch, generation=generation)
 
-    def _flush_releases(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        if not pending:
+    def _flush_releases(self, wait: bool = True) -> None:
+        """Send the queued releases; ``wait=False`` (from a finaliser) gives up at once
+        if the connection is busy, leaving them queued for the next request."""
+        offsets = []
+        while self._pending:
+            try:
+                offsets.append(self._pending.popleft())
+            except IndexError:
+                break
+        if not offsets:
             return
-        if self._owner is not None:
-            self._owner.release(pending, self._session)
-        else:
-            self._client.release(pending)
+        try:
+            sent = self._client.release(offsets, wait=wait)
+        except TierUnavailable:
+            if wait:
+                raise
+            return  # the session is gone, and its pins with it
+        if not sent:
+            self._pending.extend(offsets)
 
     def _released(self, offset: int) -> None:
         if self._owner is not None:
-            self._owner.release([offset], self._session)
+            self._owner.release_later((offset,), self._session)
             return
-        with self._lock:
-            self._pending.append(offset)
-            flush = len(self._pending) >= _FLUSH_RELEASES
-        if flush:
-            try:
-                self._flush_releases()
-            except TierUnavailable:
-                pass  # the session is gone, and its pins with it
+        self._pending.append(offset)
+        if len(self._pending) >= _FLUSH_RELEASES:
+            self._flush_releases(wait=False)
 
     # -- ChunkCache --------------------------------------------------------------------------
     def get_many(self, keys: Sequence[ChunkKey], touch: bool = True) -> dict[ChunkKey, memoryview]:
         """``touch=False``: a prefetcher's look, not a use the eviction policy should count."""
-        segment = self._attach()
-        places = self._lookup([k.digest() for k in keys], touch)
+        segment, generation = self._attach()
+        places = self._lookup([k.digest() for k in keys], touch, generation)
         found = {}
         for key, place in zip(keys, places):
             if place is not None:
-                found[key] = self._view(place[0], place[1])
-        del segment
+                found[key] = self._view(segment, place[0], place[1])
         return found
 
-    def _view(self, offset: int, length: int) -> memoryview:
-        array = (ctypes.c_char * length).from_address(self._address + offset)
+    def _view(self, segment: Segment, offset: int, length: int) -> memoryview:
+        # from_buffer holds an export of the mapping: it stays mapped while the view lives,
+        # whatever happens to the segment or the owner (no copy is made).
+        array = (ctypes.c_char * length).from_buffer(segment.buffer, offset)
         array.pin = _Pin(self, offset)  # the view keeps the array alive, the array the pin
         return memoryview(array).cast("B").toreadonly()
 
-    def claim(self, items: Sequence[tuple[ChunkKey, int]]) -> tuple[set[ChunkKey], set[ChunkKey]]:
-        """Claim the slots of chunks about to be read from below: (claimed, busy)."""
-        self._attach()
-        wanted = [(key, size) for key, size in items if size > 0]
+    def claim(self, items: Sequence[Claim]) -> tuple[set[ChunkKey], set[ChunkKey]]:
+        """Claim the slots of chunks about to be read from below: (claimed, busy).
+        An item may name its chunk's namespace (``Claim``)."""
+        _, generation = self._attach()
+        wanted = [(item[0], item[1], item[2] if len(item) > 2 else "") for item in items if item[1] > 0]
         if self._owner is not None:
-            answers = [self._owner.claim(k.digest(), n, self._session) for k, n in wanted]
+            answers = [self._owner.claim(k.digest(), n, self._session, ns) for k, n, ns in wanted]
         else:
-            answers = self._client.claim([(k.digest(), n) for k, n in wanted])
+            by_ns: dict[str, list[int]] = {}
+            for i, (_, _, ns) in enumerate(wanted):
+                by_ns.setdefault(ns, []).append(i)
+            answers = [(0, None)] * len(wanted)
+            for ns, where in by_ns.items():
+                got = self._client.claim([(wanted[i][0].digest(), wanted[i][1]) for i in where],
+                                         namespace=ns, generation=generation)
+                for i, answer in zip(where, got):
+                    answers[i] = answer
         claimed, busy = set(), set()
         with self._lock:
-            for (key, _), (status, offset) in zip(wanted, answers):
+            for (key, _, _), (status, offset) in zip(wanted, answers):
                 if status == GRANTED:
-                    self._claims[key] = offset
+                    self._claims[key] = (offset, generation)
                     claimed.add(key)
                 elif status == BUSY:
                     busy.add(key)
@@ -150,25 +186,30 @@ class SharedL1Cache:
         if dropped:
             self._abort([k.digest() for k in dropped])
 
-    def put(self, key: ChunkKey, data: Buffer, touch: bool = True) -> None:
+    def put(self, key: ChunkKey, data: Buffer, touch: bool = True, namespace: str = "") -> None:
+        """Fill ``key`` (claimed before, or claimed now under ``namespace``)."""
         size = len(data)
         with self._lock:
-            offset = self._claims.pop(key, None)
-        if offset is None:
-            if not size or not self.claim([(key, size)])[0]:
+            claim = self._claims.pop(key, None)
+        if claim is None:
+            if not size or not self.claim([(key, size, namespace)])[0]:
                 return
             with self._lock:
-                offset = self._claims.pop(key)
+                claim = self._claims.pop(key)
+        offset, generation = claim
         digest = key.digest()
+        segment, attached = self._attach()
+        if attached != generation:
+            return  # claimed from an owner that is gone: its slot is not in this segment
         try:
-            self._attach().view[offset:offset + size] = data
+            segment.view[offset:offset + size] = data
         except BaseException:
             self._abort([digest])
             raise
         if self._owner is not None:
             self._owner.commit(digest, self._session, accessed=touch)
         else:
-            self._client.commit([digest], accessed=touch)
+            self._client.commit([digest], accessed=touch, generation=generation)
 
     def _abort(self, digests: list[bytes]) -> None:
         if self._owner is not None:
@@ -183,12 +224,13 @@ class SharedL1Cache:
         found = self.get_many([key])
         return bool(found)
 
-    def announce(self, keys: Sequence[ChunkKey], job: int = 0) -> None:
+    def announce(self, keys: Sequence[ChunkKey], job: int = 0, namespace: str = "") -> None:
+        """Tell the policy of ``namespace`` the order in which ``job`` will read ``keys``."""
         digests = [k.digest() for k in keys]
         if self._owner is not None:
-            self._owner.announce(digests, job)
+            self._owner.announce(digests, job, namespace)
         else:
-            self._client.announce(digests, job)
+            self._client.announce(digests, job, namespace)
 
     def stats(self) -> dict:
         return self._owner.stats() if self._owner is not None else self._client.stats()
@@ -218,8 +260,9 @@ class OwnedArena:
     forks attach through the socket and share one copy of every chunk with it.
     """
 
-    def __init__(self, capacity: int, policy: str) -> None:
-        self.owner = ArenaOwner(capacity, policy)
+    def __init__(self, capacity: int, policy: str,
+                 namespace_policies: Mapping[str, str] | None = None) -> None:
+        self.owner = ArenaOwner(capacity, policy, namespace_policies=namespace_policies)
         self.socket_path = os.path.join(socket_dir(), f"{self.owner.segment.name}.sock")
         self.server = OwnerServer(self.owner, self.socket_path)
 

@@ -21,6 +21,11 @@ trip of about two kilobytes::
     6   RELEASE  count x offset u64            -
     7   ANNOUNCE job u64 | count x digest 16s  -
     8   STATS                                  json
+    11  CLAIM    ns | as RESERVE's body        as RESERVE's; the chunks are filed under the
+                                               namespace ns (its eviction policy rules them)
+    12  ANNOUNCE_NS  ns | as ANNOUNCE's body   -, for the policy of namespace ns
+
+    where ns is  length u8 | utf-8 bytes  (a namespace; RESERVE and ANNOUNCE mean ns "")
 
 A malformed frame gets an error reply and the connection is closed; the owner goes on
 serving everyone else.
@@ -36,12 +41,13 @@ import struct
 import threading
 from collections.abc import Sequence
 
-from blobtier.cache_l1_l2.owner import GRANTED, ArenaOwner, Place
+from blobtier.cache_l1_l2.owner import GRANTED, MAX_NAMESPACE_BYTES, ArenaOwner, Place
 from blobtier.errors import InvalidRequest, TierUnavailable
 
 log = logging.getLogger(__name__)
 
 INFO, LOOKUP, RESERVE, COMMIT, ABORT, RELEASE, ANNOUNCE, STATS, PEEK, STAGE = range(1, 11)
+CLAIM, ANNOUNCE_NS = 11, 12
 _REQ = struct.Struct("<BII")
 _REP = struct.Struct("<BI")
 _PLACE = struct.Struct("<BQI")
@@ -125,9 +131,13 @@ class OwnerServer:
                                "policy": owner.policy_name, "pid": os.getpid(), **self.info}).encode()
         if op == STATS:
             return json.dumps(owner.stats()).encode()
+        namespace = ""
+        if op in (CLAIM, ANNOUNCE_NS):
+            namespace, body = _namespace(body)
+            op = RESERVE if op == CLAIM else ANNOUNCE
         if op == ANNOUNCE:
             (job,) = struct.unpack_from("<Q", body)
-            owner.announce(_digests(body[8:], count), job)
+            owner.announce(_digests(body[8:], count), job, namespace)
             return b""
         if op in (LOOKUP, PEEK):
             places = owner.lookup(_digests(body, count), session, touch=op == LOOKUP)
@@ -137,7 +147,7 @@ class OwnerServer:
             out = []
             for i in range(count):
                 digest, length = struct.unpack_from("<16sI", body, i * 20)
-                status, offset = owner.claim(digest, length, session)
+                status, offset = owner.claim(digest, length, session, namespace)
                 out.append(_GRANT.pack(status, offset or 0))
             return b"".join(out)
         if op in (COMMIT, STAGE):
@@ -173,6 +183,23 @@ def _expect(body: bytes, n: int) -> None:
         raise InvalidRequest(f"body of {len(body)} bytes where {n} were expected")
 
 
+def _namespace(body: bytes) -> tuple[str, bytes]:
+    """(namespace, the rest of the body) of a CLAIM or ANNOUNCE_NS body."""
+    if not body or len(body) < 1 + body[0]:
+        raise InvalidRequest("a namespaced op without its namespace")
+    try:
+        return body[1:1 + body[0]].decode(), body[1 + body[0]:]
+    except UnicodeDecodeError:
+        raise InvalidRequest("a namespace that is not UTF-8") from None
+
+
+def _ns_prefix(namespace: str) -> bytes:
+    raw = namespace.encode()
+    if len(raw) > MAX_NAMESPACE_BYTES:
+        raise InvalidRequest(f"namespace {namespace[:40]!r}... is longer than {MAX_NAMESPACE_BYTES} bytes")
+    return bytes((len(raw),)) + raw
+
+
 def _digests(body: bytes, count: int) -> list[bytes]:
     _expect(body, count * 16)
     return [body[i:i + 16] for i in range(0, 16 * count, 16)]
@@ -185,20 +212,30 @@ class OwnerClient:
         self.path = path
         self.timeout_s = timeout_s
         self._sock: socket.socket | None = None
+        self.generation = 0  # counts connections: places are only valid on their own
         self._lock = threading.Lock()
 
-    def _call(self, op: int, count: int, body: bytes) -> bytes:
-        return self._call_fd(op, count, body)[0]
+    def _call(self, op: int, count: int, body: bytes, generation: int | None = None) -> bytes:
+        return self._call_fd(op, count, body, generation)[0]
 
-    def _call_fd(self, op: int, count: int, body: bytes) -> tuple[bytes, int]:
+    def _call_fd(self, op: int, count: int, body: bytes, generation: int | None = None,
+                 wait: bool = True) -> tuple[bytes, int, int] | None:
+        """(reply, fd, connection generation). With ``generation``, refuse to send on any
+        other connection (a reconnect reaches what may be another owner, whose places mean
+        nothing in the caller's segment). ``wait=False``: None if the connection is busy."""
+        if not self._lock.acquire(blocking=wait):
+            return None
         fd = -1
-        with self._lock:
+        try:
+            if generation is not None and (self._sock is None or generation != self.generation):
+                raise TierUnavailable(f"L1 owner at {self.path}: the connection changed; attach again")
             try:
                 if self._sock is None:
                     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                     sock.settimeout(self.timeout_s)
                     sock.connect(self.path)
                     self._sock = sock
+                    self.generation += 1
                 self._sock.sendall(_REQ.pack(op, count, len(body)) + body)
                 if op == INFO:
                     _, fds, _, _ = socket.recv_fds(self._sock, 1, 1)
@@ -210,10 +247,12 @@ class OwnerClient:
                 if fd >= 0:
                     os.close(fd)
                 raise TierUnavailable(f"L1 owner at {self.path}: {exc}") from exc
-        if status != 0:
-            self._drop()
-            raise TierUnavailable(f"L1 owner refused a request: {reply.decode(errors='replace')}")
-        return reply, fd
+            if status != 0:
+                self._drop()
+                raise TierUnavailable(f"L1 owner refused a request: {reply.decode(errors='replace')}")
+            return reply, fd, self.generation
+        finally:
+            self._lock.release()
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -226,42 +265,59 @@ class OwnerClient:
 
     def info(self) -> tuple[dict, int]:
         """The owner's description and a descriptor of its segment (the caller owns it)."""
-        reply, fd = self._call_fd(INFO, 0, b"")
+        return self.info_of_connection()[:2]
+
+    def info_of_connection(self) -> tuple[dict, int, int]:
+        """``info``, and the generation of the connection it came over."""
+        reply, fd, generation = self._call_fd(INFO, 0, b"")
         if fd < 0:
             raise TierUnavailable(f"L1 owner at {self.path} sent no segment")
-        return json.loads(reply), fd
+        return json.loads(reply), fd, generation
 
     def stats(self) -> dict:
         return json.loads(self._call(STATS, 0, b""))
 
-    def lookup(self, digests: Sequence[bytes], touch: bool = True) -> list[Place | None]:
-        reply = self._call(LOOKUP if touch else PEEK, len(digests), b"".join(digests))
+    def lookup(self, digests: Sequence[bytes], touch: bool = True,
+               generation: int | None = None) -> list[Place | None]:
+        reply = self._call(LOOKUP if touch else PEEK, len(digests), b"".join(digests), generation)
         out: list[Place | None] = []
         for found, offset, length in _PLACE.iter_unpack(reply):
             out.append((offset, length) if found else None)
         return out
 
-    def claim(self, items: Sequence[tuple[bytes, int]]) -> list[tuple[int, int | None]]:
-        """(status, slot) per (digest, length): see ``ArenaOwner.claim``."""
+    def claim(self, items: Sequence[tuple[bytes, int]], namespace: str = "",
+              generation: int | None = None) -> list[tuple[int, int | None]]:
+        """(status, slot) per (digest, length), filed under ``namespace``: see
+        ``ArenaOwner.claim``."""
         body = b"".join(struct.pack("<16sI", d, n) for d, n in items)
+        op = RESERVE
+        if namespace:
+            op, body = CLAIM, _ns_prefix(namespace) + body
         return [(status, off if status == GRANTED else None)
-                for status, off in _GRANT.iter_unpack(self._call(RESERVE, len(items), body))]
+                for status, off in _GRANT.iter_unpack(self._call(op, len(items), body, generation))]
 
     def reserve(self, items: Sequence[tuple[bytes, int]]) -> list[int | None]:
         return [off for _, off in self.claim(items)]
 
-    def commit(self, digests: Sequence[bytes], accessed: bool = True) -> list[bool]:
-        reply = self._call(COMMIT if accessed else STAGE, len(digests), b"".join(digests))
+    def commit(self, digests: Sequence[bytes], accessed: bool = True,
+               generation: int | None = None) -> list[bool]:
+        reply = self._call(COMMIT if accessed else STAGE, len(digests), b"".join(digests), generation)
         return [bool(b) for b in reply]
 
     def abort(self, digests: Sequence[bytes]) -> None:
         self._call(ABORT, len(digests), b"".join(digests))
 
-    def release(self, offsets: Sequence[int]) -> None:
-        self._call(RELEASE, len(offsets), struct.pack(f"<{len(offsets)}Q", *offsets))
+    def release(self, offsets: Sequence[int], wait: bool = True) -> bool:
+        """Hand back pins; ``wait=False`` sends nothing (False) if the connection is busy."""
+        body = struct.pack(f"<{len(offsets)}Q", *offsets)
+        return self._call_fd(RELEASE, len(offsets), body, wait=wait) is not None
 
-    def announce(self, digests: Sequence[bytes], job: int = 0) -> None:
-        self._call(ANNOUNCE, len(digests), struct.pack("<Q", job) + b"".join(digests))
+    def announce(self, digests: Sequence[bytes], job: int = 0, namespace: str = "") -> None:
+        body = struct.pack("<Q", job) + b"".join(digests)
+        if namespace:
+            self._call(ANNOUNCE_NS, len(digests), _ns_prefix(namespace) + body)
+        else:
+            self._call(ANNOUNCE, len(digests), body)
 
     def close(self) -> None:
         with self._lock:

@@ -13,6 +13,8 @@ from blobtier.cache_l1_l2.arena import Segment
 from blobtier.cache_l1_l2.owner import BUSY, GRANTED, REFUSED, ArenaOwner
 from blobtier.cache_l1_l2.wire import (
     ANNOUNCE,
+    ANNOUNCE_NS,
+    CLAIM,
     COMMIT,
     LOOKUP,
     MAX_BODY,
@@ -22,7 +24,7 @@ from blobtier.cache_l1_l2.wire import (
     OwnerClient,
     OwnerServer,
 )
-from blobtier.errors import TierUnavailable
+from blobtier.errors import InvalidRequest, TierUnavailable
 
 CHUNK = 64 << 10
 
@@ -182,6 +184,43 @@ def test_announce_reaches_the_policy(sock_path):
         owner.close()
 
 
+def test_claims_and_announcements_carry_their_namespace(sock_path):
+    owner = ArenaOwner(4 * CHUNK, "lru", namespace_policies={"imagenet": "clairvoyant"})
+    server = OwnerServer(owner, sock_path)
+    client = OwnerClient(sock_path)
+    try:
+        answers = client.claim([(digest(1), 100), (digest(2), 200)], namespace="imagenet")
+        assert [status for status, _ in answers] == [GRANTED, GRANTED]
+        assert client.claim([(digest(3), 100)])[0][0] == GRANTED  # RESERVE: namespace ""
+        assert client.commit([digest(1), digest(2), digest(3)]) == [True] * 3
+        slot = owner.allocator.slot_size(answers[0][1])
+        assert owner.namespace_bytes() == {"imagenet": 2 * slot, "": slot}
+        client.announce([digest(2), digest(1)], job=5, namespace="imagenet")
+        assert owner._policy("imagenet")._jobs == {5: [digest(2), digest(1)]}
+        assert owner._policy("")._order  # lru: order-blind, told nothing
+        with pytest.raises(InvalidRequest, match="longer than 255 bytes"):
+            client.claim([(digest(4), 100)], namespace="n" * 256)
+        assert owner.check() == []
+    finally:
+        client.close()
+        server.close()
+        owner.close()
+
+
+def test_a_call_bound_to_a_connection_is_not_sent_on_another(owner, server, client):
+    _, fd, generation = client.info_of_connection()
+    os.close(fd)
+    assert client.lookup([digest(1)], generation=generation) == [None]
+    client.close()  # the next call would reach the owner on a new connection
+    with pytest.raises(TierUnavailable, match="connection changed"):
+        client.lookup([digest(1)], generation=generation)
+    assert client.lookup([digest(1)]) == [None]  # unbound calls reconnect
+    assert client.generation == generation + 1
+    with pytest.raises(TierUnavailable, match="connection changed"):
+        client.claim([(digest(1), 100)], generation=generation)
+    assert owner.stats()["misses"] == 2 and not owner._filling
+
+
 # -- bad frames -------------------------------------------------------------------------------
 BAD_FRAMES = {
     "unknown op": struct.pack("<BII", 99, 0, 0),
@@ -192,6 +231,11 @@ BAD_FRAMES = {
     "release body short": struct.pack("<BII", RELEASE, 2, 8) + b"x" * 8,
     "announce without a job": struct.pack("<BII", ANNOUNCE, 0, 4) + b"x" * 4,
     "announce body short": struct.pack("<BII", ANNOUNCE, 2, 24) + b"x" * 24,
+    "claim without its namespace": struct.pack("<BII", CLAIM, 0, 0),
+    "claim namespace cut short": struct.pack("<BII", CLAIM, 0, 3) + b"\x05ab",
+    "claim namespace not utf-8": struct.pack("<BII", CLAIM, 1, 22) + b"\x01\xff" + b"x" * 20,
+    "claim body short": struct.pack("<BII", CLAIM, 1, 18) + b"\x01a" + b"x" * 16,
+    "announce_ns without a job": struct.pack("<BII", ANNOUNCE_NS, 0, 3) + b"\x01ax",
     "huge count": struct.pack("<BII", LOOKUP, MAX_COUNT + 1, 0),
     "huge body": struct.pack("<BII", LOOKUP, 0, MAX_BODY + 1),
 }
