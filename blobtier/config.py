@@ -186,16 +186,20 @@ class ServicesConfig:
     daemon_memory_bytes: int = 512 * MiB  # the daemon's arena
     daemon_policy: str = "sieve"  # L1 eviction
     daemon_socket: str = ""  # empty: <root>/run/daemon.sock (a short temp path if that is too long)
+    # L2: serve the arena to the daemons of other hosts on this port (0: no L2), and the
+    # cluster's daemons as each listens (host:port, the same list on every host).
+    daemon_peer_port: int = 0
+    daemon_peers: tuple[str, ...] = ()
     start_timeout_s: float = 60.0  # how long `up` waits for a service to answer its health check
     stop_timeout_s: float = 20.0  # how long `down` waits after SIGTERM before SIGKILL
 
     def ports(self, servers: int) -> dict[str, tuple[int | None, int | None]]:
-        """Service name -> (gRPC port, metrics port); the daemon has no gRPC port."""
+        """Service name -> (gRPC port, metrics port); the daemon's is its L2 port, if any."""
         names = [f"block-{i}" for i in range(servers)] + [f"flash-{j}" for j in range(self.flash_nodes)]
         grpc_ports = (list(self.block_ports) or [self.base_port + i for i in range(servers)]) + \
             (list(self.flash_ports) or [self.base_port + servers + j for j in range(self.flash_nodes)])
         names += ["daemon"] if self.daemon else []
-        grpc_ports += [None] if self.daemon else []
+        grpc_ports += [self.daemon_peer_port or None] if self.daemon else []
         base = self.metrics_base_port or self.base_port + 100
         return {name: (port, base + k if self.metrics else None)
                 for k, (name, port) in enumerate(zip(names, grpc_ports))}
@@ -224,6 +228,11 @@ class ServicesConfig:
         _check(self.daemon_policy in POLICIES, "services.daemon_policy", f"must be one of {sorted(POLICIES)}")
         _check(len(os.fsencode(self.daemon_socket)) <= 107, "services.daemon_socket",
                "is longer than the 107 bytes a Unix socket path may have")
+        for peer in self.daemon_peers:
+            _check(parse_endpoint(peer, "services.daemon_peers")[0] == peer, "services.daemon_peers",
+                   f"entry {peer!r} must be host:port (peers have no weights)")
+        _check(not self.daemon_peers or bool(self.daemon_peer_port), "services.daemon_peers",
+               "needs services.daemon_peer_port: a daemon with peers must listen for them")
         _check(self.start_timeout_s > 0, "services.start_timeout_s", "must be positive")
         _check(self.stop_timeout_s > 0, "services.stop_timeout_s", "must be positive")
 
@@ -236,6 +245,8 @@ class ServicesConfig:
                 return "services.block_ports"
             if name.startswith("flash-") and self.flash_ports:
                 return "services.flash_ports"
+            if name == "daemon":
+                return "services.daemon_peer_port"
             return "services.base_port"
 
         owner: dict[int, str] = {}

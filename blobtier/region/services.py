@@ -88,6 +88,10 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
         sock = daemon_socket(config)
         argv = [*cli, "daemon", "--memory", str(sc.daemon_memory_bytes), "--policy", sc.daemon_policy,
                 "--socket", sock, *_metrics_flag(metrics)]
+        if sc.daemon_peer_port:  # L2: this host's arena served to the other hosts' daemons
+            argv += ["--listen", f"{sc.host}:{sc.daemon_peer_port}"]
+            if sc.daemon_peers:
+                argv += ["--peers", ",".join(sc.daemon_peers)]
         out.append(ServiceSpec("daemon", "daemon", argv, None, metrics, sock,
                                os.path.join(logs, "daemon.log")))
     return out
