@@ -66,6 +66,8 @@ class ChunkCache(Protocol):
     #   claim([(key, size)]) -> (claimed, busy): reserve slots before reading below; a
     #       busy key is being filled elsewhere, and get_many waits for it.
     #   unclaim(keys): give back claims that will not be filled.
+    #   namespaced = True: claim items are (key, size, namespace) and put takes
+    #       namespace=, so the tier applies that namespace's eviction policy.
     # Optional, for tiers that read misses through from the block layer themselves (L3
     # flash nodes, whose single flight turns many readers' misses into one block read):
     #   read_through = True: the chain calls get_many(keys, touch=..., refs=[(record,

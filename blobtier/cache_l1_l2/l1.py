@@ -62,6 +62,7 @@ class SharedL1Cache:
 
     name = "l1"
     trusted = True
+    namespaced = True  # claim, put and announce file chunks under a namespace (owner.py)
 
     def __init__(self, owner: ArenaOwner | None = None, socket_path: str | None = None) -> None:
         if (owner is None) == (socket_path is None):

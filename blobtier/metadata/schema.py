@@ -115,7 +115,7 @@ class BlobRecord:
     multi-getting an epoch's records, then costs a checksum and one ``unpack``.
     """
 
-    __slots__ = ("_head", "_body", "_raw")
+    __slots__ = ("_head", "_body", "_raw", "key")
 
     def __init__(self, blob_id: bytes, version: int, size: int, chunk_size: int,
                  checksums: Sequence[int], placement: Sequence[Sequence[int]] = (),
@@ -129,6 +129,13 @@ class BlobRecord:
         self._body = (tuple(checksums), tuple(tuple(p) for p in placement), origin,
                       MappingProxyType(dict(attrs)))
         self._raw: bytes | None = None
+        self.key = ""  # the key it was looked up by (not encoded: a store sets it); "" if unknown
+
+    @property
+    def namespace(self) -> str:
+        """The first path component of its key ("" when the key is unknown): the unit of
+        per-namespace policies."""
+        return self.key.split("/", 1)[0]
 
     blob_id = property(lambda self: self._head[4])
     version = property(lambda self: self._head[5])
@@ -230,6 +237,7 @@ def decode(data: bytes) -> BlobRecord:
     rec._head = head
     rec._body = None
     rec._raw = data
+    rec.key = ""
     return rec
 
 

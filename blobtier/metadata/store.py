@@ -33,7 +33,9 @@ class MetadataStore(ABC):
         if raw is None:
             schema.validate_key(key)
             return None
-        return schema.decode(raw)
+        rec = schema.decode(raw)
+        rec.key = key
+        return rec
 
     def get_many(self, keys: Sequence[str]) -> list[BlobRecord | None]:
         """One batched lookup (a RocksDB multi-get, a Redis pipeline)."""
@@ -43,13 +45,20 @@ class MetadataStore(ABC):
         except (AttributeError, UnicodeEncodeError):
             rkeys = [_lookup_key(k) for k in keys]  # raises the precise InvalidKey
         raws = self._get_many_raw(rkeys)
+        if None in raws:
+            for key, raw in zip(keys, raws):
+                if raw is None:
+                    schema.validate_key(key)
         decode = schema.decode
-        if None not in raws:
-            return [decode(r) for r in raws]
+        out: list[BlobRecord | None] = []
         for key, raw in zip(keys, raws):
             if raw is None:
-                schema.validate_key(key)
-        return [decode(r) if r is not None else None for r in raws]
+                out.append(None)
+            else:
+                rec = decode(raw)
+                rec.key = key
+                out.append(rec)
+        return out
 
     def commit(self, key: str, record: BlobRecord, expected: int = ANY) -> None:
         """Make ``record`` the key's current version if its version is ``expected`` now."""

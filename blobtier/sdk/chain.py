@@ -71,7 +71,7 @@ class TierChain:
                 got = self._lookup(tier, missing, ref_of, touch)
                 if got:
                     found.update(got)
-                    self._fill(self.tiers[:depth], got, touch)
+                    self._fill(self.tiers[:depth], got, touch, ref_of)
                     missing = [k for k in missing if k not in got]
                 if missing and hasattr(tier, "claim"):
                     missing = self._claim(tier, depth, missing, ref_of, found, claims, touch, warm)
@@ -90,7 +90,9 @@ class TierChain:
         Returns what is still missing (for a warm-up, only what the tier will keep).
         """
         try:
-            claimed, busy = tier.claim([(k, ref_of[k][0].chunk_range(ref_of[k][1])[1]) for k in missing])
+            # Each claim names its blob's namespace, whose eviction policy then rules the chunk.
+            claimed, busy = tier.claim([(k, ref_of[k][0].chunk_range(ref_of[k][1])[1], ref_of[k][0].namespace)
+                                        for k in missing])
         except (TierUnavailable, OSError) as exc:
             log.debug("tier %s skipped: %s", tier.name, exc)
             return missing
@@ -104,7 +106,7 @@ class TierChain:
             self.stats.add(tier.name, hits=len(waited), misses=-len(waited),
                            nbytes=sum(len(v) for v in waited.values()))
             found.update(waited)
-            self._fill(self.tiers[:depth], waited, touch)
+            self._fill(self.tiers[:depth], waited, touch, ref_of)
         return [k for k in missing if k not in waited]
 
     def _lookup(self, tier: ChunkCache, keys: list[ChunkKey], ref_of: dict[ChunkKey, ChunkRef],
@@ -162,7 +164,7 @@ class TierChain:
                 raise
             got = dict(zip(own, views))
             self.stats.add("origin", hits=len(own), nbytes=sum(len(v) for v in views))
-            self._fill(self.tiers, got, touch)
+            self._fill(self.tiers, got, touch, ref_of)
             self._settle(own, got, None)
         for key, fut in waits:
             got[key] = fut.result()
@@ -178,10 +180,10 @@ class TierChain:
                 fut.set_result(got[key])
 
     def _fill(self, tiers: Sequence[ChunkCache], chunks: dict[ChunkKey, memoryview],
-              touch: bool = True) -> None:
+              touch: bool = True, ref_of: dict[ChunkKey, ChunkRef] | None = None) -> None:
         for tier in tiers:
             if tier.trusted:
-                self._put_all(tier, chunks, touch)
+                self._put_all(tier, chunks, touch, ref_of if getattr(tier, "namespaced", False) else None)
             else:
                 with self._lock:  # two first fills at once must not make two pools
                     if self._fill_pool is None:
@@ -189,10 +191,14 @@ class TierChain:
                     pool = self._fill_pool
                 pool.submit(self._put_all, tier, dict(chunks), touch)
 
-    def _put_all(self, tier: ChunkCache, chunks: dict[ChunkKey, memoryview], touch: bool) -> None:
+    def _put_all(self, tier: ChunkCache, chunks: dict[ChunkKey, memoryview], touch: bool,
+                 ref_of: dict[ChunkKey, ChunkRef] | None = None) -> None:
         try:
             for key, view in chunks.items():
-                tier.put(key, view, touch=touch)
+                if ref_of is None:
+                    tier.put(key, view, touch=touch)
+                else:
+                    tier.put(key, view, touch=touch, namespace=ref_of[key][0].namespace)
         except (TierUnavailable, OSError) as exc:
             log.debug("fill of tier %s failed: %s", tier.name, exc)
             self.stats.add(tier.name, errors=1)

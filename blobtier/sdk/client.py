@@ -257,8 +257,13 @@ class Client:
         """
         self._live()
         samples = self._samples(list(keys))
-        if self._l1 is not None:
-            self._l1.announce([rec.chunk_key(i) for s in samples for rec, i in s], job)
+        if self._l1 is not None:  # each namespace's policy learns the order of its own chunks
+            by_namespace: dict[str, list] = {}
+            for sample in samples:
+                for rec, i in sample:
+                    by_namespace.setdefault(rec.namespace, []).append(rec.chunk_key(i))
+            for namespace, chunk_keys in by_namespace.items():
+                self._l1.announce(chunk_keys, job, namespace=namespace)
         if progress is None:
             return None
         return self._prefetcher().follow(samples, progress)

@@ -127,3 +127,30 @@ def test_cli_rejects_weighted_peers():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "--peers" in out.stderr
+
+
+def test_sdk_files_chunks_under_their_namespace(tmp_path):
+    """A daemon with per-namespace policies: the client's fills and announcements name
+    each blob's namespace, so a `keep` namespace keeps its chunks while another churns."""
+    root = str(tmp_path / "region")
+    size = 1 << 20
+    with blobtier.connect(root, cache={"daemon": "off"}) as c:
+        c.put_many([(f"kept/{i}", bytes([i]) * size) for i in range(6)])
+        c.put_many([(f"churn/{i}", bytes([i]) * size) for i in range(40)])
+    daemon = HostDaemon(16 * MiB, policy="lru", socket_path=sock_path("ns"),
+                        namespace_policies={"kept": "keep"})
+    try:
+        with blobtier.connect(root, cache={"daemon": daemon.socket_path}) as c:
+            c.announce([f"kept/{i}" for i in range(6)])
+            c.get_many([f"kept/{i}" for i in range(6)])
+            for start in range(0, 40, 8):  # much more than the arena: the lru namespace churns
+                c.get_many([f"churn/{i}" for i in range(start, start + 8)])
+            before = c.stats()["l1"]["hits"]
+            views = c.get_many([f"kept/{i}" for i in range(6)])
+            assert [bytes(v[:1]) for v in views] == [bytes([i]) for i in range(6)]
+            assert c.stats()["l1"]["hits"] - before == 6  # every kept chunk survived
+        owner = daemon.owner
+        assert set(owner._ns_bytes) >= {"kept", "churn"}
+        assert owner._ns_bytes["kept"] >= 6 * size
+    finally:
+        daemon.stop()
