@@ -82,7 +82,8 @@ def cmd_block_serve(args: argparse.Namespace) -> None:
     from blobtier.blockstore_sim.chunk_server import ChunkServer
 
     server = ChunkServer(args.root, addr=f"{args.host}:{args.port}", server_id=args.id,
-                         faults=_fault_profile(args), seed=args.seed, metrics_port=args.metrics_port)
+                         faults=_fault_profile(args), seed=args.seed, metrics_port=args.metrics_port,
+                         auth=_token_table(args))
     signal.signal(signal.SIGTERM, lambda *_: server.server.stop(STOP_GRACE_S))
     extra = f", metrics on 127.0.0.1:{server.metrics_port}" if server.metrics_port is not None else ""
     print(f"chunk server {args.id} serving {args.root} on {server.address}{extra}", flush=True)
@@ -96,7 +97,7 @@ def cmd_block_faults(args: argparse.Namespace) -> None:
     from blobtier.blockstore_sim.remote import RemoteChunkStore
 
     changes = {k: v for k, v in vars(_fault_args(args)).items() if v is not None}
-    store = RemoteChunkStore(args.addr, timeout_s=10)
+    store = RemoteChunkStore(args.addr, timeout_s=10, token=_client_token(args))
     try:
         state = (store.set_faults(reset=args.reset, **changes) if changes or args.reset
                  else store.fault_state())
@@ -106,6 +107,23 @@ def cmd_block_faults(args: argparse.Namespace) -> None:
     for name, value in state.profile.as_dict().items():
         print(f"  {name:<22} {value}")
     print("  counters: " + ", ".join(f"{k} {v}" for k, v in state.counters.items()))
+
+
+def _token_table(args: argparse.Namespace):
+    """The tokens a server started with ``--token-file`` accepts (None: it checks none)."""
+    if not args.token_file:
+        return None
+    from blobtier.rpc.auth import TokenTable
+
+    return TokenTable.load(args.token_file)
+
+
+def _client_token(args: argparse.Namespace) -> str | None:
+    """The token this command presents: ``auth.token`` of ``--region``, or
+    ``$BLOBTIER_AUTH_TOKEN``."""
+    from blobtier.config import resolve
+
+    return resolve(args.region, running=False).auth.token or None
 
 
 def _fault_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -150,7 +168,7 @@ def cmd_flash_serve(args: argparse.Namespace) -> None:
                          addr=f"{args.host}:{args.port}", node_id=args.id,
                          region_size=parse_size(args.region_size, "--region-size"),
                          admission=make_policy(args.admission), reinsert_hits=args.reinsert_hits,
-                         metrics_port=args.metrics_port)
+                         metrics_port=args.metrics_port, auth=_token_table(args))
     except BaseException:
         source.close()
         raise
@@ -189,7 +207,8 @@ def _flash_source(args: argparse.Namespace):
     if endpoints:
         from blobtier.blockstore_sim.remote import RemoteChunkStore
 
-        servers = {sid: RemoteChunkStore(addr) for sid, addr in enumerate(endpoints)}
+        token = _client_token(args)
+        servers = {sid: RemoteChunkStore(addr, token=token) for sid, addr in enumerate(endpoints)}
     else:
         from blobtier.blockstore_sim.volume import VolumeStore
 
@@ -217,7 +236,7 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     namespace_policies = parse_namespace_policies(args.namespace_policy)
     daemon = HostDaemon(parse_size(args.memory, "--memory"), args.policy, args.socket,
                         args.metrics_port, listen=args.listen, peers=peers,
-                        namespace_policies=namespace_policies)
+                        namespace_policies=namespace_policies, auth=_token_table(args))
     extra = f", metrics on 127.0.0.1:{daemon.metrics_port}" if daemon.metrics_port else ""
     if daemon.peer_server is not None:
         extra += f", L2 peers served on {daemon.peer_server.address}"
@@ -286,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
     p.add_argument("--id", type=int, default=0, help="server id, reported by the admin RPC")
     p.add_argument("--seed", type=int, default=None, help="seed of the fault draws")
+    p.add_argument("--token-file", default=None, metavar="TOML",
+                   help="check a bearer token with the call's right on every call (rpc/auth.py)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
     _add_fault_flags(p)
@@ -315,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or an embedded region's block directories)")
     p.add_argument("--hedge-after-ms", type=float, default=0.0,
                    help="reads from chunk servers: hedge after this long (0: automatic, < 0: never)")
+    p.add_argument("--token-file", default=None, metavar="TOML",
+                   help="check a bearer token with the call's right on every call (rpc/auth.py)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
     p = add("daemon", cmd_daemon, "run the host cache daemon (the shared-memory L1 of this host)")
@@ -328,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evict NAMESPACE's chunks by POLICY instead of --policy (repeatable)")
     p.add_argument("--socket", default=None, help="Unix socket for local clients "
                                                    "(default: the well-known one clients look for)")
+    p.add_argument("--token-file", default=None, metavar="TOML",
+                   help="check a bearer token with the call's right on every call (rpc/auth.py)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
     p = add("demo", cmd_demo, "ingest a synthetic dataset and train a small model through the cache")

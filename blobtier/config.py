@@ -263,6 +263,19 @@ class ServicesConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Tokens (``rpc/auth.py``). Servers that ``blobtier up`` starts check ``token_file``;
+    clients present ``token`` (better set as ``$BLOBTIER_AUTH_TOKEN`` than in a file)."""
+
+    token: str = ""  # presented on every call; empty: none
+    token_file: str = ""  # the [[token]] hashes and rights servers accept; empty: no checks
+
+    def validate(self) -> None:
+        _check(not self.token_file or os.path.isfile(self.token_file), "auth.token_file",
+               f"names no file: {self.token_file}")
+
+
+@dataclass(frozen=True)
 class RegionConfig:
     root: str = field(default_factory=default_home)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
@@ -271,6 +284,7 @@ class RegionConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     flash: FlashConfig = field(default_factory=FlashConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def validate(self) -> RegionConfig:
         _check(bool(self.root), "root", "must name a directory")
@@ -280,11 +294,12 @@ class RegionConfig:
         self.client.validate()
         self.flash.validate()
         self.services.validate(self.block.servers)
+        self.auth.validate()
         return self
 
 
 _SECTIONS = {"metadata": MetadataConfig, "block": BlockConfig, "cache": CacheConfig, "client": ClientConfig,
-             "flash": FlashConfig, "services": ServicesConfig}
+             "flash": FlashConfig, "services": ServicesConfig, "auth": AuthConfig}
 _KINDS = ("int", "float", "str", "bool", "tuple[str, ...]", "tuple[int, ...]")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -382,15 +397,20 @@ def from_mapping(data: Mapping[str, Any], *, env: Mapping[str, str] | None = Non
 
 
 def load(path: str) -> RegionConfig:
-    """Read a region TOML file (a relative ``root`` is taken relative to the file)."""
+    """Read a region TOML file (a relative ``root`` or ``auth.token_file`` is taken
+    relative to the file)."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidRequest(f"{path}: not valid TOML: {exc}") from None
+    here = os.path.dirname(os.path.abspath(path))
     root = data.get("root")
     if root is not None and not os.path.isabs(os.path.expanduser(str(root))):
-        data["root"] = os.path.join(os.path.dirname(os.path.abspath(path)), str(root))
+        data["root"] = os.path.join(here, str(root))
+    auth = data.get("auth")
+    if isinstance(auth, dict) and auth.get("token_file") and not os.path.isabs(str(auth["token_file"])):
+        auth["token_file"] = os.path.join(here, str(auth["token_file"]))
     return from_mapping(data)
 
 

@@ -24,6 +24,7 @@ from blobtier.blockstore_sim.volume import VolumeStore
 from blobtier.checksum import xxh3
 from blobtier.errors import BlobNotFound, BlobtierError, ChecksumError, InvalidRequest, OutOfRange
 from blobtier.rpc import status
+from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.gen import block_pb2 as pb
 from blobtier.rpc.gen import block_pb2_grpc as pb_grpc
 from blobtier.rpc.server import health_servicer, serve
@@ -199,11 +200,13 @@ class ChunkServer:
         tls: serve TLS with these certificates.
         workers: requests served at once (each in-flight request holds a thread).
         metrics_port: serve Prometheus series on 127.0.0.1:PORT (0 picks one; None: off).
+        auth: the tokens calls must present (None: none needed).
     """
 
     def __init__(self, root: str, *, addr: str = "127.0.0.1:0", server_id: int = 0,
                  faults: FaultProfile = NO_FAULTS, seed: int | None = None,
-                 tls: Tls | None = None, workers: int = 64, metrics_port: int | None = None) -> None:
+                 tls: Tls | None = None, workers: int = 64, metrics_port: int | None = None,
+                 auth: TokenTable | None = None) -> None:
         self.root = root
         self.server_id = server_id
         self.store = VolumeStore(root, writable=True)
@@ -218,7 +221,7 @@ class ChunkServer:
                 [(pb_grpc.add_ChunkServiceServicer_to_server,
                   ChunkServicer(self.store, self.faults, self.metrics)),
                  (pb_grpc.add_ChunkAdminServicer_to_server, AdminServicer(server_id, self.faults)),
-                 health], addr, tls, max_workers=workers)
+                 health], addr, tls, max_workers=workers, auth=auth)
             if metrics_port is not None:
                 from prometheus_client import start_http_server
 

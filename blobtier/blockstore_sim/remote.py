@@ -87,13 +87,15 @@ class RemoteChunkStore:
         addr: the server.
         tls: connect with TLS.
         timeout_s: deadline of each call; a call past it raises ``TimedOut``.
+        token: presented on every call to a server that checks tokens (``rpc/auth.py``).
     """
 
-    def __init__(self, addr: str, *, tls: Tls | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, addr: str, *, tls: Tls | None = None, timeout_s: float = 30.0,
+                 token: str | None = None) -> None:
         self.addr = addr
         self.timeout_s = timeout_s
         self.where = f"chunk server {addr}"
-        self._channel = LazyChannel(addr, tls)
+        self._channel = LazyChannel(addr, tls, token)
         self._stubs: tuple[grpc.Channel, pb_grpc.ChunkServiceStub] | None = None
 
     def _stub(self) -> pb_grpc.ChunkServiceStub:

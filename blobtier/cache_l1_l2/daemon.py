@@ -34,6 +34,7 @@ from blobtier.errors import InvalidRequest, TierUnavailable
 
 if TYPE_CHECKING:  # grpc loads only in a daemon that serves peers
     from blobtier.cache_l1_l2.peers import PeerServer
+    from blobtier.rpc.auth import TokenTable
     from blobtier.rpc.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -108,13 +109,14 @@ class HostDaemon:
         listen: serve the arena to L2 peers at ``host:port`` (None: no L2).
         peers: the cluster's daemons (``host:port`` as each listens), for clients' L2.
         tls: serve peers with TLS.
+        auth: the tokens peers must present (None: none needed).
         namespace_policies: ``{namespace: policy name}`` for namespaces that evict by
             another policy than ``policy`` (``owner.py``).
     """
 
     def __init__(self, memory: int, policy: str = "sieve", socket_path: str | None = None,
                  metrics_port: int | None = None, listen: str | None = None,
-                 peers: tuple[str, ...] = (), tls: Tls | None = None,
+                 peers: tuple[str, ...] = (), tls: Tls | None = None, auth: TokenTable | None = None,
                  namespace_policies: Mapping[str, str] | None = None) -> None:
         self.socket_path = socket_path or default_socket()
         if find_daemon(self.socket_path):
@@ -125,7 +127,7 @@ class HostDaemon:
         if listen is not None:
             from blobtier.cache_l1_l2.peers import PeerServer, cluster
 
-            self.peer_server = PeerServer(self.owner, listen, tls)
+            self.peer_server = PeerServer(self.owner, listen, tls, auth=auth)
             self.server.info = {"peer": self.peer_server.address,
                                 "peers": cluster(self.peer_server.address, peers)}
         elif peers:

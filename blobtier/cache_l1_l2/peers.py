@@ -30,6 +30,7 @@ from blobtier.cache_l1_l2.l1 import SharedL1Cache
 from blobtier.cache_l1_l2.owner import ArenaOwner
 from blobtier.chunks import Buffer, ChunkKey
 from blobtier.rpc import cache_wire as wire
+from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.cache_service import CacheServicer, answering
 from blobtier.rpc.gen import flash_pb2 as pb
 from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
@@ -99,12 +100,13 @@ class _Admin(pb_grpc.CacheAdminServicer):
 class PeerServer:
     """The daemon's gRPC face to its peers (CacheService, CacheAdmin, health)."""
 
-    def __init__(self, owner: ArenaOwner, addr: str, tls: Tls | None = None, workers: int = 16) -> None:
+    def __init__(self, owner: ArenaOwner, addr: str, tls: Tls | None = None, workers: int = 16,
+                 auth: TokenTable | None = None) -> None:
         self.cache = ArenaPeerCache(owner)
         _, health = health_servicer(SERVICES)
         self.server, port = serve([(wire.add_cache_service, CacheServicer(self.cache)),
                                    (pb_grpc.add_CacheAdminServicer_to_server, _Admin(self.cache)),
-                                   health], addr, tls, max_workers=workers)
+                                   health], addr, tls, max_workers=workers, auth=auth)
         self.address = f"{addr.rsplit(':', 1)[0]}:{port}"
 
     def stop(self, grace_s: float | None = None) -> None:

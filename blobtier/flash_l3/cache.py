@@ -150,19 +150,19 @@ class FlashCache:
 
     def locate(self, keys: Sequence[ChunkKey], touch: bool = True) -> tuple[str, list[Entry | None]]:
         """Where each chunk's entry lies (None for a miss), for a reader on this host that
-        reads the region files itself (``local_reads.py``); each one found is a hit."""
+        reads the region files itself (``local_reads.py``); each one found is a hit.
+
+        A miss is neither counted nor shown to the admission policy here: the reader asks
+        for it with a Get next, which does both (once).
+        """
         entries: list[Entry | None] = []
-        digests = [key.digest() for key in keys]
-        for digest in digests:
-            self.admission.accessed(digest)
         with self._lock:
             self._check_open()
-            for digest in digests:
+            for key in keys:
+                digest = key.digest()
                 entry = self._index.touch(digest) if touch else self._index.get(digest)
                 entries.append(entry)
-                if entry is None:
-                    self.counters["misses"] += 1
-                else:
+                if entry is not None:
                     self.counters["hits"] += 1
                     self.counters["located"] += 1
         return self.device.root, entries

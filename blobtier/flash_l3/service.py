@@ -25,6 +25,7 @@ from blobtier.flash_l3.device import DeviceFaults
 from blobtier.flash_l3.metrics import FlashMetrics
 from blobtier.flash_l3.readthrough import ReadThrough
 from blobtier.rpc import cache_wire as wire
+from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.cache_service import CacheServicer, answering
 from blobtier.rpc.gen import flash_pb2 as pb
 from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
@@ -94,13 +95,15 @@ class FlashNode:
         metrics_port: serve Prometheus series on 127.0.0.1:PORT (0 picks one; None: off).
         registry: where the series go (default: a registry of this node's own).
         faults: failures to inject into the device (fault tests).
+        auth: the tokens calls must present (None: none needed).
     """
 
     def __init__(self, root: str, capacity: int, source: ChunkSource, *, addr: str = "127.0.0.1:0",
                  node_id: int = 0, region_size: int = DEFAULT_REGION_SIZE,
                  admission: AdmissionPolicy | None = None, reinsert_hits: int = 0,
                  tls: Tls | None = None, workers: int = 32, metrics_port: int | None = None,
-                 registry: CollectorRegistry | None = None, faults: DeviceFaults | None = None) -> None:
+                 registry: CollectorRegistry | None = None, faults: DeviceFaults | None = None,
+                 auth: TokenTable | None = None) -> None:
         self.root = root
         self.node_id = node_id
         self.cache = FlashCache(root, capacity, region_size=region_size, admission=admission,
@@ -117,7 +120,7 @@ class FlashNode:
                                                              self.metrics.observe_get)),
                  (pb_grpc.add_CacheAdminServicer_to_server, AdminServicer(node_id, self.cache,
                                                                           self.readthrough)),
-                 health], addr, tls, max_workers=workers)
+                 health], addr, tls, max_workers=workers, auth=auth)
             if metrics_port is not None:
                 from prometheus_client import start_http_server
 

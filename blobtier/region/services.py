@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from blobtier.cache_l1_l2.l1 import socket_dir
 from blobtier.config import RegionConfig
@@ -33,6 +33,7 @@ class ServiceSpec:
     metrics_port: int | None
     socket: str | None
     log: str
+    env: dict[str, str] = field(default_factory=dict)  # more environment for the process
 
 
 def _under(root: str, path: str, default: str) -> str:
@@ -66,12 +67,15 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
     cli = [sys.executable, "-m", "blobtier.cli"]
     logs = os.path.join(root, "logs")
     ports = sc.ports(config.block.servers)
+    # Every server checks the token file; a flash node reads chunk servers with auth.token.
+    auth = ["--token-file", config.auth.token_file] if config.auth.token_file else []
+    token_env = {"BLOBTIER_AUTH_TOKEN": config.auth.token} if config.auth.token else {}
     out = []
     endpoints = []
     for i in range(config.block.servers):
         port, metrics = ports[f"block-{i}"]
         argv = [*cli, "block", "serve", "--root", block_dir(root, i), "--host", sc.host,
-                "--port", str(port), "--id", str(i), *_metrics_flag(metrics)]
+                "--port", str(port), "--id", str(i), *_metrics_flag(metrics), *auth]
         endpoints.append(f"{sc.host}:{port}")
         out.append(ServiceSpec(f"block-{i}", "block", argv, endpoints[-1], metrics, None,
                                os.path.join(logs, f"block-{i}.log")))
@@ -80,14 +84,14 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
         argv = [*cli, "flash", "serve", "--dir", os.path.join(flash_dir(config), f"{j:03d}"),
                 "--capacity", str(sc.flash_capacity_bytes), "--region-size", str(sc.flash_region_bytes),
                 "--admission", sc.flash_admission, "--host", sc.host, "--port", str(port),
-                "--id", str(j), "--block-endpoints", ",".join(endpoints), *_metrics_flag(metrics)]
+                "--id", str(j), "--block-endpoints", ",".join(endpoints), *_metrics_flag(metrics), *auth]
         out.append(ServiceSpec(f"flash-{j}", "flash", argv, f"{sc.host}:{port}", metrics, None,
-                               os.path.join(logs, f"flash-{j}.log")))
+                               os.path.join(logs, f"flash-{j}.log"), token_env))
     if sc.daemon:
         _, metrics = ports["daemon"]
         sock = daemon_socket(config)
         argv = [*cli, "daemon", "--memory", str(sc.daemon_memory_bytes), "--policy", sc.daemon_policy,
-                "--socket", sock, *_metrics_flag(metrics)]
+                "--socket", sock, *_metrics_flag(metrics), *auth]
         if sc.daemon_peer_port:  # L2: this host's arena served to the other hosts' daemons
             argv += ["--listen", f"{sc.host}:{sc.daemon_peer_port}"]
             if sc.daemon_peers:

@@ -128,7 +128,7 @@ def _launch(spec: ServiceSpec) -> _Started:
         offset = log.tell()
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(spec.argv)}\n".encode())
         log.flush()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **spec.env)
         # A session of its own: the service outlives `up` and ignores the terminal's Ctrl-C.
         proc = subprocess.Popen(spec.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, env=env)

@@ -13,6 +13,7 @@ import weakref
 
 import grpc
 
+from blobtier.rpc.auth import with_token
 from blobtier.rpc.server import MAX_MESSAGE_BYTES
 from blobtier.rpc.tls import Tls
 
@@ -31,9 +32,10 @@ _LIVE: weakref.WeakSet[LazyChannel] = weakref.WeakSet()
 class LazyChannel:
     """A channel to ``addr`` (``host:port``), opened on first ``get()`` in each process."""
 
-    def __init__(self, addr: str, tls: Tls | None = None) -> None:
+    def __init__(self, addr: str, tls: Tls | None = None, token: str | None = None) -> None:
         self.addr = addr
         self.tls = tls
+        self.token = token
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._pid = os.getpid()
@@ -46,8 +48,9 @@ class LazyChannel:
         with self._lock:
             if self._channel is None or self._pid != os.getpid():
                 self._pid = os.getpid()
-                self._channel = (grpc.secure_channel(self.addr, self.tls.channel_credentials(), _OPTIONS)
-                                 if self.tls else grpc.insecure_channel(self.addr, _OPTIONS))
+                raw = (grpc.secure_channel(self.addr, self.tls.channel_credentials(), _OPTIONS)
+                       if self.tls else grpc.insecure_channel(self.addr, _OPTIONS))
+                self._channel = with_token(raw, self.token)
             return self._channel
 
     def close(self) -> None:

@@ -75,13 +75,14 @@ class RemoteChunkCache:
         parallel: Get calls in flight at once for one large batch.
         local_reads: when the node runs on this host, ask it where hits lie and read
             them from its region files (``flash_l3/local_reads.py``) instead of over gRPC.
+        token: presented on every call to a node that checks tokens (``rpc/auth.py``).
     """
 
     trusted = False
     read_through = True
 
     def __init__(self, addr: str, *, name: str = "l3", tls: Tls | None = None, timeout_s: float = 10.0,
-                 parallel: int = 2, local_reads: bool = False) -> None:
+                 parallel: int = 2, local_reads: bool = False, token: str | None = None) -> None:
         self.addr = addr
         self.name = name
         self.local_reads = local_reads
@@ -90,7 +91,7 @@ class RemoteChunkCache:
         self.parallel = parallel
         self.where = f"{name} cache node {addr}"
         self.counters = dict.fromkeys(COUNTERS, 0)
-        self._channel = LazyChannel(addr, tls)
+        self._channel = LazyChannel(addr, tls, token)
         self._lock = threading.Lock()
         self._pool = ProcessLocalPool(parallel, f"blobtier-{name}")
         _FORKABLE.add(self)

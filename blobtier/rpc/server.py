@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from blobtier.errors import TierUnavailable
+from blobtier.rpc.auth import TokenAuth, TokenTable
 from blobtier.rpc.tls import Tls
 
 MAX_PIECE_BYTES = 1 << 20
@@ -23,10 +24,12 @@ Servicer = tuple[Callable[[Any, grpc.Server], None], Any]
 
 
 def serve(servicers: Sequence[Servicer], addr: str = "127.0.0.1:0", tls: Tls | None = None, *,
-          max_workers: int = 32, max_message_bytes: int = MAX_MESSAGE_BYTES) -> tuple[grpc.Server, int]:
+          max_workers: int = 32, max_message_bytes: int = MAX_MESSAGE_BYTES,
+          auth: TokenTable | None = None) -> tuple[grpc.Server, int]:
     """Start a server on ``addr`` (port 0 picks a free one); return it and its port.
 
-    Binds loopback unless told otherwise: exposing a server is a deliberate choice.
+    Binds loopback unless told otherwise: exposing a server is a deliberate choice. With
+    ``auth``, every call but health checks needs a token with its right (``auth.py``).
     """
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes),
@@ -34,7 +37,7 @@ def serve(servicers: Sequence[Servicer], addr: str = "127.0.0.1:0", tls: Tls | N
                # that is in use and silently take half its connections.
                ("grpc.so_reuseport", 0)]
     server = grpc.server(ThreadPoolExecutor(max_workers, thread_name_prefix="blobtier-rpc"),
-                         options=options)
+                         options=options, interceptors=[TokenAuth(auth)] if auth is not None else None)
     for add, servicer in servicers:
         add(servicer, server)
     try:

@@ -94,10 +94,11 @@ class ShardedChunkCache:
     @classmethod
     def connect(cls, endpoints: Sequence[tuple[str, float]], *, name: str = "l3", tls: Tls | None = None,
                 timeout_s: float = 10.0, retry_after_s: float = 1.0, read_through: bool = True,
-                local: str | None = None, local_reads: bool = False) -> ShardedChunkCache:
+                local: str | None = None, local_reads: bool = False,
+                token: str | None = None) -> ShardedChunkCache:
         """Over gRPC nodes given as (``host:port``, weight)."""
         return cls([(addr, w, RemoteChunkCache(addr, name=name, tls=tls, timeout_s=timeout_s,
-                                               local_reads=local_reads))
+                                               local_reads=local_reads, token=token))
                     for addr, w in endpoints], name=name, health=NodeHealth(retry_after_s),
                    read_through=read_through, local=local)
 

@@ -88,7 +88,8 @@ class Client:
                 l2 = ShardedChunkCache.connect([(p, 1.0) for p in daemon["peers"]], name="l2",
                                                timeout_s=self.config.flash.request_timeout_s,
                                                retry_after_s=self.config.flash.retry_after_s,
-                                               read_through=False, local=daemon["peer"])
+                                               read_through=False, local=daemon["peer"],
+                                               token=self.config.auth.token or None)
             return SharedL1Cache(socket_path=daemon["socket"]), l2
         if not self.config.cache.l1_bytes:
             return None, None

@@ -73,7 +73,8 @@ class EmbeddedRegion:
 
             self._flash = ShardedChunkCache.connect(fc.nodes(), name="l3", timeout_s=fc.request_timeout_s,
                                                     retry_after_s=fc.retry_after_s,
-                                                    local_reads=fc.local_reads)
+                                                    local_reads=fc.local_reads,
+                                                    token=self.config.auth.token or None)
         return self._flash
 
     def close(self) -> None:
@@ -94,7 +95,8 @@ class EmbeddedRegion:
         from blobtier.blockstore_sim.remote import RemoteChunkStore  # grpc only when used
 
         bc = self.config.block
-        return ({sid: RemoteChunkStore(addr, timeout_s=bc.request_timeout_s)
+        return ({sid: RemoteChunkStore(addr, timeout_s=bc.request_timeout_s,
+                                       token=self.config.auth.token or None)
                  for sid, addr in enumerate(bc.endpoints)}, range(len(bc.endpoints)))
 
     def _server_dir(self, sid: int) -> str:

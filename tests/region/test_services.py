@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from blobtier.errors import InvalidRequest
+
 
 def test_daemon_l2_flags_and_their_validation(tmp_path):
     from blobtier.config import from_mapping
@@ -24,3 +26,20 @@ def test_daemon_l2_flags_and_their_validation(tmp_path):
     with pytest.raises(InvalidRequest, match="services.daemon_peer_port"):
         from_mapping({"root": str(tmp_path), "services": {"base_port": 17400, "daemon_peer_port": 17401}},
                      env={})
+
+
+def test_servers_check_the_token_file_and_flash_nodes_present_the_token(tmp_path):
+    from blobtier.config import from_mapping
+    from blobtier.region.services import specs
+
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text("")
+    config = from_mapping({"root": str(tmp_path), "services": {"base_port": 17400},
+                           "auth": {"token_file": str(tokens), "token": "s3cret"}}, env={})
+    for spec in specs(config):
+        assert spec.argv[-2:] == ["--token-file", str(tokens)], spec.name
+        assert "s3cret" not in " ".join(spec.argv)  # never on a command line
+    flash = [s for s in specs(config) if s.kind == "flash"]
+    assert flash and all(s.env == {"BLOBTIER_AUTH_TOKEN": "s3cret"} for s in flash)
+    with pytest.raises(InvalidRequest, match="auth.token_file"):
+        from_mapping({"root": str(tmp_path), "auth": {"token_file": str(tmp_path / "none")}}, env={})
