@@ -45,19 +45,21 @@ class BufferPool:
         self._lock = threading.Lock()
 
     def take(self, n: int) -> np.ndarray:
-        size = (n + 4095) & ~4095
+        # Whole buffers of the exact size, never slices of bigger ones: preadv into a
+        # numpy slice measured 3.5x slower than into a whole array (same bytes, same
+        # alignment). Chunks come in few sizes, so exact sizes still reuse well.
         with self._lock:
-            ring = self._by_size.setdefault(size, deque())
+            ring = self._by_size.setdefault(n, deque())
             for _ in range(min(self._SCAN, len(ring))):
                 buf = ring[0]
                 ring.rotate(-1)
                 if sys.getrefcount(buf) == self._IDLE_REFS:
-                    return buf[:n]
-            buf = np.empty(size, np.uint8)  # no zero-fill: the read overwrites it
-            if self._bytes + size <= self.limit_bytes:
+                    return buf
+            buf = np.empty(n, np.uint8)  # no zero-fill: the read overwrites it
+            if self._bytes + n <= self.limit_bytes:
                 ring.append(buf)
-                self._bytes += size
-        return buf[:n]
+                self._bytes += n
+        return buf
 
 
 class RegionReader:

@@ -26,9 +26,10 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from blobtier import checksum
 from blobtier.checksum import xxh3
 from blobtier.chunks import Buffer, ChunkKey, ChunkRef
-from blobtier.errors import InvalidRequest, TierUnavailable
+from blobtier.errors import ChecksumError, InvalidRequest, TierUnavailable
 from blobtier.flash_l3.local_reads import RegionReader
 from blobtier.metadata.schema import encode
 from blobtier.rpc import cache_wire as wire
@@ -42,14 +43,18 @@ from blobtier.rpc.tls import Tls
 log = logging.getLogger(__name__)
 CALL_BYTES = 32 << 20  # chunk bytes per Get call: a larger batch becomes parallel calls
 CALL_ITEMS = 256  # chunks per Get call when their sizes are unknown (no records)
-COUNTERS = ("hits", "local_hits", "filled", "misses", "failed", "errors")
+COUNTERS = ("hits", "local_hits", "filled", "misses", "failed", "errors", "corrupt")
 
 
 class Found(dict):
     """The chunks a node answered with; ``filled`` of them it read through from the block
-    layer for this call (a miss of the tier, though the tier served it)."""
+    layer for this call (a miss of the tier, though the tier served it); ``verified``:
+    those already checked against their record here (the chain skips them), ``corrupt``:
+    how many failed that check (and were fetched again)."""
 
     filled = 0
+    corrupt = 0
+    verified: frozenset[ChunkKey] | set[ChunkKey] = frozenset()
 
 
 @contextmanager
@@ -115,8 +120,8 @@ class RemoteChunkCache:
             if not keys:
                 return local
         found = self._get_remote(keys, refs, touch)
-        if local:
-            found.update(local)
+        found.update(local)
+        found.verified, found.corrupt = local.verified, local.corrupt
         return found
 
     def _read_local(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None, touch: bool,
@@ -124,6 +129,8 @@ class RemoteChunkCache:
         """Read what the node locates in its region files; return the keys (and refs) left
         for a Get. Turns itself off for good when the node is elsewhere or says no."""
         left: list[int] = []
+        bad: list[ChunkKey] = []
+        found.verified = set()
         for start in range(0, len(keys), CALL_ITEMS):
             part = keys[start:start + CALL_ITEMS]
             request = pb.LocateRequest(keys=[wire.key_to_pb(k) for k in part], touch=touch)
@@ -150,13 +157,31 @@ class RemoteChunkCache:
                         self.local_reads = False
                         left.extend(range(i, len(keys)))
                         break
+                if view is not None and refs is not None:
+                    # Checked now, while the bytes are still in the CPU's cache, not after
+                    # the whole batch is read (the chain skips what is verified).
+                    rec, index = refs[i]
+                    try:
+                        checksum.verify(rec.checksum_algo, view, rec.checksums[index],
+                                        f"chunk {key} read from {self.where}'s files")
+                        found.verified.add(key)
+                    except ChecksumError as exc:
+                        log.warning("%s; refetching it", exc)
+                        bad.append(key)
+                        view = None
                 if view is None:
                     left.append(i)
                 else:
                     found[key] = view
             if not self.local_reads:
                 break
-        self._tally({"hits": len(found), "local_hits": len(found)})
+        if bad:  # the node forgets them before the Get below reads them through again
+            try:
+                self.report_corrupt(bad)
+            except TierUnavailable as exc:
+                log.debug("%s not told of corrupt chunks: %s", self.where, exc)
+        found.corrupt += len(bad)
+        self._tally({"hits": len(found), "local_hits": len(found), "corrupt": len(bad)})
         return [keys[i] for i in left], None if refs is None else [refs[i] for i in left]
 
     def _get_remote(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None,

@@ -138,6 +138,9 @@ class ShardedChunkCache:
                 else:
                     found.update(got)
                     found.filled += getattr(got, "filled", 0)
+                    if getattr(got, "verified", None):
+                        found.verified = {*found.verified, *got.verified}
+                    found.corrupt += getattr(got, "corrupt", 0)
             if not todo:
                 break
         return found

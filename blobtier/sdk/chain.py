@@ -122,7 +122,10 @@ class TierChain:
             return {}
         bad: list[ChunkKey] = []
         if not tier.trusted:
+            verified = getattr(got, "verified", ())  # checked against the record by the tier
             for key in list(got):
+                if key in verified:
+                    continue
                 rec, index = ref_of[key]
                 try:
                     checksum.verify(rec.checksum_algo, got[key], rec.checksums[index],
@@ -136,7 +139,7 @@ class TierChain:
                 tier.report_corrupt(bad)
             except (TierUnavailable, OSError) as exc:
                 log.debug("tier %s not told of corrupt chunks: %s", tier.name, exc)
-        corrupt = len(bad)
+        corrupt = len(bad) + getattr(got, "corrupt", 0)  # the tier's own checks too
         if count:  # chunks a read-through tier fetched from below for us were its misses
             filled = min(getattr(got, "filled", 0), len(got))
             self.stats.add(tier.name, hits=len(got) - filled, misses=len(keys) - len(got) + filled,
