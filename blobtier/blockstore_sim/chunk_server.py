@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -23,24 +23,20 @@ from blobtier.blockstore_sim.metrics import ChunkServerMetrics
 from blobtier.blockstore_sim.volume import VolumeStore
 from blobtier.checksum import xxh3
 from blobtier.errors import BlobNotFound, BlobtierError, ChecksumError, InvalidRequest, OutOfRange
-from blobtier.rpc import status
 from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.gen import block_pb2 as pb
 from blobtier.rpc.gen import block_pb2_grpc as pb_grpc
 from blobtier.rpc.server import health_servicer, serve
+from blobtier.rpc.status import answering
 from blobtier.rpc.tls import Tls
 
 log = logging.getLogger(__name__)
 SERVICES = ("blobtier.block.v1.ChunkService", "blobtier.block.v1.ChunkAdmin")
 
 
-@contextmanager
-def _answering(context: grpc.ServicerContext) -> Iterator[None]:
-    """Turn blobtier errors into their status codes (see ``rpc/status.py``)."""
-    try:
-        yield
-    except (BlobtierError, PermissionError) as exc:
-        status.abort(context, exc)
+def _answering(context: grpc.ServicerContext) -> AbstractContextManager[None]:
+    # Not every OSError: a failing disk here is INTERNAL, and the client tries a replica.
+    return answering(context, (BlobtierError, PermissionError))
 
 
 def _cancel_event(context: grpc.ServicerContext) -> threading.Event:

@@ -117,17 +117,26 @@ def _fit(target: int, page: int) -> tuple[int, int]:
 
 def size_classes(page: int, largest: int, smallest: int = MIN_SLOT) -> list[tuple[int, int]]:
     """(slot size, pages per slab) from ``smallest`` to ``largest``, about ``GROWTH``
-    apart; each slab splits into whole slots, so no slab loses a tail to rounding."""
-    classes: list[tuple[int, int]] = []
+    apart, plus every power of two between: chunk sizes are so often 128 KiB, 1 MiB or
+    4 MiB that a class a quarter larger would waste a fifth of the arena (measured: 1 MiB
+    samples filled 83% of it). Each slab splits into whole slots (no tail to rounding)."""
+    targets: set[int] = set()
     target = -(-smallest // 64) * 64
-    while True:
-        target = min(target, largest)
+    while target < largest:
+        targets.add(target)
+        slot, _ = _fit(target, page)
+        target = -(-int(max(slot, target) * GROWTH) // 64) * 64
+    targets.add(largest)
+    power = 1 << (smallest - 1).bit_length()
+    while power < largest:
+        targets.add(power)
+        power <<= 1
+    classes: list[tuple[int, int]] = []
+    for target in sorted(targets):
         slot, span = _fit(target, page)
         if not classes or slot > classes[-1][0]:
             classes.append((slot, span))
-        if slot >= largest:
-            return classes
-        target = -(-int(slot * GROWTH) // 64) * 64
+    return classes
 
 
 @dataclass

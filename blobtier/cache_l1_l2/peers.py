@@ -31,10 +31,11 @@ from blobtier.cache_l1_l2.owner import ArenaOwner
 from blobtier.chunks import Buffer, ChunkKey
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc.auth import TokenTable
-from blobtier.rpc.cache_service import CacheServicer, answering
+from blobtier.rpc.cache_service import CacheServicer
 from blobtier.rpc.gen import flash_pb2 as pb
 from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
 from blobtier.rpc.server import health_servicer, serve
+from blobtier.rpc.status import answering
 from blobtier.rpc.tls import Tls
 
 log = logging.getLogger(__name__)

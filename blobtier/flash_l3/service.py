@@ -26,10 +26,11 @@ from blobtier.flash_l3.metrics import FlashMetrics
 from blobtier.flash_l3.readthrough import ReadThrough
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc.auth import TokenTable
-from blobtier.rpc.cache_service import CacheServicer, answering
+from blobtier.rpc.cache_service import CacheServicer
 from blobtier.rpc.gen import flash_pb2 as pb
 from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
 from blobtier.rpc.server import health_servicer, serve
+from blobtier.rpc.status import answering
 from blobtier.rpc.tls import Tls
 
 log = logging.getLogger(__name__)

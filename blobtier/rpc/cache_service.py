@@ -12,20 +12,19 @@ files a client on the same host may read itself has ``locate(keys, touch)`` (Loc
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import NamedTuple, Protocol
 
 import grpc
 
 from blobtier.checksum import xxh3
 from blobtier.chunks import Buffer, ChunkKey, ChunkRef
-from blobtier.errors import BlobtierError, ChecksumError, InvalidRequest, OutOfRange
+from blobtier.errors import ChecksumError, InvalidRequest, OutOfRange
 from blobtier.metadata.schema import BlobRecord, decode
 from blobtier.rpc import cache_wire as wire
-from blobtier.rpc import status
 from blobtier.rpc.gen import flash_pb2 as pb
 from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
 from blobtier.rpc.server import MAX_PIECE_BYTES
+from blobtier.rpc.status import answering
 
 HIT, FILLED, FAILED, MISS = "hit", "filled", "failed", "miss"
 _BOOT_ID: str | None = None
@@ -60,15 +59,6 @@ class ServedCache(Protocol):
 
 class Filler(Protocol):
     def fill(self, refs: Sequence[ChunkRef], touch: bool = True, force: bool = False) -> list[Answer]: ...
-
-
-@contextmanager
-def answering(context: grpc.ServicerContext) -> Iterator[None]:
-    """Turn blobtier errors into their status codes (see ``rpc/status.py``)."""
-    try:
-        yield
-    except (BlobtierError, OSError) as exc:
-        status.abort(context, exc)
 
 
 def _records(raw: list[bytes]) -> list[BlobRecord]:

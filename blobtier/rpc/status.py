@@ -9,6 +9,9 @@ over from.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import grpc
 
 from blobtier.errors import (
@@ -81,3 +84,14 @@ def error_of(exc: grpc.RpcError, where: str) -> BlobtierError:
 def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     """End the call with the code for ``exc``; raises, as ``context.abort`` does."""
     context.abort(code_of(exc), str(exc) or type(exc).__name__)
+
+
+@contextmanager
+def answering(context: grpc.ServicerContext,
+              catch: tuple[type[BaseException], ...] = (BlobtierError, OSError)) -> Iterator[None]:
+    """In a servicer: answer the exceptions in ``catch`` with their status codes (others
+    reach gRPC as INTERNAL)."""
+    try:
+        yield
+    except catch as exc:
+        abort(context, exc)

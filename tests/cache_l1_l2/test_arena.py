@@ -256,3 +256,10 @@ def test_close_with_a_live_view_keeps_the_view_readable():
 
 def test_segment_starts_zeroed(segment):
     assert bytes(segment.view[:4096]) == bytes(4096)
+
+
+@pytest.mark.parametrize("size", [128 << 10, 1 << 20, 4 << 20])
+def test_power_of_two_chunks_fill_their_slots_exactly(size):
+    allocator = SlabAllocator(1500 << 20)
+    slot = next(s for s in allocator.classes if s >= size)
+    assert slot == size  # a 1 MiB chunk in a 1.25 MiB slot would waste a fifth of the arena
