@@ -25,8 +25,8 @@ Errors keep blobtier's tree (``blobtier.errors``), built on the builtins fsspec 
 expect: a missing key raises ``FileNotFoundError``, a malformed key ``ValueError``, a denied
 one ``PermissionError``; reading a pseudo-directory as a file raises ``IsADirectoryError``.
 
-``token`` is kept for per-namespace auth. The embedded region has no access control: it
-accepts any token, or none.
+``token`` is the bearer token presented to the region's services (``auth.token``,
+``blobtier/rpc/auth.py``); an embedded region has no services and needs none.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem, make_instance
 from fsspec.utils import isfilelike
 
-from blobtier.config import RegionConfig, resolve
+from blobtier.config import RegionConfig, resolve, with_overrides
 from blobtier.errors import BlobNotFound, InvalidKey, InvalidRequest
 from blobtier.metadata.schema import validate_key, validate_namespace
 from blobtier.sdk.client import Client
@@ -100,7 +100,7 @@ class BlobtierFileSystem(AbstractFileSystem):
             looked up again whenever ``$BLOBTIER_HOME`` changes.
         client: an open ``Client`` to use instead (e.g. one this process already writes
             with: an embedded region takes one writer handle at a time).
-        token: credentials for per-namespace auth; the embedded region ignores it.
+        token: the bearer token for the region's services (its ``auth.token``).
         kwargs: fsspec's own options.
     """
 
@@ -113,8 +113,12 @@ class BlobtierFileSystem(AbstractFileSystem):
         if region is not None and client is not None:
             raise InvalidRequest("pass a region or a client, not both")
         self._client = client
-        self._config = resolve(region) if region is not None else None
         self.token = token
+        config = resolve(region) if region is not None else None
+        if token:
+            config = with_overrides(config or _default_config(os.environ.get("BLOBTIER_HOME")),
+                                    auth={"token": token})
+        self._config = config
 
     @property
     def client(self) -> Client:

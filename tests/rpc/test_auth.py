@@ -139,3 +139,26 @@ def test_sdk_presents_the_configured_token(tmp_path):
     finally:
         for s in servers:
             s.stop(0)
+
+
+def test_fsspec_token_reaches_the_services(tmp_path):
+    from blobtier.config import from_mapping
+    from blobtier.sdk.fs import BlobtierFileSystem
+
+    tokens = TokenTable.load(table_file(tmp_path))
+    servers = [ChunkServer(str(tmp_path / f"c{i}"), server_id=i, auth=tokens) for i in range(3)]
+    try:
+        config = from_mapping({"root": str(tmp_path / "region"),
+                               "block": {"endpoints": [s.address for s in servers]},
+                               "cache": {"daemon": "off"}}, env={})
+        fs = BlobtierFileSystem(config, token=token("writer"), skip_instance_cache=True)
+        fs.pipe_file("ds/a", b"through fsspec")
+        assert fs.cat_file("ds/a") == b"through fsspec"
+        BlobtierFileSystem.clear_instance_cache()
+        denied = BlobtierFileSystem(config, skip_instance_cache=True)
+        with pytest.raises(PermissionError):
+            denied.pipe_file("ds/b", b"no token")
+    finally:
+        BlobtierFileSystem.clear_instance_cache()
+        for s in servers:
+            s.stop(0)
