@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -117,3 +118,17 @@ def default_stall_metrics() -> StallMetrics:
     if _default_stall is None:
         _default_stall = StallMetrics()
     return _default_stall
+
+
+def serve_metrics(port: int, registry: CollectorRegistry) -> Any:
+    """Serve ``registry`` on ``127.0.0.1:port`` (0 picks a port: ``.server_port``); every
+    service's endpoint starts here, and ``stop_metrics`` frees its port."""
+    from prometheus_client import start_http_server
+
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    return server
+
+
+def stop_metrics(server: Any) -> None:
+    server.shutdown()
+    server.server_close()  # or the port stays bound until the object is collected

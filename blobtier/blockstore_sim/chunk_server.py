@@ -23,6 +23,7 @@ from blobtier.blockstore_sim.metrics import ChunkServerMetrics
 from blobtier.blockstore_sim.volume import VolumeStore
 from blobtier.checksum import xxh3
 from blobtier.errors import BlobNotFound, BlobtierError, ChecksumError, InvalidRequest, OutOfRange
+from blobtier.metrics import serve_metrics, stop_metrics
 from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.gen import block_pb2 as pb
 from blobtier.rpc.gen import block_pb2_grpc as pb_grpc
@@ -219,10 +220,7 @@ class ChunkServer:
                  (pb_grpc.add_ChunkAdminServicer_to_server, AdminServicer(server_id, self.faults)),
                  health], addr, tls, max_workers=workers, auth=auth)
             if metrics_port is not None:
-                from prometheus_client import start_http_server
-
-                self._http, _ = start_http_server(metrics_port, addr="127.0.0.1",
-                                                  registry=self.metrics.registry)
+                self._http = serve_metrics(metrics_port, self.metrics.registry)
                 self.metrics_port = self._http.server_port
         except BaseException:
             if hasattr(self, "server"):
@@ -248,8 +246,7 @@ class ChunkServer:
         """Stop serving (in-flight calls get ``grace_s`` to finish), then close the disk."""
         self.server.stop(grace_s).wait()
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            stop_metrics(self._http)
             self._http = None
         self.store.close()
 

@@ -31,6 +31,7 @@ from blobtier.cache_l1_l2.l1 import socket_dir
 from blobtier.cache_l1_l2.owner import ArenaOwner
 from blobtier.cache_l1_l2.wire import OwnerClient, OwnerServer
 from blobtier.errors import InvalidRequest, TierUnavailable
+from blobtier.metrics import serve_metrics, stop_metrics
 
 if TYPE_CHECKING:  # grpc loads only in a daemon that serves peers
     from blobtier.cache_l1_l2.peers import PeerServer
@@ -135,11 +136,9 @@ class HostDaemon:
         self.metrics_port = None
         self._http = None
         if metrics_port is not None:
-            from prometheus_client import start_http_server
-
             registry = CollectorRegistry()
             registry.register(ArenaCollector(self.owner, self.peer_server))
-            self._http, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+            self._http = serve_metrics(metrics_port, registry)
             self.metrics_port = self._http.server_port
         self._stopped = threading.Event()
 
@@ -154,7 +153,7 @@ class HostDaemon:
             self.peer_server.stop(1)
         self.owner.close()
         if self._http is not None:
-            self._http.shutdown()
+            stop_metrics(self._http)
         self._stopped.set()
 
     def serve_until_signalled(self) -> None:

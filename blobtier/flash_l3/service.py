@@ -24,6 +24,7 @@ from blobtier.flash_l3.cache import DEFAULT_REGION_SIZE, FlashCache
 from blobtier.flash_l3.device import DeviceFaults
 from blobtier.flash_l3.metrics import FlashMetrics
 from blobtier.flash_l3.readthrough import ReadThrough
+from blobtier.metrics import serve_metrics, stop_metrics
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.cache_service import CacheServicer
@@ -123,10 +124,7 @@ class FlashNode:
                                                                           self.readthrough)),
                  health], addr, tls, max_workers=workers, auth=auth)
             if metrics_port is not None:
-                from prometheus_client import start_http_server
-
-                self._http, _ = start_http_server(metrics_port, addr="127.0.0.1",
-                                                  registry=self.metrics.registry)
+                self._http = serve_metrics(metrics_port, self.metrics.registry)
                 self.metrics_port = self._http.server_port
         except BaseException:
             self.cache.close()
@@ -144,7 +142,7 @@ class FlashNode:
         """Stop serving (in-flight calls get ``grace_s``), then snapshot and close the cache."""
         self.server.stop(grace_s).wait()
         if self._http is not None:
-            self._http.shutdown()
+            stop_metrics(self._http)
             self._http = None
         self.cache.close()
 
