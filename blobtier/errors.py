@@ -8,9 +8,13 @@
     ├── InvalidRequest    (ValueError)         any other bad argument (range, size, config)
     │   └── OutOfRange                         a byte range outside the object it reads
     ├── CorruptRecord     (ValueError)         metadata bytes that fail to decode
+    ├── MetadataCorrupt   (OSError, EIO)       a metadata read or scan failed part way (corrupt file, I/O
+    │                                          error): never taken as "no such key" or "end of listing"
     ├── Forbidden         (PermissionError)    a token without the right
     ├── VersionConflict   (FileExistsError)    a compare-and-set commit lost the race
     ├── RegionLocked      (BlockingIOError)    another process holds the region's writer lock
+    ├── UntrustedPath     (PermissionError)    a socket or region directory another user could control
+    ├── StorageFull       (OSError, ENOSPC)    a disk or store refused a write for lack of space
     ├── ChecksumError     (OSError)            bytes that fail their checksum, on every replica
     │   └── OriginChanged                      an origin object changed since it was registered
     └── TierUnavailable   (OSError)            a cache tier or chunk server cannot answer
@@ -21,6 +25,8 @@ counted and turned into a miss; it only reaches the caller when no copy is left.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class BlobtierError(Exception):
@@ -53,6 +59,36 @@ class Forbidden(BlobtierError, PermissionError):
 
 class VersionConflict(BlobtierError, FileExistsError):
     """A compare-and-set commit found another version than the one expected."""
+
+
+class MetadataCorrupt(BlobtierError, OSError):
+    """A metadata read or scan failed part way (corrupt file, I/O error).
+
+    Raised instead of returning ``None`` or ending a listing early, so nothing (``gc``
+    above all) ever acts on a partial view of the region. ``errno`` is ``EIO``.
+    """
+
+    def __init__(self, *args: object) -> None:
+        # (message) when raised, (errno, message) when unpickled
+        super().__init__(errno.EIO, *args) if len(args) == 1 else super().__init__(*args)
+
+    def __str__(self) -> str:
+        return self.strerror or ""
+
+
+class UntrustedPath(BlobtierError, PermissionError):
+    """A socket or region directory that another local user owns or can write."""
+
+
+class StorageFull(BlobtierError, OSError):
+    """A disk or store refused a write for lack of space (``errno`` ENOSPC)."""
+
+    def __init__(self, *args: object) -> None:
+        # (message) when raised, (errno, message) when unpickled
+        super().__init__(errno.ENOSPC, *args) if len(args) == 1 else super().__init__(*args)
+
+    def __str__(self) -> str:
+        return self.strerror or ""
 
 
 class RegionLocked(BlobtierError, BlockingIOError):
