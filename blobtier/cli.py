@@ -240,9 +240,8 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     extra = f", metrics on 127.0.0.1:{daemon.metrics_port}" if daemon.metrics_port else ""
     if daemon.peer_server is not None:
         extra += f", L2 peers served on {daemon.peer_server.address}"
-    print(f"blobtier daemon: {args.memory} L1 ({args.policy}) on {daemon.socket_path}{extra}",
-          flush=True)
-    daemon.serve_until_signalled()
+    daemon.serve_until_signalled(ready=lambda: print(
+        f"blobtier daemon: {args.memory} L1 ({args.policy}) on {daemon.socket_path}{extra}", flush=True))
 
 
 def cmd_gc(args: argparse.Namespace) -> None:

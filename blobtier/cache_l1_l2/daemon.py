@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -156,9 +156,14 @@ class HostDaemon:
             stop_metrics(self._http)
         self._stopped.set()
 
-    def serve_until_signalled(self) -> None:
+    def serve_until_signalled(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve until SIGTERM or SIGINT, then stop. ``ready`` runs once the signals are
+        handled: a supervisor told "ready" before that could kill a daemon that never
+        cleans up (its socket file left behind)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stopped.set())
+        if ready is not None:
+            ready()
         try:
             self._stopped.wait()
         finally:

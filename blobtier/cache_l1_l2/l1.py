@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import logging
 import os
 import tempfile
 import threading
@@ -30,6 +31,7 @@ from blobtier.cache_l1_l2.wire import OwnerClient, OwnerServer
 from blobtier.chunks import Buffer, ChunkKey
 from blobtier.errors import TierUnavailable
 
+log = logging.getLogger(__name__)
 _FLUSH_RELEASES = 512  # queued releases that force a round trip of their own
 
 Claim = tuple[ChunkKey, int] | tuple[ChunkKey, int, str]
@@ -40,16 +42,17 @@ namespace of its blob's key (``owner.namespace_of``), whose eviction policy then
 class _Pin:
     """Lives exactly as long as the views of one slot handed to the caller."""
 
-    __slots__ = ("cache", "offset")
+    __slots__ = ("cache", "offset", "generation")
 
-    def __init__(self, cache: SharedL1Cache, offset: int) -> None:
+    def __init__(self, cache: SharedL1Cache, offset: int, generation: int | None) -> None:
         self.cache = cache
         self.offset = offset
+        self.generation = generation  # the owner connection (session) that pinned it
 
     def __del__(self) -> None:
         # A finaliser runs wherever the last reference goes, even inside this cache's or
         # the owner's own calls with their locks held: so it only queues the release.
-        self.cache._released(self.offset)
+        self.cache._released(self.offset, self.generation)
 
 
 class SharedL1Cache:
@@ -72,7 +75,9 @@ class SharedL1Cache:
         self._session = owner.open_session() if owner else 0
         self._segment: Segment | None = owner.segment if owner else None
         self._generation: int | None = None  # the owner connection the segment came from
-        self._pending: collections.deque[int] = collections.deque()  # releases to send
+        # Releases to send, as (connection generation, offset): a pin belongs to the
+        # session of its connection, and must never unpin a slot of a later session.
+        self._pending: collections.deque[tuple[int | None, int]] = collections.deque()
         self._claims: dict[ChunkKey, tuple[int, int | None]] = {}  # unfilled: (slot, generation)
         self._lock = threading.Lock()
         self._attach_lock = threading.Lock()
@@ -108,30 +113,33 @@ class SharedL1Cache:
         return self._client.lookup(digests, touch, generation=generation)
 
     def _flush_releases(self, wait: bool = True) -> None:
-        """Send the queued releases; ``wait=False`` (from a finaliser) gives up at once
-        if the connection is busy, leaving them queued for the next request."""
+        """Send the queued releases of the current connection; ``wait=False`` (from a
+        finaliser) gives up at once if the connection is busy, leaving them queued for
+        the next request. Never raises: the pins of a connection that is gone went with
+        its session, so its releases are dropped."""
+        current = self._client.generation if self._client.connected else None
         offsets = []
         while self._pending:
             try:
-                offsets.append(self._pending.popleft())
+                generation, offset = self._pending.popleft()
             except IndexError:
                 break
+            if generation == current:
+                offsets.append(offset)
         if not offsets:
             return
         try:
-            sent = self._client.release(offsets, wait=wait)
+            sent = self._client.release(offsets, wait=wait, generation=current)
         except TierUnavailable:
-            if wait:
-                raise
             return  # the session is gone, and its pins with it
         if not sent:
-            self._pending.extend(offsets)
+            self._pending.extend((current, o) for o in offsets)
 
-    def _released(self, offset: int) -> None:
+    def _released(self, offset: int, generation: int | None) -> None:
         if self._owner is not None:
             self._owner.release_later((offset,), self._session)
             return
-        self._pending.append(offset)
+        self._pending.append((generation, offset))
         if len(self._pending) >= _FLUSH_RELEASES:
             self._flush_releases(wait=False)
 
@@ -143,14 +151,17 @@ class SharedL1Cache:
         found = {}
         for key, place in zip(keys, places):
             if place is not None:
-                found[key] = self._view(segment, place[0], place[1])
+                found[key] = self._view(segment, place[0], place[1], generation)
         return found
 
-    def _view(self, segment: Segment, offset: int, length: int) -> memoryview:
+    def _view(self, segment: Segment, offset: int, length: int, generation: int | None) -> memoryview:
         # from_buffer holds an export of the mapping: it stays mapped while the view lives,
         # whatever happens to the segment or the owner (no copy is made).
-        array = (ctypes.c_char * length).from_buffer(segment.buffer, offset)
-        array.pin = _Pin(self, offset)  # the view keeps the array alive, the array the pin
+        try:
+            array = (ctypes.c_char * length).from_buffer(segment.buffer, offset)
+        except ValueError as exc:  # another thread closed it: the owner restarted
+            raise TierUnavailable(f"L1 arena {segment.name} was replaced: {exc}") from None
+        array.pin = _Pin(self, offset, generation)  # the view keeps the array alive, the array the pin
         return memoryview(array).cast("B").toreadonly()
 
     def claim(self, items: Sequence[Claim]) -> tuple[set[ChunkKey], set[ChunkKey]]:
@@ -181,11 +192,19 @@ class SharedL1Cache:
         return claimed, busy
 
     def unclaim(self, keys: Sequence[ChunkKey]) -> None:
-        """Give back claims that will not be filled (the read below failed)."""
+        """Give back claims that will not be filled (the read below failed). Never raises
+        for an owner that is gone: its claims ended with the session that held them."""
+        by_generation: dict[int | None, list[bytes]] = {}
         with self._lock:
-            dropped = [k for k in keys if self._claims.pop(k, None) is not None]
-        if dropped:
-            self._abort([k.digest() for k in dropped])
+            for key in keys:
+                claim = self._claims.pop(key, None)
+                if claim is not None:
+                    by_generation.setdefault(claim[1], []).append(key.digest())
+        for generation, digests in by_generation.items():
+            try:
+                self._abort(digests, generation)
+            except TierUnavailable as exc:
+                log.debug("L1 claims not given back: %s", exc)
 
     def put(self, key: ChunkKey, data: Buffer, touch: bool = True, namespace: str = "") -> None:
         """Fill ``key`` (claimed before, or claimed now under ``namespace``)."""
@@ -204,20 +223,22 @@ class SharedL1Cache:
             return  # claimed from an owner that is gone: its slot is not in this segment
         try:
             segment.view[offset:offset + size] = data
+        except ValueError as exc:  # another thread closed it: the owner restarted
+            raise TierUnavailable(f"L1 arena {segment.name} was replaced: {exc}") from None
         except BaseException:
-            self._abort([digest])
+            self._abort([digest], generation)
             raise
         if self._owner is not None:
             self._owner.commit(digest, self._session, accessed=touch)
         else:
             self._client.commit([digest], accessed=touch, generation=generation)
 
-    def _abort(self, digests: list[bytes]) -> None:
+    def _abort(self, digests: list[bytes], generation: int | None) -> None:
         if self._owner is not None:
             for digest in digests:
                 self._owner.abort(digest, self._session)
         else:
-            self._client.abort(digests)
+            self._client.abort(digests, generation=generation)
 
     def contains(self, key: ChunkKey) -> bool:
         if self._owner is not None:
@@ -230,8 +251,11 @@ class SharedL1Cache:
         digests = [k.digest() for k in keys]
         if self._owner is not None:
             self._owner.announce(digests, job, namespace)
-        else:
+            return
+        try:
             self._client.announce(digests, job, namespace)
+        except TierUnavailable as exc:  # a hint: an owner that is down needs none
+            log.debug("L1 announcement not delivered: %s", exc)
 
     def stats(self) -> dict:
         return self._owner.stats() if self._owner is not None else self._client.stats()

@@ -309,13 +309,13 @@ class OwnerClient:
         reply = self._call(COMMIT if accessed else STAGE, len(digests), b"".join(digests), generation)
         return [bool(b) for b in reply]
 
-    def abort(self, digests: Sequence[bytes]) -> None:
-        self._call(ABORT, len(digests), b"".join(digests))
+    def abort(self, digests: Sequence[bytes], generation: int | None = None) -> None:
+        self._call(ABORT, len(digests), b"".join(digests), generation)
 
-    def release(self, offsets: Sequence[int], wait: bool = True) -> bool:
+    def release(self, offsets: Sequence[int], wait: bool = True, generation: int | None = None) -> bool:
         """Hand back pins; ``wait=False`` sends nothing (False) if the connection is busy."""
         body = struct.pack(f"<{len(offsets)}Q", *offsets)
-        return self._call_fd(RELEASE, len(offsets), body, wait=wait) is not None
+        return self._call_fd(RELEASE, len(offsets), body, generation, wait=wait) is not None
 
     def announce(self, digests: Sequence[bytes], job: int = 0, namespace: str = "") -> None:
         body = struct.pack("<Q", job) + b"".join(digests)

@@ -79,8 +79,18 @@ class TierChain:
                 found.update(self._from_source(missing, ref_of, touch))
         finally:
             for tier, claimed in claims:
-                tier.unclaim(list(claimed))  # only those a failure left unfilled remain
+                self._unclaim(tier, claimed)
         return found
+
+    def _unclaim(self, tier: ChunkCache, claimed: set[ChunkKey]) -> None:
+        """Give back the claims a failure left unfilled (the tier forgets the filled ones).
+        A tier that died meanwhile took its claims with it: nothing to give back, and
+        nothing the read must fail for."""
+        try:
+            tier.unclaim(list(claimed))
+        except (TierUnavailable, OSError) as exc:
+            log.debug("tier %s: claims not given back: %s", tier.name, exc)
+            self.stats.add(tier.name, errors=1)
 
     def _claim(self, tier: ChunkCache, depth: int, missing: list[ChunkKey],
                ref_of: dict[ChunkKey, ChunkRef], found: dict[ChunkKey, memoryview],
