@@ -182,6 +182,8 @@ class ShardedChunkCache:
             raise
 
     def report_corrupt(self, keys: Sequence[ChunkKey]) -> None:
+        """Tell each key's home that its copy failed its checksum. A node that cannot be
+        told is skipped like any failing node; the others are told all the same."""
         groups: dict[str, list[ChunkKey]] = {}
         for key in keys:
             node = self.home(key)
@@ -189,8 +191,12 @@ class ShardedChunkCache:
                 groups.setdefault(node, []).append(key)
         for node, sub in groups.items():
             report = getattr(self.members[node], "report_corrupt", None)
-            if report is not None:
+            if report is None:
+                continue
+            try:
                 report(sub)
+            except (TierUnavailable, OSError) as exc:
+                self._failed(node, exc)
 
     def contains(self, key: ChunkKey) -> bool:
         node = self.home(key)

@@ -255,6 +255,54 @@ def test_places_from_a_restarted_owner_are_read_in_its_own_segment(tmp_path):
         second.close()
 
 
+def test_a_release_of_a_pin_from_a_dead_owner_never_unpins_a_slot_of_the_next(tmp_path):
+    """A view pinned on the first owner's connection is dropped after the reconnect to a
+    second owner: its release must not reach the second, where the same offset is pinned
+    by a live view (that slot would be reused under it)."""
+    path = str(tmp_path / "o.sock")
+    first, second = ArenaOwner(1 << 20, "lru"), ArenaOwner(1 << 20, "lru")
+    server = OwnerServer(first, path)
+    cache = SharedL1Cache(socket_path=path)
+    try:
+        cache.put(key(1), b"a" * 5000)
+        old = cache.get_many([key(1)])[key(1)]
+        server.close()
+        with pytest.raises(TierUnavailable):
+            cache.stats()  # the connection is found dead
+        server = OwnerServer(second, path)
+        cache.put(key(1), b"b" * 5000)  # same first slot of a fresh arena
+        new = cache.get_many([key(1)])[key(1)]
+        assert second._index[key(1).digest()][0] == first._index[key(1).digest()][0]
+        del old
+        assert flushed(cache)["pinned"] == 1  # only the live view's pin
+        assert new == b"b" * 5000
+        del new
+        assert flushed(cache)["pinned"] == 0
+    finally:
+        cache.close()
+        server.close()
+        first.close()
+        second.close()
+
+
+def test_unclaim_announce_and_releases_on_a_dead_owner_raise_nothing(owner, tmp_path):
+    server = OwnerServer(owner, str(tmp_path / "o.sock"))
+    cache = SharedL1Cache(socket_path=server.path)
+    try:
+        cache.put(key(1), payload(1))
+        view = cache.get_many([key(1)])[key(1)]
+        assert cache.claim([(key(2), 6000)])[0] == {key(2)}
+        server.close()
+        del view
+        gc.collect()
+        cache.unclaim([key(2)])  # the claim died with the owner's session
+        cache.announce([key(1), key(2)])  # a hint nobody is left to take
+        with pytest.raises(TierUnavailable):
+            cache.get_many([key(1)])  # a lookup is a miss for the chain, which catches this
+    finally:
+        cache.close()
+
+
 def test_claim_busy_and_unclaim(owner):
     a, b = SharedL1Cache(owner=owner), SharedL1Cache(owner=owner)
     claimed, busy = a.claim([(key(1), 100), (key(2), 100), (key(3), 0)])

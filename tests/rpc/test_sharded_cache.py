@@ -41,6 +41,12 @@ class FakeNode:
             raise TierUnavailable(f"{self.name} is down")
         return key in self.store
 
+    def report_corrupt(self, keys):
+        if self.down:
+            raise TierUnavailable(f"{self.name} is down")
+        for key in keys:
+            self.store.pop(key, None)
+
     def close(self):
         self.closed = True
 
@@ -154,3 +160,15 @@ def test_put_goes_home_and_close_closes_every_node():
 def test_needs_a_node():
     with pytest.raises(InvalidRequest):
         ShardedChunkCache([])
+
+
+def test_a_corrupt_report_reaches_every_live_home_and_benches_a_dead_one():
+    cache, nodes = sharded()
+    ks = keys(60)
+    for key in ks:
+        cache.put(key, b"bad")
+    dead = nodes[0]
+    dead.down = True
+    cache.report_corrupt(ks)  # a dead home is no reason to fail the read that found them
+    assert all(not n.store for n in nodes[1:])  # the live homes forgot their copies
+    assert dead.store and not cache.health.usable(dead.name)
