@@ -251,6 +251,30 @@ def cmd_gc(args: argparse.Namespace) -> None:
               f"spared {report.spared_young} younger than the grace period")
 
 
+def cmd_scrub(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry, write_to_textfile
+
+    from blobtier.demo import _progress_bar
+    from blobtier.metrics import serve_metrics, stop_metrics
+    from blobtier.sdk.scrub import ScrubMetrics
+
+    registry = CollectorRegistry()
+    metrics = ScrubMetrics(registry)
+    http = serve_metrics(args.metrics_port, registry) if args.metrics_port is not None else None
+    try:
+        with _connect(args) as client:
+            show = _progress_bar("scrub") if sys.stderr.isatty() and not args.quiet else None
+            report = client.scrub(args.prefix, repair=args.repair, progress=show, threads=args.threads,
+                                  metrics=metrics)
+    finally:
+        if http is not None:
+            stop_metrics(http)
+    if args.metrics_file:
+        write_to_textfile(args.metrics_file, registry)
+    print("\n".join(report.table()))
+    return 0 if report.clean else 1  # 1: a replica is still missing, corrupt or unverified
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from blobtier import demo
 
@@ -295,6 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("gc", cmd_gc, "reclaim chunks no blob references any more")
     p.add_argument("--grace", type=float, default=None,
                    help="spare chunks younger than this many seconds (default: config)")
+    p = add("scrub", cmd_scrub, "read every replica of the blobs under PREFIX and verify it; "
+                                "--repair writes good copies back (exit 1 unless all are good)")
+    p.add_argument("prefix", nargs="?", default="")
+    p.add_argument("--repair", action="store_true",
+                   help="write a verified copy to each server of a chunk's placement that lost or "
+                        "damaged its own (embedded: takes the writer lock on the first repair)")
+    p.add_argument("--threads", type=int, default=8, help="chunks checked at once")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve the blobtier_scrub_* counters on 127.0.0.1:PORT while it runs")
+    p.add_argument("--metrics-file", default=None, metavar="PATH",
+                   help="write the blobtier_scrub_* counters to PATH at the end (node_exporter "
+                        "textfile format)")
     p = add("block", None, "simulated chunk servers: serve one, or change one's faults")
     block = p.add_subparsers(dest="block_command", required=True, metavar="SUBCOMMAND")
     p = block.add_parser("serve", help="serve a chunk server's volume directory over gRPC")

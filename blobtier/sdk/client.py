@@ -32,6 +32,7 @@ from blobtier.sdk.embedded import EmbeddedRegion
 from blobtier.sdk.info import BlobInfo
 from blobtier.sdk.prefetch import Prefetcher, PrefetchJob
 from blobtier.sdk.reader import BlobReader
+from blobtier.sdk.scrub import Progress, Scrubber, ScrubMetrics, ScrubReport, Stores
 from blobtier.sdk.writer import BlobWriter, Reference, WritePath
 
 _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -309,6 +310,23 @@ class Client:
         writer = self._write_path()
         grace = self.config.client.gc_grace_s if grace_s is None else grace_s
         return gc.collect(writer.metadata, self._blocks.servers, grace, writer.inflight_digests)
+
+    def scrub(self, prefix: str = "", *, repair: bool = False, progress: Progress | None = None,
+              threads: int = 8, metrics: ScrubMetrics | None = None) -> ScrubReport:
+        """Read every replica of every blob under ``prefix`` and verify it against its record;
+        with ``repair``, write a good copy back wherever one is missing or corrupt
+        (``sdk/scrub.py``). Reading takes no lock; in an embedded region the first repair
+        takes the writer lock (``RegionLocked`` if another process writes)."""
+        self._live()
+        validate_prefix(prefix)
+        scrubber = Scrubber(self._metadata, self._blocks.servers, threads=threads, metrics=metrics,
+                            repair_stores=self._repair_stores if repair else None)
+        return scrubber.run(prefix, progress)
+
+    def _repair_stores(self) -> Stores:
+        if not self.config.block.endpoints:
+            self._write_path()  # an embedded region's volumes have one writer: this process
+        return self._blocks.servers  # chunk servers take writes from any client with a token
 
     def put_references(self, refs: Sequence[Reference]) -> list[BlobInfo]:
         """Register origin objects as blobs without copying them (``sdk.ingest.register``
