@@ -1,4 +1,4 @@
-"""The region's commands: ``up``, ``down``, ``status``, ``top`` and ``warmup``.
+"""The region's commands: ``up``, ``down``, ``restart``, ``status``, ``top`` and ``warmup``.
 
 Each takes the region as ``-c/--config`` (a TOML file or a region directory) or the
 global ``--region``; with neither, the default region at ``$BLOBTIER_HOME``.
@@ -38,6 +38,16 @@ def cmd_down(args: argparse.Namespace) -> int:
     timeout = args.timeout if args.timeout is not None else config.services.stop_timeout_s
     region = supervisor.down(config.root, timeout)
     print(f"region {config.root} is down ({len(region.services)} services stopped)")
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    from blobtier.region import supervisor
+
+    config = _config(args)
+    restarted = supervisor.restart(config, args.services)
+    if restarted:
+        print(f"region {config.root}: restarted {', '.join(s.name for s in restarted)}")
     return 0
 
 
@@ -105,6 +115,11 @@ def add_commands(add: Add) -> None:
     config_flag(p)
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds to wait after SIGTERM (default: services.stop_timeout_s)")
+    p = add("restart", cmd_restart, "bring back services of the running region (e.g. a chunk server "
+                                    "that died): the ones named, else every one that is not answering")
+    config_flag(p)
+    p.add_argument("services", nargs="*", metavar="SERVICE",
+                   help="block-N, flash-N or daemon, as `blobtier status` names them")
     p = add("status", cmd_status, "each service of the region: pid, address, health, uptime")
     config_flag(p)
     p = add("top", cmd_top, "a live view of the region's tiers: hit ratios, throughput, latency, "

@@ -6,7 +6,10 @@ writes the state file. If any service fails to start, everything started is stop
 state file is written, and the error carries the tail of that service's log. ``down``
 sends SIGTERM (each service finishes its in-flight requests; flash nodes write their index
 snapshot, so the next ``up`` is warm), waits, and escalates to SIGKILL after
-``services.stop_timeout_s``.
+``services.stop_timeout_s``. ``restart`` brings back one service (or every one that died)
+in a running region, on the same ports, and records its new pid; ``down`` stops every pid
+the state file records, then any blobtier process of ours still listening on one of the
+region's ports (a service restarted by hand), so no port stays bound.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from blobtier.config import RegionConfig
 from blobtier.errors import InvalidRequest, RegionLocked, TierUnavailable
 from blobtier.lockfile import LockFile
-from blobtier.region import probe, state
+from blobtier.region import ports, probe, state
 from blobtier.region.services import ServiceSpec, check_directories, flash_dir, specs
 from blobtier.region.state import RegionState, ServiceRecord, pid_alive
 
@@ -88,8 +91,11 @@ def _refuse_if_running(root: str, say: Say) -> None:
     alive = old.alive()
     if alive:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(old.started))
+        dead = [s.name for s in old.services if s not in alive]
+        hint = f"; `blobtier restart` brings back {', '.join(dead)}" if dead else ""
         raise RegionLocked(f"region {root} is already up since {since} ({len(alive)} services, "
-                           f"pids {' '.join(str(s.pid) for s in alive)}); `blobtier down` stops it")
+                           f"pids {' '.join(str(s.pid) for s in alive)}); `blobtier down` stops it"
+                           + hint)
     say(f"removing the state file of a region that is no longer running ({state.path(root)})")
     _remove_sockets(old.services)
     state.remove(root)
@@ -175,6 +181,7 @@ def down(root: str, timeout_s: float, say: Say = print) -> RegionState:
         if region is None:
             raise InvalidRequest(f"no region is up at {root} (no {state.path(root)})")
         _stop(region.services, timeout_s, say)
+        _stop_strays(region.services, timeout_s, say)
         state.remove(root)
         return region
     finally:
@@ -199,6 +206,52 @@ def _stop(services: list[ServiceRecord], timeout_s: float, say: Say) -> None:
             how = "killed (SIGKILL)"
         say(f"{how} {s.name:<8} pid {s.pid:<7} in {time.monotonic() - t0:.1f}s")
     _remove_sockets(services)
+
+
+def _region_ports(services: list[ServiceRecord]) -> dict[int, str]:
+    """Every TCP port the region's services listen on -> the service's name."""
+    out: dict[int, str] = {}
+    for s in services:
+        if s.address:
+            out[int(s.address.rsplit(":", 1)[1])] = s.name
+        if s.metrics_port:
+            out[s.metrics_port] = s.name
+    return out
+
+
+def _stop_strays(services: list[ServiceRecord], timeout_s: float, say: Say) -> None:
+    """Stop blobtier processes of ours that the state file does not name but that still
+    hold one of the region's ports or the daemon's socket: a service restarted by hand."""
+    by_port = _region_ports(services)
+    strays: dict[int, ServiceRecord] = {}
+    for port, pid in ports.holders(set(by_port)).items():
+        if pid != os.getpid() and pid_alive(pid):
+            named = next(s for s in services if s.name == by_port[port])
+            strays.setdefault(pid, replace(named, pid=pid))
+    for s in services:
+        if s.socket:
+            pid = _socket_holder(s.socket)
+            if pid is not None and pid != os.getpid() and pid_alive(pid):
+                strays.setdefault(pid, replace(s, pid=pid))
+    if strays:
+        for s in strays.values():
+            say(f"{s.name:<8} pid {s.pid:<7} is not in the state file but holds the region's port "
+                f"or socket: stopping it")
+        _stop(list(strays.values()), timeout_s, say)
+    left = ports.holders(set(by_port))
+    if left:
+        raise TierUnavailable("ports of the region are still bound: " + ", ".join(
+            f"{port} ({by_port[port]}) by pid {pid}, not a blobtier service" for port, pid in left.items()))
+
+
+def _socket_holder(path: str) -> int | None:
+    """The pid of the daemon answering on ``path``, if one does."""
+    if not os.path.exists(path):
+        return None
+    from blobtier.cache_l1_l2.daemon import daemon_info
+
+    info = daemon_info(path)
+    return info.get("pid") if info else None
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -234,6 +287,83 @@ def _remove_sockets(services: list[ServiceRecord]) -> None:
                 os.unlink(s.socket)
             except FileNotFoundError:
                 pass
+
+
+# -- restarting --------------------------------------------------------------------------
+def restart(config: RegionConfig, names: Sequence[str] = (), say: Say = print) -> list[ServiceRecord]:
+    """Bring back services of the region running at ``config.root``: the ones ``names``
+    (stopped first if they run), else every one that is dead or does not answer. They
+    start as ``up`` starts them, on the same ports, and their new pids are recorded in the
+    state file at once, so ``down`` stops them whatever happens next. If one fails to
+    become healthy, those this call started are stopped and the error carries its log's
+    tail. Returns the new records."""
+    root = config.root
+    lock = _lock(root)
+    try:
+        region = state.read(root)
+        if region is None:
+            raise InvalidRequest(f"no region is up at {root} (no {state.path(root)}); "
+                                 "`blobtier up` starts one")
+        todo = _to_restart(region, names)
+        if not todo:
+            say(f"every service of region {root} is running; name one to restart it anyway")
+            return []
+        todo_specs = _specs_of(config, todo)
+        alive = [r for r in todo if pid_alive(r.pid)]
+        if alive:
+            _stop(alive, config.services.stop_timeout_s, say)
+        _remove_sockets(todo)  # a daemon killed by SIGKILL leaves its socket file
+        for record, spec in zip(todo, todo_specs):
+            _check_port_free_for(config, record, spec)
+        started = [_launch(spec) for spec in todo_specs]
+        for record, s in zip(todo, started):
+            region.services[region.services.index(record)] = s.record()
+        state.write(region)  # before waiting: a service that hangs while starting is still ours to stop
+        try:
+            _wait_healthy(started, config.services.start_timeout_s)
+        except BaseException:
+            _stop([s.record() for s in started], 5.0, lambda _: None)
+            raise
+        for s in started:
+            say(f"restarted {s.spec.name:<8} pid {s.proc.pid:<7} {s.spec.address or s.spec.socket}")
+        return [s.record() for s in started]
+    finally:
+        lock.release()
+
+
+def _to_restart(region: RegionState, names: Sequence[str]) -> list[ServiceRecord]:
+    if not names:
+        return [s for s in region.services if probe.service_health(s) in (probe.DEAD, probe.UNREACHABLE)]
+    by_name = {s.name: s for s in region.services}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise InvalidRequest(f"region {region.root} has no service {unknown[0]!r}; its services are "
+                             + ", ".join(by_name))
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+def _specs_of(config: RegionConfig, records: list[ServiceRecord]) -> list[ServiceSpec]:
+    """How to start each service again: as the config says, which must still put it where
+    it runs (clients and flash nodes know it by that address)."""
+    wanted = {spec.name: spec for spec in specs(config)}
+    out = []
+    for record in records:
+        spec = wanted.get(record.name)
+        if spec is None or (spec.address, spec.socket) != (record.address, record.socket):
+            now = "nothing" if spec is None else (spec.address or spec.socket)
+            raise InvalidRequest(f"{record.name} runs at {record.address or record.socket} but the "
+                                 f"config now says {now}; `blobtier down` then `blobtier up` applies it")
+        out.append(spec)
+    return out
+
+
+def _check_port_free_for(config: RegionConfig, record: ServiceRecord, spec: ServiceSpec) -> None:
+    try:
+        _check_ports_free(config.services.host, [spec])
+    except InvalidRequest as exc:
+        held = ports.holders(set(_region_ports([record])))
+        who = "".join(f"; pid {pid} listens on {port}" for port, pid in held.items())
+        raise InvalidRequest(f"cannot restart {record.name}: {exc}{who}") from None
 
 
 # -- watching ----------------------------------------------------------------------------
