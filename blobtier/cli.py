@@ -163,14 +163,17 @@ def cmd_flash_serve(args: argparse.Namespace) -> None:
     from blobtier.flash_l3.service import FlashNode
 
     source = _flash_source(args)
+    origins, metadata = _flash_origins(args)
     try:
         node = FlashNode(args.dir, parse_size(args.capacity, "--capacity"), source,
                          addr=f"{args.host}:{args.port}", node_id=args.id,
                          region_size=parse_size(args.region_size, "--region-size"),
                          admission=make_policy(args.admission), reinsert_hits=args.reinsert_hits,
-                         metrics_port=args.metrics_port, auth=_token_table(args))
+                         metrics_port=args.metrics_port, auth=_token_table(args), origins=origins)
     except BaseException:
         source.close()
+        if metadata is not None:
+            metadata.close()
         raise
     signal.signal(signal.SIGTERM, lambda *_: node.server.stop(STOP_GRACE_S))
     stats = node.cache.stats()
@@ -182,6 +185,30 @@ def cmd_flash_serve(args: argparse.Namespace) -> None:
     finally:
         node.stop(STOP_GRACE_S)  # writes the index snapshot: the next start is warm and fast
         source.close()
+        if metadata is not None:
+            metadata.close()
+
+
+def _flash_origins(args: argparse.Namespace):
+    """The origins a flash node may read through from: ``--origin`` prefixes, and those
+    registered in the metadata of ``--region`` (then also the metadata store to close)."""
+    import os
+
+    from blobtier.origins import OriginAllowList
+
+    region = args.flash_region or args.region
+    if not region:
+        return OriginAllowList(args.origin), None
+    from blobtier.config import resolve
+    from blobtier.metadata.rocksdb_store import RocksDBStore
+
+    root = resolve(region, running=False).root
+    store = RocksDBStore(os.path.join(root, "metadata"), scratch_dir=os.path.join(root, "tmp"))
+    try:
+        return OriginAllowList(args.origin, store.origins), store
+    except BaseException:
+        store.close()
+        raise
 
 
 def _flash_source(args: argparse.Namespace):
@@ -368,8 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-endpoints", default=None, metavar="HOST:PORT,...",
                    help="chunk servers to read misses from, in the region's block.endpoints order")
     p.add_argument("--region", dest="flash_region", default=None, metavar="DIR_OR_TOML",
-                   help="or: the region whose block layer to read misses from (its chunk servers, "
-                        "or an embedded region's block directories)")
+                   help="the region whose registered origins to read through from, and (without "
+                        "--block-endpoints) whose block layer: its chunk servers, or an embedded "
+                        "region's block directories")
+    p.add_argument("--origin", action="append", default=[], metavar="URL_PREFIX",
+                   help="also read blobs registered by reference under this fsspec URL prefix "
+                        "(repeatable); a record naming any other origin is refused")
     p.add_argument("--hedge-after-ms", type=float, default=0.0,
                    help="reads from chunk servers: hedge after this long (0: automatic, < 0: never)")
     p.add_argument("--token-file", default=None, metavar="TOML",

@@ -5,6 +5,11 @@ processes on eight hosts starting the same epoch), the first one reads it from t
 ``ChunkSource`` and the others wait for that read. The bytes are verified against the
 chunk's record, offered to the cache, and only then is the read marked done, so a request
 that arrives a moment later finds the chunk cached instead of reading it again.
+
+The records come from the requests, so they are not trusted: before anything is read
+(``check``), each must name only places this node reads from, its own chunk servers or
+an origin its ``OriginAllowList`` covers. Anything else is ``Forbidden``: a node that
+read what a request names would read ``file:///etc/shadow`` for anyone who asked.
 """
 
 from __future__ import annotations
@@ -14,15 +19,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from blobtier import checksum
 from blobtier.chunks import ChunkKey, ChunkRef, ChunkSource
-from blobtier.errors import BlobtierError, TierUnavailable
+from blobtier.errors import BlobtierError, Forbidden, TierUnavailable
 from blobtier.flash_l3.cache import FlashCache
 from blobtier.rpc.cache_service import FAILED, FILLED, HIT, Answer
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from blobtier.origins import OriginAllowList
 
+log = logging.getLogger(__name__)
 
 
 class ReadThrough:
@@ -32,22 +40,56 @@ class ReadThrough:
         cache: the node's cache.
         source: the block layer (or an origin) that every miss is read from.
         on_fill: told the seconds of every batch read from the source (a histogram).
+        origins: the origin locations records may name (None: no origin is read; records
+            registered by reference are refused).
+
+    The chunk servers records may name are the keys of ``source.servers`` when the source
+    has them (the block layer); a source without them is trusted with any placement.
     """
 
     def __init__(self, cache: FlashCache, source: ChunkSource,
-                 on_fill: Callable[[float], None] | None = None) -> None:
+                 on_fill: Callable[[float], None] | None = None,
+                 origins: OriginAllowList | None = None) -> None:
         self.cache = cache
         self.source = source
         self.on_fill = on_fill
+        self.origins = origins
+        servers = getattr(source, "servers", None)
+        self._servers = frozenset(servers) if servers is not None else None
         self._lock = threading.Lock()
         self._inflight: dict[bytes, Future] = {}
-        self.counters = {"fills": 0, "fill_failures": 0, "coalesced": 0}
+        self.counters = {"fills": 0, "fill_failures": 0, "coalesced": 0, "refused": 0}
+
+    def check(self, refs: Sequence[ChunkRef]) -> None:
+        """Raise ``Forbidden`` unless every chunk lies where this node reads from: on its
+        chunk servers, or in an allowed origin. The message names nothing of the request."""
+        seen: set[int] = set()
+        for rec, index in refs:
+            if rec.origin:
+                if id(rec) not in seen and not self._origin_allowed(rec.origin):
+                    self._refuse("an origin this node does not read from", rec.origin.partition("\n")[0])
+                seen.add(id(rec))
+            elif self._servers is not None and index < len(rec.placement) and \
+                    not self._servers.issuperset(rec.placement[index]):
+                self._refuse("chunk servers this node does not read from", str(rec.placement[index]))
+
+    def _origin_allowed(self, origin: str) -> bool:
+        url, sep, _ = origin.partition("\n")
+        return bool(sep) and self.origins is not None and self.origins.allows(url)
+
+    def _refuse(self, what: str, named: str) -> None:
+        with self._lock:
+            self.counters["refused"] += 1
+        log.warning("refused a read-through naming %s: %r", what, named[:256])
+        raise Forbidden(f"a record names {what}")
 
     def read(self, refs: Sequence[ChunkRef], touch: bool = True, force: bool = False) -> list[Answer]:
         """Each chunk from the cache, else from the source (once across concurrent callers).
 
-        ``force``: cache what is read past the admission policy (a prefetch).
+        ``force``: cache what is read past the admission policy (a prefetch). Raises
+        ``Forbidden`` as ``check`` does, before anything is read.
         """
+        self.check(refs)
         answers: list[Answer | None] = [None] * len(refs)
         missing = []
         for i, (rec, index) in enumerate(refs):
@@ -63,7 +105,8 @@ class ReadThrough:
 
     def fill(self, refs: Sequence[ChunkRef], touch: bool = True, force: bool = False) -> list[Answer]:
         """Read chunks the cache missed: those nobody is reading yet from the source, in one
-        batch; wait for the others."""
+        batch; wait for the others. Raises ``Forbidden`` as ``check`` does."""
+        self.check(refs)
         keys = [rec.chunk_key(index) for rec, index in refs]
         own, waits, cached = self._claim(keys)
         answers: dict[int, Answer] = {}

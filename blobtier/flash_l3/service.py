@@ -6,7 +6,9 @@ told) and runs until ``stop()``, which writes the index snapshot. It serves
 Drop, Resize) and the standard ``grpc.health.v1`` service; optionally its Prometheus
 series on ``127.0.0.1:metrics_port``. The node is handed its ``ChunkSource`` (the block
 layer) by whoever starts it, so this package never imports the block layer. A bad request
-gets its status code and the node keeps serving.
+gets its status code and the node keeps serving. A request whose records name a place the
+node does not read from (another origin, chunk servers it was not given) is refused with
+PERMISSION_DENIED (``readthrough.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from blobtier.flash_l3.device import DeviceFaults
 from blobtier.flash_l3.metrics import FlashMetrics
 from blobtier.flash_l3.readthrough import ReadThrough
 from blobtier.metrics import serve_metrics, stop_metrics
+from blobtier.origins import OriginAllowList
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.cache_service import CacheServicer
@@ -98,6 +101,8 @@ class FlashNode:
         registry: where the series go (default: a registry of this node's own).
         faults: failures to inject into the device (fault tests).
         auth: the tokens calls must present (None: none needed).
+        origins: the origin locations it may read blobs registered by reference from
+            (None: none; their records are refused).
     """
 
     def __init__(self, root: str, capacity: int, source: ChunkSource, *, addr: str = "127.0.0.1:0",
@@ -105,13 +110,14 @@ class FlashNode:
                  admission: AdmissionPolicy | None = None, reinsert_hits: int = 0,
                  tls: Tls | None = None, workers: int = 32, metrics_port: int | None = None,
                  registry: CollectorRegistry | None = None, faults: DeviceFaults | None = None,
-                 auth: TokenTable | None = None) -> None:
+                 auth: TokenTable | None = None, origins: OriginAllowList | None = None) -> None:
         self.root = root
         self.node_id = node_id
         self.cache = FlashCache(root, capacity, region_size=region_size, admission=admission,
                                 reinsert_hits=reinsert_hits, faults=faults)
         self.metrics = FlashMetrics(self.cache, registry if registry is not None else CollectorRegistry())
-        self.readthrough = ReadThrough(self.cache, source, on_fill=self.metrics.observe_fill)
+        self.readthrough = ReadThrough(self.cache, source, on_fill=self.metrics.observe_fill,
+                                       origins=origins)
         self.metrics.track(self.readthrough)
         self._http = None
         self.metrics_port: int | None = None

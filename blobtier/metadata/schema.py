@@ -4,6 +4,8 @@ Key layout in every metadata store (one ordered key space, one byte of prefix pe
 
     b"R" + utf8(key)   ->  encoded BlobRecord        one record per blob: open = one get
                                                       ls(prefix) = ordered scan of b"R"+prefix
+    b"O" + utf8(url)   ->  b""                       an origin prefix registered by reference:
+                                                      cache nodes read through only under these
 
 A key is ``namespace/path/inside``: UTF-8, at most ``MAX_KEY_BYTES`` bytes, at least two
 segments, no empty, ``.`` or ``..`` segment, no NUL, no leading ``/``. The namespace (first
@@ -49,6 +51,7 @@ _HEAD = struct.Struct("<2sBIB16sQQIQBBI")
 _CRC_FROM = 7  # the crc32c covers the record from the flags on; magic and format are exact
 _MAGIC = b"BT"
 RECORD_PREFIX = b"R"
+ORIGIN_PREFIX = b"O"
 
 
 def validate_key(key: str) -> str:

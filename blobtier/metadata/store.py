@@ -92,6 +92,27 @@ class MetadataStore(ABC):
         rows = self._scan_raw(schema.record_key(prefix), start, limit)
         return [(k[1:].decode(), schema.decode(v)) for k, v in rows]
 
+    def register_origins(self, urls: Sequence[str]) -> None:
+        """Record origin prefixes (fsspec URLs) the region reads by reference: the only
+        places its cache nodes read through from besides the block layer (``origins.py``).
+
+        Raises:
+            Forbidden: a URL with no canonical form (chained, ``..`` segments...).
+        """
+        from blobtier.origins import canonical
+
+        keys = {schema.ORIGIN_PREFIX + canonical(u).encode() for u in urls}
+        self._cas_many([(k, ANY, b"") for k in sorted(keys)])
+
+    def origins(self) -> list[str]:
+        """Every registered origin prefix, in canonical form."""
+        out: list[str] = []
+        start = schema.ORIGIN_PREFIX
+        while rows := self._scan_raw(schema.ORIGIN_PREFIX, start, 1000):
+            out += [k[1:].decode() for k, _ in rows]
+            start = rows[-1][0] + b"\x00"
+        return out
+
     # -- backend surface -------------------------------------------------------------
     @abstractmethod
     def _get_raw(self, rkey: bytes) -> bytes | None: ...

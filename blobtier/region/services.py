@@ -84,7 +84,8 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
         argv = [*cli, "flash", "serve", "--dir", os.path.join(flash_dir(config), f"{j:03d}"),
                 "--capacity", str(sc.flash_capacity_bytes), "--region-size", str(sc.flash_region_bytes),
                 "--admission", sc.flash_admission, "--host", sc.host, "--port", str(port),
-                "--id", str(j), "--block-endpoints", ",".join(endpoints), *_metrics_flag(metrics), *auth]
+                "--id", str(j), "--block-endpoints", ",".join(endpoints), "--region", root,
+                *_metrics_flag(metrics), *auth]
         out.append(ServiceSpec(f"flash-{j}", "flash", argv, f"{sc.host}:{port}", metrics, None,
                                os.path.join(logs, f"flash-{j}.log"), token_env))
     if sc.daemon:

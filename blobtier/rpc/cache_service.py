@@ -7,6 +7,12 @@ methods: ``get(key, touch)`` (a buffer that stays valid while it is referenced, 
 misses through from the block layer also passes a ``ReadThrough``-like object (``fill``);
 without one, a miss is a MISS and Prefetch is not served. A cache whose chunks lie in
 files a client on the same host may read itself has ``locate(keys, touch)`` (Locate).
+
+A request's records are the caller's word: the filler's ``check`` refuses the whole call
+(PERMISSION_DENIED) before anything is served if one names a place the node does not read
+from. What goes back never describes data the caller could not read: a chunk that could
+not be read through says only what kind of failure it was, never the checksums, tags,
+sizes or paths in the error behind it.
 """
 
 from __future__ import annotations
@@ -58,7 +64,16 @@ class ServedCache(Protocol):
 
 
 class Filler(Protocol):
+    def check(self, refs: Sequence[ChunkRef]) -> None:
+        """Raise ``Forbidden`` unless the node may read every one of these chunks."""
+
     def fill(self, refs: Sequence[ChunkRef], touch: bool = True, force: bool = False) -> list[Answer]: ...
+
+
+def failure_detail(error: BaseException | None) -> str:
+    """What a caller is told of a failed read-through: the kind of failure only. The
+    message may hold checksums, an origin's tag or size, or a server's paths."""
+    return type(error).__name__ if error is not None else ""
 
 
 def _records(raw: list[bytes]) -> list[BlobRecord]:
@@ -80,8 +95,8 @@ def _answer(out: wire.ReplyBatcher, item: int, answer: Answer, req: pb.GetItem) 
     """Queue one item's replies (a first one naming it, with the first piece, then the
     rest); yield the messages that fill up."""
     if answer.data is None:
-        detail = str(answer.error) if answer.error is not None else ""
-        head = pb.GetReply(item=item, outcome=_OUTCOME.get(answer.outcome, pb.MISS), detail=detail)
+        head = pb.GetReply(item=item, outcome=_OUTCOME.get(answer.outcome, pb.MISS),
+                           detail=failure_detail(answer.error))
         if (msg := out.add(head)) is not None:
             yield msg
         return
@@ -89,7 +104,7 @@ def _answer(out: wire.ReplyBatcher, item: int, answer: Answer, req: pb.GetItem) 
     size = len(data)
     length = req.length if req.HasField("length") else size - req.offset
     if req.offset < 0 or length < 0 or req.offset + length > size:
-        raise OutOfRange(f"range {req.offset}+{length} outside a chunk of {size} bytes")
+        raise OutOfRange(f"range {req.offset}+{length} is outside the chunk")
     view = data[req.offset:req.offset + length]
     head = pb.GetReply(item=item, outcome=_OUTCOME[answer.outcome], length=length)
     for pos in range(0, max(length, 1), MAX_PIECE_BYTES):
@@ -110,6 +125,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             keys = [wire.key_from_pb(item.key) for item in request.items]
             refs = {i: self._checked_ref(records, item, key)  # a bad request fails before any answer
                     for i, (item, key) in enumerate(zip(request.items, keys)) if item.HasField("record")}
+            if refs and self.readthrough is not None:
+                self.readthrough.check(list(refs.values()))  # Forbidden before any answer
             out = wire.ReplyBatcher()
             through: list[int] = []
             # Hits are streamed as they are read; misses with a record are read through
@@ -172,6 +189,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 raise InvalidRequest(f"at most {wire.MAX_ITEMS} chunks per Prefetch")
             records = _records(list(request.records))
             refs = [_ref(records, item.record, item.index) for item in request.items]
+            self.readthrough.check(refs)
             reply = pb.PrefetchReply()
             todo = []
             for ref in refs:

@@ -5,10 +5,16 @@ into the matching exception with ``error_of(rpc_error)``. A code with no excepti
 own (``INTERNAL``, ``UNKNOWN``, ``CANCELLED``, ``RESOURCE_EXHAUSTED``...) means the server
 could not answer: ``TierUnavailable``, which the read path treats as a miss and fails
 over from.
+
+A status carries the message of an exception about the request itself (a bad argument, a
+refused right, a lost race). Any other (a checksum failure, an I/O error, a chunk not
+found) is answered with its kind only: its message may hold checksums, an origin's tag,
+sizes or paths that the caller was never allowed to read. The server logs the message.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,6 +36,7 @@ from blobtier.errors import (
 )
 
 Code = grpc.StatusCode
+log = logging.getLogger(__name__)
 
 # Most specific first: the first row an exception is an instance of gives its code.
 TO_CODE: tuple[tuple[type[BaseException], Code], ...] = (
@@ -81,9 +88,24 @@ def error_of(exc: grpc.RpcError, where: str) -> BlobtierError:
     return exception_for(code)(f"{where}: {details or code.name} ({code.name})")
 
 
+# Errors whose messages describe only what the caller sent or may know.
+_ECHOED = (InvalidKey, InvalidRequest, CorruptRecord, Forbidden, VersionConflict, RegionLocked, TimedOut)
+
+
+def public_message(exc: BaseException) -> str:
+    """What a caller is told of ``exc``: its message if it is about the request, else its
+    kind alone."""
+    if isinstance(exc, _ECHOED):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__} on the server"
+
+
 def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     """End the call with the code for ``exc``; raises, as ``context.abort`` does."""
-    context.abort(code_of(exc), str(exc) or type(exc).__name__)
+    code = code_of(exc)
+    if not isinstance(exc, _ECHOED):
+        log.info("answered %s: %s", code.name, exc)
+    context.abort(code, public_message(exc))
 
 
 @contextmanager

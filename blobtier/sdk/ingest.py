@@ -40,6 +40,15 @@ class IngestReport:
     bytes: int
 
 
+def _origin_prefix(src: str) -> str:
+    """The URL of ``src`` itself (a file or a directory), as its records will name it."""
+    local = _local_root(src)
+    if local is not None:
+        return "file://" + os.path.abspath(os.path.expanduser(local))
+    fs, path = fsspec.core.url_to_fs(src)
+    return fs.unstrip_protocol(path)
+
+
 def _local_root(src: str) -> str | None:
     if src.startswith("file://"):
         return src[len("file://"):]
@@ -150,6 +159,8 @@ def register(client, src: str, dest_prefix: str, *, threads: int = 8,
     fs, _, files = list_source(src)
     if fs is None:  # a local directory: reach it through fsspec as the origin reader will
         fs = fsspec.filesystem("file")
+    # Before any record names it: cache nodes read through only from registered origins.
+    client._write_path().metadata.register_origins([_origin_prefix(src)])
     prefix = dest_prefix.rstrip("/")
     plan = [(validate_key(f"{prefix}/{rel}"), full, size) for rel, full, size in files]
     total = sum(size for _, _, size in plan)

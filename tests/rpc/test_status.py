@@ -106,3 +106,35 @@ def test_importing_blobtier_loads_no_grpc():
     code = "import sys, blobtier, blobtier.sdk.client; print('grpc' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("exc, echoed", [
+    (errors.InvalidRequest("at most 512 chunks"), True),
+    (errors.Forbidden("token lacks read"), True),
+    (errors.ChecksumError("xxh3 0x1234 != 0x99"), False),
+    (errors.OriginChanged("file:///x changed (mtime:1:size:5 then)"), False),
+    (errors.TierUnavailable("chunk store /srv/blocks/003: EIO"), False),
+    (errors.BlobNotFound("chunk ab not in /srv/blocks/003"), False),
+    (OSError(5, "Input/output error", "/srv/flash/region-7"), False),
+])
+def test_statuses_carry_only_messages_about_the_request(exc, echoed):
+    """A fault's message may hold checksums, tags, sizes or paths: only its kind goes out."""
+    said = status.public_message(exc)
+    assert (said == str(exc)) is echoed
+    if not echoed:
+        assert said == f"{type(exc).__name__} on the server"
+
+
+def test_a_chunk_server_never_names_its_disk(tmp_path):
+    from blobtier.blockstore_sim.chunk_server import ChunkServer
+    from blobtier.blockstore_sim.remote import RemoteChunkStore
+
+    server = ChunkServer(str(tmp_path / "disk-path"))
+    store = RemoteChunkStore(server.address, timeout_s=10)
+    try:
+        with pytest.raises(errors.BlobNotFound) as err:
+            store.get(b"\x01" * 16)
+        assert "disk-path" not in str(err.value) and str(tmp_path) not in str(err.value)
+    finally:
+        store.close()
+        server.stop(0)
