@@ -36,7 +36,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     config = _config(args)
     timeout = args.timeout if args.timeout is not None else config.services.stop_timeout_s
-    region = supervisor.down(config.root, timeout)
+    region = supervisor.down(config.root, timeout, config=config)
     print(f"region {config.root} is down ({len(region.services)} services stopped)")
     return 0
 

@@ -173,19 +173,37 @@ def _tail(s: _Started) -> str:
 
 
 # -- stopping ----------------------------------------------------------------------------
-def down(root: str, timeout_s: float, say: Say = print) -> RegionState:
-    """Stop every service of the region at ``root`` (SIGTERM, then SIGKILL after ``timeout_s``)."""
+def down(root: str, timeout_s: float, say: Say = print, config: RegionConfig | None = None) -> RegionState:
+    """Stop every service of the region at ``root`` (SIGTERM, then SIGKILL after ``timeout_s``),
+    and any blobtier process of ours still holding one of its ports or its socket. With no
+    state file (an ``up`` killed before it wrote one), ``config`` says which ports to free."""
     lock = _lock(root)
     try:
         region = state.read(root)
-        if region is None:
+        known = region.services if region is not None else _unrecorded(config)
+        if region is not None:
+            _stop(region.services, timeout_s, say)
+        strays = _strays(known)
+        if region is None and not strays:
             raise InvalidRequest(f"no region is up at {root} (no {state.path(root)})")
-        _stop(region.services, timeout_s, say)
-        _stop_strays(region.services, timeout_s, say)
+        for s in strays:
+            say(f"{s.name:<8} pid {s.pid:<7} is not in the state file but holds the region's port "
+                "or socket: stopping it")
+        _stop(strays, timeout_s, say)
         state.remove(root)
-        return region
+        for port, pid in ports.holders(set(_region_ports(known))).items():
+            say(f"warning: port {port} is still bound by pid {pid}, not a blobtier service of yours")
+        return region if region is not None else RegionState(root, services=strays)
     finally:
         lock.release()
+
+
+def _unrecorded(config: RegionConfig | None) -> list[ServiceRecord]:
+    """The services ``config`` describes, as records without a pid: where to look for strays."""
+    if config is None:
+        return []
+    return [ServiceRecord(s.name, s.kind, 0, s.address, s.metrics_port, s.socket, 0.0, s.log)
+            for s in specs(config)]
 
 
 def _stop(services: list[ServiceRecord], timeout_s: float, say: Say) -> None:
@@ -219,29 +237,19 @@ def _region_ports(services: list[ServiceRecord]) -> dict[int, str]:
     return out
 
 
-def _stop_strays(services: list[ServiceRecord], timeout_s: float, say: Say) -> None:
-    """Stop blobtier processes of ours that the state file does not name but that still
-    hold one of the region's ports or the daemon's socket: a service restarted by hand."""
+def _strays(services: list[ServiceRecord]) -> list[ServiceRecord]:
+    """Blobtier processes of ours that ``services`` do not name but that hold one of their
+    ports or sockets (a service restarted by hand), each as the service it stands in for."""
     by_port = _region_ports(services)
-    strays: dict[int, ServiceRecord] = {}
+    named = {s.name: s for s in services}
+    found: dict[int, ServiceRecord] = {}
     for port, pid in ports.holders(set(by_port)).items():
-        if pid != os.getpid() and pid_alive(pid):
-            named = next(s for s in services if s.name == by_port[port])
-            strays.setdefault(pid, replace(named, pid=pid))
+        found.setdefault(pid, replace(named[by_port[port]], pid=pid))
     for s in services:
-        if s.socket:
-            pid = _socket_holder(s.socket)
-            if pid is not None and pid != os.getpid() and pid_alive(pid):
-                strays.setdefault(pid, replace(s, pid=pid))
-    if strays:
-        for s in strays.values():
-            say(f"{s.name:<8} pid {s.pid:<7} is not in the state file but holds the region's port "
-                f"or socket: stopping it")
-        _stop(list(strays.values()), timeout_s, say)
-    left = ports.holders(set(by_port))
-    if left:
-        raise TierUnavailable("ports of the region are still bound: " + ", ".join(
-            f"{port} ({by_port[port]}) by pid {pid}, not a blobtier service" for port, pid in left.items()))
+        pid = _socket_holder(s.socket) if s.socket else None
+        if pid is not None:
+            found.setdefault(pid, replace(s, pid=pid))
+    return [s for pid, s in found.items() if pid != os.getpid() and pid_alive(pid)]
 
 
 def _socket_holder(path: str) -> int | None:

@@ -147,3 +147,33 @@ def test_restart_names_what_it_cannot_do(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_down_without_a_state_file_frees_the_configs_ports_and_socket(tmp_path, capsys):
+    """An `up` killed before it wrote the state file leaves services nobody recorded: `down`
+    finds them by the ports and the socket the config gives them."""
+    root = tmp_path / "region"
+    base = free_base_port()
+    path = write_config(tmp_path / "region.toml", root, base, "flash_nodes = 0\n")
+    (root / "run").mkdir(parents=True)
+    sock = str(root / "run" / "daemon.sock")
+    cli = [sys.executable, "-m", "blobtier.cli"]
+    orphans = [subprocess.Popen(cli + ["block", "serve", "--root", str(root / "blocks" / "001"),
+                                       "--port", str(base + 1), "--id", "1"],
+                                stdout=subprocess.PIPE, text=True, start_new_session=True),
+               subprocess.Popen(cli + ["daemon", "--memory", "4MiB", "--socket", sock],
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)]
+    try:
+        for proc in orphans:
+            assert proc.stdout.readline()  # each says so once it serves
+        assert main(["down", "-c", path]) == 0
+        out = capsys.readouterr().out
+        assert all(f"pid {p.pid}" in out for p in orphans) and "is down (2 services stopped)" in out
+        assert all(p.wait(10) is not None for p in orphans)
+        assert port_free(base + 1) and not os.path.exists(sock)
+        assert main(["down", "-c", path]) == 1  # nothing left: no region is up
+    finally:
+        for proc in orphans:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
