@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -36,7 +37,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from blobtier import checksum
 from blobtier.chunks import ChunkStore
-from blobtier.errors import BlobNotFound, BlobtierError, ChecksumError
+from blobtier.errors import BlobNotFound, BlobtierError, ChecksumError, InvalidRequest
 from blobtier.metadata.schema import BlobRecord
 from blobtier.metadata.store import MetadataStore
 
@@ -59,7 +60,7 @@ class ScrubMetrics:
         p = f"{namespace}_scrub"
         self.blobs = Counter(f"{p}_blobs", "Blobs scrubbed", registry=registry)
         self.chunks = Counter(f"{p}_chunks", "Chunks scrubbed (every replica read)", registry=registry)
-        self.bytes = Counter(f"{p}_bytes", "Replica bytes read and verified", registry=registry)
+        self.bytes = Counter(f"{p}_bytes", "Bytes of good replicas read", registry=registry)
         self.replicas = Counter(f"{p}_replicas", "Replicas checked, by what was found",
                                 ["state"], registry=registry)
         self.repaired = Counter(f"{p}_repaired", "Replicas written back and verified", registry=registry)
@@ -183,7 +184,9 @@ class Scrubber:
         self._writable: Stores | None = None
         self._switch = threading.Lock()
         self._silent: set[int] = set()  # servers already reported unreachable in the log
-        self.threads = max(1, threads)
+        if not isinstance(threads, int) or threads < 1:
+            raise InvalidRequest(f"scrub threads must be a whole number of at least 1, not {threads!r}")
+        self.threads = threads
         self.metrics = metrics if metrics is not None else default_metrics()
 
     def run(self, prefix: str = "", progress: Progress | None = None) -> ScrubReport:
@@ -225,18 +228,21 @@ class Scrubber:
 
     def _check_page(self, pool: ThreadPoolExecutor, page: Sequence[tuple[str, BlobRecord]]
                     ) -> Iterator[tuple[str, BlobRecord, list[_Verdict]]]:
-        jobs: list[tuple[str, BlobRecord, list[Future]]] = []
+        """(key, record, a verdict per chunk) for each blob of ``page``, in order, with at
+        most a few chunks per thread in flight (a page may hold millions of chunks)."""
+        tasks = ((key, rec, i) for key, rec in page for i in range(0 if rec.origin else rec.n_chunks))
+        inflight: deque[Future] = deque()
         try:
             for key, rec in page:
-                futures = [] if rec.origin else [pool.submit(self._check, key, rec, i)
-                                                  for i in range(rec.n_chunks)]
-                jobs.append((key, rec, futures))
-            for key, rec, futures in jobs:
-                yield key, rec, [f.result() for f in futures]
+                verdicts: list[_Verdict] = []
+                while len(verdicts) < (0 if rec.origin else rec.n_chunks):
+                    while len(inflight) < 4 * self.threads and (task := next(tasks, None)) is not None:
+                        inflight.append(pool.submit(self._check, *task))
+                    verdicts.append(inflight.popleft().result())
+                yield key, rec, verdicts
         finally:
-            for _, _, futures in jobs:  # after a failure, chunks not yet checked are not worth it
-                for f in futures:
-                    f.cancel()
+            for f in inflight:  # after a failure, chunks not yet checked are not worth it
+                f.cancel()
 
     # -- one chunk ---------------------------------------------------------------------
     def _check(self, key: str, rec: BlobRecord, index: int) -> _Verdict:

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 import blobtier
 from blobtier.blockstore_sim.volume import VolumeStore
 from blobtier.cli import main
-from blobtier.errors import ChecksumError, RegionLocked
+from blobtier.errors import ChecksumError, InvalidRequest, RegionLocked
 from blobtier.sdk.scrub import ScrubMetrics
 from tests.scrub_support import LOST, apply_plan, blobs, flip_in_dir, good_counts
 
@@ -149,6 +149,10 @@ def test_prefix_and_blobs_registered_by_reference(region, damaged, tmp_path):
         assert ref.blobs == 1 and ref.by_reference == 1 and ref.chunks == 0 and ref.clean
         one = c.scrub("ds/4")
         assert one.blobs == 1 and one.chunks == 3 and one.total.corrupt == 1
+        narrow = c.scrub("ds/", threads=1)  # 4 chunks in flight: windows across blob boundaries
+        assert (narrow.chunks, narrow.total, narrow.lost_chunks) == (18, c.scrub("ds/").total, ["ds/5#0"])
+        with pytest.raises(InvalidRequest, match="threads"):
+            c.scrub("ds/", threads=0)
 
 
 def test_cli_scrub_prints_a_table_and_says_by_its_status(region, damaged, capsys, tmp_path,
