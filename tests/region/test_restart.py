@@ -108,6 +108,7 @@ def test_down_stops_a_service_restarted_by_hand(tmp_path, capsys):
     path = write_config(tmp_path / "region.toml", root, free_base_port(),
                         "flash_nodes = 0\ndaemon = false\n")
     try:
+        by_hand = None
         assert run_cli("up", "-c", path).returncode == 0
         region = state.read(root)
         dead = region.of_kind("block")[2]
@@ -126,6 +127,9 @@ def test_down_stops_a_service_restarted_by_hand(tmp_path, capsys):
         assert processes_under(root) == []
     finally:
         kill_leftovers(root)
+        if by_hand is not None and by_hand.poll() is None:
+            by_hand.kill()
+            by_hand.wait()
 
 
 def test_restart_names_what_it_cannot_do(tmp_path):
