@@ -44,6 +44,7 @@ def status_lines(path: str, capsys) -> dict[str, str]:
     return {line.split()[0]: line for line in lines} | {"code": str(code)}
 
 
+@pytest.mark.slow  # a whole region, three restarts and a down: about 10 s
 def test_killed_services_come_back_and_down_leaves_nothing(tmp_path, capsys):
     root = str(tmp_path / "region")
     path = write_config(tmp_path / "region.toml", root, free_base_port())
