@@ -75,6 +75,11 @@ class ChunkCache(Protocol):
     #       tier that fails raises TierUnavailable and the chain reads the source itself.
     # Optional, for untrusted tiers that cannot check every chunk they serve themselves:
     #   report_corrupt(keys): these chunks failed their checksum in the chain; forget them.
+    # Optional, for trusted tiers whose memory other processes can write (the host L1):
+    #   verify_rate = r: the chain checks this share (0..1) of hits against the record,
+    #       and reports a corrupt one with report_corrupt.
+    #   checks_fills = True: put takes checksum=(algorithm, value) from the record, so
+    #       the tier can check the bytes it publishes.
 
     def contains(self, key: ChunkKey) -> bool: ...
 

@@ -29,8 +29,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from blobtier.cache_l1_l2.l1 import socket_dir
 from blobtier.cache_l1_l2.owner import ArenaOwner
+from blobtier.cache_l1_l2.trust import check_socket_dir
 from blobtier.cache_l1_l2.wire import OwnerClient, OwnerServer
-from blobtier.errors import InvalidRequest, TierUnavailable
+from blobtier.errors import Forbidden, InvalidRequest, TierUnavailable, UntrustedPath
 from blobtier.metrics import serve_metrics, stop_metrics
 
 if TYPE_CHECKING:  # grpc loads only in a daemon that serves peers
@@ -57,10 +58,25 @@ def find_daemon(setting: str) -> str | None:
 
 def daemon_info(setting: str) -> dict | None:
     """What the daemon per ``setting`` says of itself (its INFO, plus ``socket``), or None
-    when none answers. ``peer`` and ``peers`` name its L2 cluster when it has one."""
+    when none answers. ``peer`` and ``peers`` name its L2 cluster when it has one.
+
+    Raises ``UntrustedPath`` for a socket in a directory another user could control, or
+    served by another user's process, and ``Forbidden`` when the daemon will not serve
+    this process's user (``trust.py``); with ``auto`` these are logged and mean no daemon,
+    so another user cannot stop this one's clients by squatting the well-known directory.
+    """
     if setting == "off":
         return None
-    path = default_socket() if setting == "auto" else setting
+    if setting != "auto":
+        return _ask(setting)
+    try:
+        return _ask(default_socket())
+    except (UntrustedPath, Forbidden) as exc:
+        log.warning("no host daemon (cache.daemon = auto): %s", exc)
+        return None
+
+
+def _ask(path: str) -> dict | None:
     if not os.path.exists(path):
         return None
     probe = OwnerClient(path, timeout_s=2.0)
@@ -84,7 +100,7 @@ class ArenaCollector(Collector):
 
     def collect(self) -> Iterator:
         stats = self.owner.stats()
-        for name in ("hits", "misses", "inserts", "evictions", "rejected"):
+        for name in ("hits", "misses", "inserts", "evictions", "rejected", "corrupt", "refused_commits"):
             fam = CounterMetricFamily(f"blobtier_l1_{name}", f"L1 arena {name}")
             fam.add_metric([], stats.get(name, 0))
             yield fam
@@ -120,6 +136,7 @@ class HostDaemon:
                  peers: tuple[str, ...] = (), tls: Tls | None = None, auth: TokenTable | None = None,
                  namespace_policies: Mapping[str, str] | None = None) -> None:
         self.socket_path = socket_path or default_socket()
+        check_socket_dir(os.path.dirname(self.socket_path) or ".")  # a clear refusal, first
         if find_daemon(self.socket_path):
             raise TierUnavailable(f"a daemon already serves {self.socket_path}")
         self.owner = ArenaOwner(memory, policy, namespace_policies=namespace_policies)

@@ -25,13 +25,16 @@ import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 
+from blobtier import checksum as checksums
 from blobtier.cache_l1_l2.arena import Segment
 from blobtier.cache_l1_l2.owner import BUSY, GRANTED, ArenaOwner
-from blobtier.cache_l1_l2.wire import OwnerClient, OwnerServer
+from blobtier.cache_l1_l2.trust import check_socket_dir
+from blobtier.cache_l1_l2.wire import OwnerClient, OwnerServer, Refused
 from blobtier.chunks import Buffer, ChunkKey
-from blobtier.errors import TierUnavailable
+from blobtier.errors import InvalidRequest, TierUnavailable
 
 log = logging.getLogger(__name__)
+VERIFY_RATES = {"off": 0.0, "sampled": 1 / 64, "always": 1.0}  # cache.verify_l1 -> share of hits
 _FLUSH_RELEASES = 512  # queued releases that force a round trip of their own
 
 Claim = tuple[ChunkKey, int] | tuple[ChunkKey, int, str]
@@ -61,15 +64,25 @@ class SharedL1Cache:
     Args:
         owner: the ``ArenaOwner`` when this process owns the arena, or
         socket_path: the owner's Unix socket when another process does.
+        verify: how many hits the read path checks against their record
+            (``cache.verify_l1``): ``off``, ``sampled`` (1 in 64) or ``always``.
     """
 
     name = "l1"
     trusted = True
     namespaced = True  # claim, put and announce file chunks under a namespace (owner.py)
+    checks_fills = True  # put takes checksum=(algorithm, value) of the chunk (chunks.py)
 
-    def __init__(self, owner: ArenaOwner | None = None, socket_path: str | None = None) -> None:
+    def __init__(self, owner: ArenaOwner | None = None, socket_path: str | None = None,
+                 verify: str = "sampled") -> None:
         if (owner is None) == (socket_path is None):
             raise ValueError("give exactly one of owner and socket_path")
+        if verify not in VERIFY_RATES:
+            raise InvalidRequest(f"verify_l1 {verify!r}: choose one of {', '.join(VERIFY_RATES)}")
+        # Bytes in memory can still change after their fill was checked (a stray write
+        # through a reader's writable mapping, a bit flip): the chain checks this share
+        # of hits against their record (chunks.py).
+        self.verify_rate = VERIFY_RATES[verify]
         self._owner = owner
         self._client = OwnerClient(socket_path) if socket_path else None
         self._session = owner.open_session() if owner else 0
@@ -206,8 +219,15 @@ class SharedL1Cache:
             except TierUnavailable as exc:
                 log.debug("L1 claims not given back: %s", exc)
 
-    def put(self, key: ChunkKey, data: Buffer, touch: bool = True, namespace: str = "") -> None:
-        """Fill ``key`` (claimed before, or claimed now under ``namespace``)."""
+    def put(self, key: ChunkKey, data: Buffer, touch: bool = True, namespace: str = "",
+            checksum: tuple[str, int] | None = None) -> None:
+        """Fill ``key`` (claimed before, or claimed now under ``namespace``).
+
+        ``checksum``: (algorithm, value) of ``data`` from the chunk's record. An owner in
+        another process checks the slot holds exactly these bytes before it publishes
+        them (without it, an xxh3 of ``data`` is taken here); a fill it refuses is
+        dropped, with a warning, and the chunk is simply not cached.
+        """
         size = len(data)
         with self._lock:
             claim = self._claims.pop(key, None)
@@ -228,10 +248,26 @@ class SharedL1Cache:
         except BaseException:
             self._abort([digest], generation)
             raise
-        if self._owner is not None:
+        if self._owner is not None:  # written by this very call: nothing to check
             self._owner.commit(digest, self._session, accessed=touch)
-        else:
-            self._client.commit([digest], accessed=touch, generation=generation)
+            return
+        algo, value = checksum or ("xxh3", checksums.xxh3(data))
+        try:
+            self._client.commit([(digest, size, algo, value)], accessed=touch, generation=generation)
+        except Refused as exc:
+            log.warning("L1 fill of chunk %s not cached: %s", key, exc)
+
+    def report_corrupt(self, keys: Sequence[ChunkKey]) -> None:
+        """These chunks failed their checksum on a hit: the owner forgets them (a slot
+        still pinned is reused once released). An owner that is gone took them along."""
+        digests = [k.digest() for k in keys]
+        if self._owner is not None:
+            self._owner.discard(digests)
+            return
+        try:
+            self._client.discard(digests)
+        except TierUnavailable as exc:
+            log.debug("L1 not told of corrupt chunks: %s", exc)
 
     def _abort(self, digests: list[bytes], generation: int | None) -> None:
         if self._owner is not None:
@@ -272,9 +308,12 @@ class SharedL1Cache:
 
 
 def socket_dir() -> str:
-    """A private directory for this user's arena sockets (short: sun_path is 108 bytes)."""
+    """This user's directory for well-known sockets, ``<tmp>/blobtier-<uid>`` (short:
+    sun_path is 108 bytes), made 0700. ``UntrustedPath`` if it is another user's (who may
+    have made it first) or others may write it (``trust.py``)."""
     path = os.path.join(tempfile.gettempdir(), f"blobtier-{os.getuid()}")
     os.makedirs(path, mode=0o700, exist_ok=True)
+    check_socket_dir(path)
     return path
 
 
@@ -288,9 +327,16 @@ class OwnedArena:
     def __init__(self, capacity: int, policy: str,
                  namespace_policies: Mapping[str, str] | None = None) -> None:
         self.owner = ArenaOwner(capacity, policy, namespace_policies=namespace_policies)
-        self.socket_path = os.path.join(socket_dir(), f"{self.owner.segment.name}.sock")
+        # A directory of its own, new and 0700: no other user can have made it first (a
+        # well-known one can be squatted), so nobody can keep this process from its L1.
+        self._dir = tempfile.mkdtemp(prefix="blobtier-l1-")
+        self.socket_path = os.path.join(self._dir, "owner.sock")
         self.server = OwnerServer(self.owner, self.socket_path)
 
     def close(self) -> None:
         self.server.close()
         self.owner.close()
+        try:
+            os.rmdir(self._dir)
+        except OSError:
+            pass  # a forked child's close: the socket, and so the directory, is the parent's

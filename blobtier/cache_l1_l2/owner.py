@@ -45,6 +45,7 @@ import time
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
+from blobtier import checksum
 from blobtier.cache_l1_l2.arena import Segment, SlabAllocator
 from blobtier.errors import InvalidRequest
 from blobtier.eviction import POLICIES, EvictionPolicy, make_policy
@@ -385,6 +386,51 @@ class ArenaOwner:
             self.counters["inserts"] += 1
             self._cv.notify_all()
             return True
+
+    def commit_written(self, digest: bytes, session: int, length: int, algo: str, expected: int,
+                       accessed: bool = True) -> None:
+        """``commit`` a fill another process wrote into the segment, once its slot is
+        known to hold what the filler meant: the ``length`` it claimed and bytes whose
+        ``algo`` checksum is ``expected`` (from the chunk's record).
+
+        Raises ``InvalidRequest`` naming what is wrong: no such claim (never made,
+        committed already, or ended), a claim of another session (left alone), a length
+        other than the claimed one, or bytes that are not those announced (a torn or
+        stray write). The fill of this session is then dropped, never published.
+        """
+        with self._cv:
+            fill = self._filling.get(digest)
+            if fill is None:
+                why = "is cached already" if digest in self._index else "was never claimed or has ended"
+                raise InvalidRequest(f"commit refused: the chunk {why} in this session")
+            if fill[0] != session:
+                raise InvalidRequest("commit refused: the chunk is claimed by another session")
+            offset, claimed = fill[1], fill[2]
+        # Hashed outside the lock: only this session can end its own fill, and it is here.
+        if length != claimed:
+            why = f"{length} bytes committed into a slot claimed for {claimed}"
+        elif checksum.compute(algo, self.segment.view[offset:offset + length]) != expected:
+            why = "the slot does not hold the bytes announced (not fully written)"
+        else:
+            self.commit(digest, session, accessed)
+            return
+        self.abort(digest, session)
+        self.counters["refused_commits"] += 1
+        raise InvalidRequest(f"commit refused: {why}; the fill is dropped")
+
+    def discard(self, digests: Iterable[bytes]) -> int:
+        """Forget chunks a reader found corrupt (pinned slots stay readable until
+        released, then are reused); returns how many were held."""
+        n = 0
+        with self._cv:
+            self._apply_deferred()
+            for digest in digests:
+                if digest in self._index:
+                    self._policy(self._ns_of[digest]).remove(digest)
+                    self._evict(digest)
+                    n += 1
+            self.counters["corrupt"] += n
+        return n
 
     def abort(self, digest: bytes, session: int) -> None:
         with self._cv:

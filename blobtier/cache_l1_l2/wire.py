@@ -5,7 +5,9 @@ little-endian binary, small and fixed per op, so a batch of 64 lookups costs one
 trip of about two kilobytes::
 
     request  op u8 | count u32 | body length u32 | body
-    reply    status u8 | body length u32 | body      (status 0 ok, 1 error: body = message)
+    reply    status u8 | body length u32 | body      (status 0 ok, else body = message:
+             1 a malformed frame, the connection is closed; 2 a request refused, the
+             session goes on; 3 this process's user may not use this owner, closed)
 
     op  body                                   reply body
     1   INFO                                   json {"name", "size", "policy", "pid", and for
@@ -15,8 +17,15 @@ trip of about two kilobytes::
     9   PEEK     as LOOKUP, not counted as a use by the eviction policy (prefetch)
     3   RESERVE  count x (digest 16s, len u32) count x (status u8, offset u64)
                                                status 0 refused, 1 granted, 2 held or busy
-    4   COMMIT   count x digest 16s            count x committed u8
+    4   COMMIT   count x (digest 16s, len u32, count x 1 u8, or status 2 when a chunk was
+                 algo u8, checksum u64)        not claimed by this session, is committed
+                                               already, or its slot does not hold len bytes
+                                               with that checksum (algo: checksum.py's id);
+                                               the refused fill and the rest of the batch
+                                               are then dropped
     10  STAGE    as COMMIT, for a prefetched chunk (not a use yet)
+    13  DISCARD  count x digest 16s            count x held u8: forget chunks a reader
+                                               found corrupt
     5   ABORT    count x digest 16s            -
     6   RELEASE  count x offset u64            no reply at all: a reader hands back pins
                                                without waiting (a round trip per batch of
@@ -29,8 +38,10 @@ trip of about two kilobytes::
 
     where ns is  length u8 | utf-8 bytes  (a namespace; RESERVE and ANNOUNCE mean ns "")
 
-A malformed frame gets an error reply and the connection is closed; the owner goes on
-serving everyone else.
+A malformed frame gets an error reply and the connection is closed; a well-formed request
+the owner will not carry out (a COMMIT out of order) is refused and the session goes on;
+either way the owner goes on serving everyone else. The owner verifies every fill a reader
+commits (the slot holds the bytes of the chunk's checksum) before any reader can see it.
 """
 
 from __future__ import annotations
@@ -43,19 +54,27 @@ import struct
 import threading
 from collections.abc import Sequence
 
+from blobtier import checksum
 from blobtier.cache_l1_l2.owner import GRANTED, MAX_NAMESPACE_BYTES, ArenaOwner, Place
-from blobtier.errors import InvalidRequest, TierUnavailable
+from blobtier.cache_l1_l2.trust import check_owner, check_socket_dir, peer_uid, trusted_uid
+from blobtier.errors import Forbidden, InvalidRequest, TierUnavailable, UntrustedPath
 
 log = logging.getLogger(__name__)
 
 INFO, LOOKUP, RESERVE, COMMIT, ABORT, RELEASE, ANNOUNCE, STATS, PEEK, STAGE = range(1, 11)
-CLAIM, ANNOUNCE_NS = 11, 12
+CLAIM, ANNOUNCE_NS, DISCARD = 11, 12, 13
+OK, MALFORMED, REFUSED, FORBIDDEN = range(4)  # reply statuses
 _REQ = struct.Struct("<BII")
+_COMMIT = struct.Struct("<16sIBQ")
 _REP = struct.Struct("<BI")
 _PLACE = struct.Struct("<BQI")
 _GRANT = struct.Struct("<BQ")
 MAX_COUNT = 1 << 20
 MAX_BODY = 64 << 20
+
+
+class Refused(InvalidRequest):
+    """A well-formed request the owner will not carry out; the session goes on."""
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -76,6 +95,7 @@ class OwnerServer:
         self.owner = owner
         self.path = path
         self.info: dict = {}  # more INFO fields (a daemon's L2 peers)
+        check_socket_dir(os.path.dirname(path) or ".")  # before touching anything there
         if os.path.exists(path):
             os.unlink(path)  # a socket file left by a dead owner
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -99,7 +119,28 @@ class OwnerServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True,
                              name="blobtier-l1-session").start()
 
+    def _admit(self, conn: socket.socket) -> bool:
+        """Serve only processes of this owner's user, and root's; tell another why not."""
+        uid = peer_uid(conn)
+        if trusted_uid(uid):
+            return True
+        log.warning("refused an L1 session of a process of uid %d", uid)
+        _send_error(conn, FORBIDDEN, f"it serves only processes of uid {os.geteuid()} (and root), "
+                                     f"and this one runs as uid {uid}: run a daemon of your own "
+                                     f"(blobtier daemon), or set cache.daemon to off")
+        try:  # close once the request it answers is in: a reply sent before would be lost
+            conn.settimeout(5.0)
+            conn.recv(_REQ.size)
+        except OSError:
+            pass
+        with self._lock:
+            self._conns.discard(conn)
+        conn.close()
+        return False
+
     def _serve(self, conn: socket.socket) -> None:
+        if not self._admit(conn):
+            return
         session = self.owner.open_session()
         try:
             while True:
@@ -107,20 +148,21 @@ class OwnerServer:
                 if count > MAX_COUNT or size > MAX_BODY:
                     raise InvalidRequest(f"frame too large: {count} items, {size} bytes")
                 body = _recv_exact(conn, size)
-                reply = self._handle(op, count, body, session)
+                try:
+                    reply = self._handle(op, count, body, session)
+                except Refused as exc:
+                    log.warning("refused an L1 request: %s", exc)
+                    _send_error(conn, REFUSED, exc)
+                    continue
                 if op == INFO:
                     socket.send_fds(conn, [b"S"], [self.owner.segment.fd])
                 if op != RELEASE:
-                    conn.sendall(_REP.pack(0, len(reply)) + reply)
+                    conn.sendall(_REP.pack(OK, len(reply)) + reply)
         except (ConnectionError, OSError):
             pass
         except (InvalidRequest, struct.error, ValueError) as exc:
             log.warning("closing an L1 session after a bad request: %s", exc)
-            msg = str(exc).encode()[:1000]
-            try:
-                conn.sendall(_REP.pack(1, len(msg)) + msg)
-            except OSError:
-                pass
+            _send_error(conn, MALFORMED, exc)
         finally:
             self.owner.end_session(session)
             with self._lock:
@@ -154,7 +196,9 @@ class OwnerServer:
                 out.append(_GRANT.pack(status, offset or 0))
             return b"".join(out)
         if op in (COMMIT, STAGE):
-            return bytes(owner.commit(d, session, accessed=op == COMMIT) for d in _digests(body, count))
+            return _commit(owner, session, _fills(body, count), accessed=op == COMMIT)
+        if op == DISCARD:
+            return bytes(owner.discard([d]) for d in _digests(body, count))
         if op == ABORT:
             for d in _digests(body, count):
                 owner.abort(d, session)
@@ -181,6 +225,14 @@ class OwnerServer:
             pass
 
 
+def _send_error(conn: socket.socket, status: int, why: object) -> None:
+    msg = str(why).encode()[:1000]
+    try:
+        conn.sendall(_REP.pack(status, len(msg)) + msg)
+    except OSError:
+        pass
+
+
 def _expect(body: bytes, n: int) -> None:
     if len(body) != n:
         raise InvalidRequest(f"body of {len(body)} bytes where {n} were expected")
@@ -201,6 +253,27 @@ def _ns_prefix(namespace: str) -> bytes:
     if len(raw) > MAX_NAMESPACE_BYTES:
         raise InvalidRequest(f"namespace {namespace[:40]!r}... is longer than {MAX_NAMESPACE_BYTES} bytes")
     return bytes((len(raw),)) + raw
+
+
+def _fills(body: bytes, count: int) -> list[tuple[bytes, int, int, int]]:
+    _expect(body, count * _COMMIT.size)
+    return list(_COMMIT.iter_unpack(body))
+
+
+def _commit(owner: ArenaOwner, session: int, fills: list[tuple[bytes, int, int, int]],
+            accessed: bool) -> bytes:
+    """Commit ``fills`` in order; at the first refused, drop the rest of the batch."""
+    for i, (digest, length, algo_id, expected) in enumerate(fills):
+        try:
+            algo = checksum.BY_ID.get(algo_id)
+            if algo is None:
+                raise InvalidRequest(f"commit refused: unknown checksum id {algo_id}")
+            owner.commit_written(digest, session, length, algo, expected, accessed)
+        except InvalidRequest as exc:
+            for later, *_ in fills[i:]:
+                owner.abort(later, session)
+            raise Refused(str(exc)) from None
+    return b"\x01" * len(fills)
 
 
 def _digests(body: bytes, count: int) -> list[bytes]:
@@ -234,30 +307,56 @@ class OwnerClient:
                 raise TierUnavailable(f"L1 owner at {self.path}: the connection changed; attach again")
             try:
                 if self._sock is None:
-                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    sock.settimeout(self.timeout_s)
-                    sock.connect(self.path)
-                    self._sock = sock
+                    self._sock = self._connect()
                     self.generation += 1
                 self._sock.sendall(_REQ.pack(op, count, len(body)) + body)
                 if op == RELEASE:  # answered by nothing; a bad one shows on the next call
                     return b"", fd, self.generation
+                head = b""
                 if op == INFO:
-                    _, fds, _, _ = socket.recv_fds(self._sock, 1, 1)
+                    first, fds, _, _ = socket.recv_fds(self._sock, 1, 1)
                     fd = fds[0] if fds else -1
-                status, size = _REP.unpack(_recv_exact(self._sock, _REP.size))
+                    if first != b"S":  # no segment: the reply that follows says why
+                        head = first
+                status, size = _REP.unpack(head + _recv_exact(self._sock, _REP.size - len(head)))
                 reply = _recv_exact(self._sock, size)
+            except UntrustedPath:
+                self._drop()
+                raise
             except OSError as exc:
                 self._drop()
                 if fd >= 0:
                     os.close(fd)
                 raise TierUnavailable(f"L1 owner at {self.path}: {exc}") from exc
-            if status != 0:
-                self._drop()
-                raise TierUnavailable(f"L1 owner refused a request: {reply.decode(errors='replace')}")
+            if status != OK:
+                if fd >= 0:
+                    os.close(fd)
+                self._fail(status, reply.decode(errors="replace"))
             return reply, fd, self.generation
         finally:
             self._lock.release()
+
+    def _connect(self) -> socket.socket:
+        """A connection to the owner, only in a directory and to a process this user can
+        trust (``trust.py``); ``UntrustedPath`` otherwise."""
+        check_socket_dir(os.path.dirname(self.path) or ".")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout_s)
+            sock.connect(self.path)
+            check_owner(sock, self.path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _fail(self, status: int, message: str) -> None:
+        if status == REFUSED:  # the session goes on
+            raise Refused(f"L1 owner at {self.path}: {message}")
+        self._drop()
+        if status == FORBIDDEN:
+            raise Forbidden(f"L1 owner at {self.path} refused this process: {message}")
+        raise TierUnavailable(f"L1 owner at {self.path} refused a request: {message}")
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -304,10 +403,19 @@ class OwnerClient:
     def reserve(self, items: Sequence[tuple[bytes, int]]) -> list[int | None]:
         return [off for _, off in self.claim(items)]
 
-    def commit(self, digests: Sequence[bytes], accessed: bool = True,
-               generation: int | None = None) -> list[bool]:
-        reply = self._call(COMMIT if accessed else STAGE, len(digests), b"".join(digests), generation)
-        return [bool(b) for b in reply]
+    def commit(self, fills: Sequence[tuple[bytes, int, str, int]], accessed: bool = True,
+               generation: int | None = None) -> None:
+        """Publish filled slots, each as (digest, length, checksum algorithm, checksum of
+        the bytes written): the owner checks each slot holds them. Raises ``Refused`` if
+        one was not this session's claim or does not hold its bytes (that fill and the
+        rest of the batch are dropped; those before it are committed)."""
+        body = b"".join(_COMMIT.pack(d, n, checksum.algorithm_id(algo), value)
+                        for d, n, algo, value in fills)
+        self._call(COMMIT if accessed else STAGE, len(fills), body, generation)
+
+    def discard(self, digests: Sequence[bytes]) -> list[bool]:
+        """Have the owner forget chunks found corrupt; whether each was held."""
+        return [bool(b) for b in self._call(DISCARD, len(digests), b"".join(digests))]
 
     def abort(self, digests: Sequence[bytes], generation: int | None = None) -> None:
         self._call(ABORT, len(digests), b"".join(digests), generation)

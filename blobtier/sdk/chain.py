@@ -2,8 +2,10 @@
 
 ``TierChain.read(refs)`` answers a batch of chunks with one ``get_many`` per tier: each
 tier is asked only for what the tiers above it missed. Bytes from an untrusted tier (on
-disk or over the wire) are verified against the record once, here; a corrupt or failing
-tier counts as a miss and the chain moves down. Chunks fetched from below fill every tier
+disk or over the wire) are verified against the record once, here, and so is the share
+``verify_rate`` of a trusted tier's hits (the host L1: ``cache.verify_l1``); a corrupt
+chunk is reported to its tier (which drops it) and read from below, and a failing tier
+counts as a miss: the chain moves down. Chunks fetched from below fill every tier
 above: trusted (local memory) tiers at once, others in the background so that the caller
 never waits for a remote fill. Concurrent reads of one chunk reach the source once
 (single flight).
@@ -12,6 +14,7 @@ never waits for a remote fill. Concurrent reads of one chunk reach the source on
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,17 +67,19 @@ class TierChain:
         found: dict[ChunkKey, memoryview] = {}
         missing = list(ref_of)
         claims: list[tuple[ChunkCache, set[ChunkKey]]] = []
+        corrupt: set[ChunkKey] = set()  # found corrupt in this read: never taken from a tier again
         try:
             for depth, tier in enumerate(self.tiers):
                 if not missing:
                     break
-                got = self._lookup(tier, missing, ref_of, touch)
+                got = self._lookup(tier, missing, ref_of, touch, corrupt=corrupt)
                 if got:
                     found.update(got)
                     self._fill(self.tiers[:depth], got, touch, ref_of)
                     missing = [k for k in missing if k not in got]
                 if missing and hasattr(tier, "claim"):
-                    missing = self._claim(tier, depth, missing, ref_of, found, claims, touch, warm)
+                    missing = self._claim(tier, depth, missing, ref_of, found, claims, touch, warm,
+                                          corrupt)
             if missing:
                 found.update(self._from_source(missing, ref_of, touch))
         finally:
@@ -94,8 +99,9 @@ class TierChain:
 
     def _claim(self, tier: ChunkCache, depth: int, missing: list[ChunkKey],
                ref_of: dict[ChunkKey, ChunkRef], found: dict[ChunkKey, memoryview],
-               claims: list, touch: bool, warm: bool) -> list[ChunkKey]:
-        """Claim ``tier``'s slots for the misses; wait for those another process is filling.
+               claims: list, touch: bool, warm: bool, corrupt: set[ChunkKey]) -> list[ChunkKey]:
+        """Claim ``tier``'s slots for the misses; wait for those another process is filling
+        (not for a chunk found corrupt: a tier that could not drop it holds it still).
 
         Returns what is still missing (for a warm-up, only what the tier will keep).
         """
@@ -109,9 +115,10 @@ class TierChain:
         claims.append((tier, claimed))
         if warm:
             missing = [k for k in missing if k in claimed or k in busy]
+        busy -= corrupt
         if not busy:
             return missing
-        waited = self._lookup(tier, list(busy), ref_of, touch, count=False)
+        waited = self._lookup(tier, list(busy), ref_of, touch, count=False, corrupt=corrupt)
         if waited:
             self.stats.add(tier.name, hits=len(waited), misses=-len(waited),
                            nbytes=sum(len(v) for v in waited.values()))
@@ -120,7 +127,9 @@ class TierChain:
         return [k for k in missing if k not in waited]
 
     def _lookup(self, tier: ChunkCache, keys: list[ChunkKey], ref_of: dict[ChunkKey, ChunkRef],
-                touch: bool = True, count: bool = True) -> dict[ChunkKey, memoryview]:
+                touch: bool = True, count: bool = True,
+                corrupt: set[ChunkKey] | None = None) -> dict[ChunkKey, memoryview]:
+        """``tier``'s verified hits among ``keys``; the corrupt ones are added to ``corrupt``."""
         try:
             if getattr(tier, "read_through", False):  # it fetches its misses itself (chunks.py)
                 got = tier.get_many(keys, touch=touch, refs=[ref_of[k] for k in keys])
@@ -130,20 +139,9 @@ class TierChain:
             log.debug("tier %s skipped: %s", tier.name, exc)
             self.stats.add(tier.name, misses=len(keys) if count else 0, errors=1)
             return {}
-        bad: list[ChunkKey] = []
-        if not tier.trusted:
-            verified = getattr(got, "verified", ())  # checked against the record by the tier
-            for key in list(got):
-                if key in verified:
-                    continue
-                rec, index = ref_of[key]
-                try:
-                    checksum.verify(rec.checksum_algo, got[key], rec.checksums[index],
-                                    f"chunk {key} from {tier.name}")
-                except ChecksumError as exc:
-                    log.warning("%s; treating it as a miss", exc)
-                    del got[key]
-                    bad.append(key)
+        bad = self._verify(tier, got, ref_of)
+        if corrupt is not None:
+            corrupt.update(bad)
         if bad and hasattr(tier, "report_corrupt"):  # so that it drops them, not serves them again
             try:
                 tier.report_corrupt(bad)
@@ -155,6 +153,29 @@ class TierChain:
             self.stats.add(tier.name, hits=len(got) - filled, misses=len(keys) - len(got) + filled,
                            nbytes=sum(len(v) for v in got.values()), corrupt=corrupt)
         return got
+
+    def _verify(self, tier: ChunkCache, got: dict[ChunkKey, memoryview],
+                ref_of: dict[ChunkKey, ChunkRef]) -> list[ChunkKey]:
+        """Check ``got`` against the records: every chunk of an untrusted tier, the share
+        ``verify_rate`` (drawn at random) of a trusted one's. Corrupt chunks leave ``got``
+        and are returned."""
+        rate = getattr(tier, "verify_rate", 0.0) if tier.trusted else 1.0
+        if not rate or not got:
+            return []
+        verified = getattr(got, "verified", ())  # checked against the record by the tier
+        bad = []
+        for key in list(got):
+            if key in verified or (rate < 1.0 and random.random() >= rate):
+                continue
+            rec, index = ref_of[key]
+            try:
+                checksum.verify(rec.checksum_algo, got[key], rec.checksums[index],
+                                f"chunk {key} from {tier.name}")
+            except ChecksumError as exc:
+                log.warning("%s; treating it as a miss", exc)
+                del got[key]
+                bad.append(key)
+        return bad
 
     def _from_source(self, keys: list[ChunkKey], ref_of: dict[ChunkKey, ChunkRef],
                      touch: bool = True) -> dict[ChunkKey, memoryview]:
@@ -196,7 +217,7 @@ class TierChain:
               touch: bool = True, ref_of: dict[ChunkKey, ChunkRef] | None = None) -> None:
         for tier in tiers:
             if tier.trusted:
-                self._put_all(tier, chunks, touch, ref_of if getattr(tier, "namespaced", False) else None)
+                self._put_all(tier, chunks, touch, ref_of)
             else:
                 with self._lock:  # two first fills at once must not make two pools
                     if self._fill_pool is None:
@@ -206,12 +227,18 @@ class TierChain:
 
     def _put_all(self, tier: ChunkCache, chunks: dict[ChunkKey, memoryview], touch: bool,
                  ref_of: dict[ChunkKey, ChunkRef] | None = None) -> None:
+        """Offer ``chunks`` to ``tier``, with what it takes of their records (chunks.py)."""
+        namespaced = ref_of is not None and getattr(tier, "namespaced", False)
+        checked = ref_of is not None and getattr(tier, "checks_fills", False)
         try:
             for key, view in chunks.items():
-                if ref_of is None:
-                    tier.put(key, view, touch=touch)
-                else:
-                    tier.put(key, view, touch=touch, namespace=ref_of[key][0].namespace)
+                extra = {}
+                if namespaced:
+                    extra["namespace"] = ref_of[key][0].namespace
+                if checked:
+                    rec, index = ref_of[key]
+                    extra["checksum"] = (rec.checksum_algo, rec.checksums[index])
+                tier.put(key, view, touch=touch, **extra)
         except (TierUnavailable, OSError) as exc:
             log.debug("fill of tier %s failed: %s", tier.name, exc)
             self.stats.add(tier.name, errors=1)

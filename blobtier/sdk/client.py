@@ -81,6 +81,7 @@ class Client:
         daemon's peers, each chunk at its home daemon (``cache_l1_l2/peers.py``).
         """
         daemon = daemon_info(self.config.cache.daemon)
+        verify = self.config.cache.verify_l1
         if daemon is not None:
             l2 = None
             if daemon.get("peers"):
@@ -91,14 +92,14 @@ class Client:
                                                retry_after_s=self.config.flash.retry_after_s,
                                                read_through=False, local=daemon["peer"],
                                                token=self.config.auth.token or None)
-            return SharedL1Cache(socket_path=daemon["socket"]), l2
+            return SharedL1Cache(socket_path=daemon["socket"], verify=verify), l2
         if not self.config.cache.l1_bytes:
             return None, None
         if self._arena is not None:  # inherited: attach to the parent's
-            return SharedL1Cache(socket_path=self._arena.socket_path), None
+            return SharedL1Cache(socket_path=self._arena.socket_path, verify=verify), None
         self._arena = OwnedArena(self.config.cache.l1_bytes, self.config.cache.l1_policy)
         self._arena_pid = os.getpid()
-        return SharedL1Cache(owner=self._arena.owner), None
+        return SharedL1Cache(owner=self._arena.owner, verify=verify), None
 
     def _open(self, writable: bool) -> None:
         self._metadata, self._blocks = self._region.open(writable, self.tier_stats)

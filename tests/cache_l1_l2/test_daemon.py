@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import time
+import tempfile
 
 import pytest
 
@@ -27,11 +28,10 @@ def start_daemon(sock: str, memory: str = "32MiB", *extra: str) -> subprocess.Po
 
 
 @pytest.fixture
-def sock(tmp_path):
-    path = f"/tmp/bt-test-{os.getpid()}-{time.monotonic_ns()}.sock"  # sun_path is short
-    yield path
-    if os.path.exists(path):
-        os.unlink(path)
+def sock():
+    run = tempfile.mkdtemp(prefix="bt-test-")  # 0700 and ours (trust.py); sun_path is short
+    yield os.path.join(run, "d.sock")
+    shutil.rmtree(run, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,10 +3,13 @@ from the first one's memory, not from the tiers below."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -25,8 +28,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_RUN = tempfile.mkdtemp(prefix="bt-peer-")  # 0700 and ours (trust.py); sun_path is short
+atexit.register(shutil.rmtree, _RUN, True)
+
+
 def sock_path(tag: str) -> str:
-    return f"/tmp/bt-peer-{os.getpid()}-{tag}-{time.monotonic_ns()}.sock"  # sun_path is short
+    return os.path.join(_RUN, f"{tag}-{time.monotonic_ns()}.sock")
 
 
 def payload(i: int) -> bytes:

@@ -23,7 +23,9 @@ from blobtier.cache_l1_l2.wire import (
     RESERVE,
     OwnerClient,
     OwnerServer,
+    Refused,
 )
+from blobtier.checksum import crc32c, xxh3
 from blobtier.errors import InvalidRequest, TierUnavailable
 
 CHUNK = 64 << 10
@@ -68,11 +70,21 @@ def client(server):
     c.close()
 
 
+def fill(d: bytes, data: bytes, algo: str = "xxh3") -> tuple[bytes, int, str, int]:
+    """What COMMIT says of a slot written with ``data``."""
+    return d, len(data), algo, (xxh3 if algo == "xxh3" else crc32c)(data)
+
+
+def zeros(d: bytes, n: int) -> tuple[bytes, int, str, int]:
+    """A COMMIT of a slot left as the fresh arena has it."""
+    return fill(d, bytes(n))
+
+
 def put(client: OwnerClient, segment: Segment, d: bytes, data: bytes) -> int:
     [offset] = client.reserve([(d, len(data))])
     assert offset is not None
     segment.view[offset:offset + len(data)] = data
-    assert client.commit([d]) == [True]
+    client.commit([fill(d, data)])
     return offset
 
 
@@ -119,7 +131,7 @@ def test_lookup_reserve_commit_release(owner, client, segment):
 
 def test_peek_and_stage(owner, client, segment):
     [offset] = client.reserve([(digest(1), 100)])
-    assert client.commit([digest(1)], accessed=False) == [True]  # STAGE
+    client.commit([zeros(digest(1), 100)], accessed=False)  # STAGE
     assert client.lookup([digest(1)], touch=False) == [(offset, 100)]  # PEEK still pins
     assert client.stats()["pinned"] == 1
 
@@ -131,7 +143,9 @@ def test_claim_statuses(owner, client, segment):
     assert [status for status, _ in answers] == [BUSY, GRANTED, BUSY, REFUSED, REFUSED]
     assert answers[1][1] is not None
     assert [off for _, off in answers if off is not None] == [answers[1][1]]
-    assert client.commit([digest(2), digest(9)]) == [True, False]
+    with pytest.raises(Refused, match="never claimed"):
+        client.commit([zeros(digest(2), 100), zeros(digest(9), 100)])
+    assert owner.contains(digest(2)) and not owner._filling  # the one before it was committed
 
 
 def test_abort(owner, client):
@@ -139,7 +153,8 @@ def test_abort(owner, client):
     assert owner.stats()["used_bytes"] > 0
     client.abort([digest(1)])
     assert owner.stats()["used_bytes"] == 0
-    assert client.commit([digest(1)]) == [False]
+    with pytest.raises(Refused):
+        client.commit([zeros(digest(1), 100)])
     assert client.reserve([(digest(1), 100)]) == [offset]
 
 
@@ -162,7 +177,8 @@ def test_sessions_are_per_connection(owner, server, client, segment):
         other.release([offset])
         other.stats()
         assert owner.stats()["pinned"] == 0
-        assert other.commit([digest(1)]) == [False]
+        with pytest.raises(Refused, match="cached already"):
+            other.commit([fill(digest(1), b"a" * 100)])
     finally:
         other.close()
 
@@ -194,7 +210,7 @@ def test_claims_and_announcements_carry_their_namespace(sock_path):
         answers = client.claim([(digest(1), 100), (digest(2), 200)], namespace="imagenet")
         assert [status for status, _ in answers] == [GRANTED, GRANTED]
         assert client.claim([(digest(3), 100)])[0][0] == GRANTED  # RESERVE: namespace ""
-        assert client.commit([digest(1), digest(2), digest(3)]) == [True] * 3
+        client.commit([zeros(digest(1), 100), zeros(digest(2), 200), zeros(digest(3), 100)])
         slot = owner.allocator.slot_size(answers[0][1])
         assert owner.namespace_bytes() == {"imagenet": 2 * slot, "": slot}
         client.announce([digest(2), digest(1)], job=5, namespace="imagenet")
@@ -221,6 +237,94 @@ def test_a_call_bound_to_a_connection_is_not_sent_on_another(owner, server, clie
     with pytest.raises(TierUnavailable, match="connection changed"):
         client.claim([(digest(1), 100)], generation=generation)
     assert owner.stats()["misses"] == 2 and not owner._filling
+
+
+# -- commits the owner refuses ------------------------------------------------------------------
+def test_a_commit_of_a_slot_never_claimed_is_refused_and_the_session_goes_on(owner, client):
+    client.stats()
+    generation = client.generation
+    with pytest.raises(Refused, match="never claimed"):
+        client.commit([zeros(digest(1), 100)])
+    assert client.connected and client.generation == generation  # same connection, same session
+    assert client.lookup([digest(1)]) == [None] and not owner.contains(digest(1))
+
+
+def test_a_commit_of_another_session_s_claim_is_refused_and_leaves_it_alone(owner, server, client,
+                                                                             segment):
+    [offset] = client.reserve([(digest(1), 100)])
+    segment.view[offset:offset + 100] = b"m" * 100
+    intruder = OwnerClient(server.path)
+    try:
+        with pytest.raises(Refused, match="another session"):
+            intruder.commit([fill(digest(1), b"m" * 100)])
+    finally:
+        intruder.close()
+    assert not owner.contains(digest(1)) and digest(1) in owner._filling
+    client.commit([fill(digest(1), b"m" * 100)])  # the claimer still can
+    assert client.lookup([digest(1)]) == [(offset, 100)]
+
+
+def test_a_second_commit_of_a_chunk_is_refused(owner, client, segment):
+    put(client, segment, digest(1), b"a" * 100)
+    with pytest.raises(Refused, match="cached already"):
+        client.commit([fill(digest(1), b"a" * 100)])
+    assert owner.stats()["inserts"] == 1 and owner.check() == []
+
+
+@pytest.mark.parametrize("written, committed", [
+    (b"w" * 100, b"w" * 99),  # a length other than the claim's
+    (b"w" * 50, b"w" * 100),  # half written: the rest of the slot is not what was announced
+    (b"w" * 100, b"v" * 100),  # other bytes (a stray write), announced as the right ones
+], ids=["wrong length", "not fully written", "other bytes"])
+def test_a_commit_of_a_slot_that_does_not_hold_its_bytes_drops_the_fill(owner, client, segment,
+                                                                         written, committed):
+    [offset] = client.reserve([(digest(1), 100)])
+    segment.view[offset:offset + len(written)] = written
+    with pytest.raises(Refused, match="fill is dropped"):
+        client.commit([fill(digest(1), committed)])
+    assert not owner._filling and owner.stats()["used_bytes"] == 0
+    assert client.lookup([digest(1)]) == [None]  # never published, to anyone
+    assert owner.counters["refused_commits"] == 1 and owner.check() == []
+
+
+def test_a_commit_is_checked_with_the_record_s_algorithm(owner, client, segment):
+    [offset] = client.reserve([(digest(1), 100)])
+    segment.view[offset:offset + 100] = b"c" * 100
+    client.commit([fill(digest(1), b"c" * 100, "crc32c")])
+    assert owner.contains(digest(1))
+
+
+def test_a_refused_commit_drops_the_rest_of_its_batch(owner, client, segment):
+    offsets = client.reserve([(digest(i), 100) for i in range(3)])
+    for offset in offsets:
+        segment.view[offset:offset + 100] = b"b" * 100
+    with pytest.raises(Refused):
+        client.commit([fill(digest(0), b"b" * 100), fill(digest(1), b"x" * 100),
+                       fill(digest(2), b"b" * 100)])
+    assert [owner.contains(digest(i)) for i in range(3)] == [True, False, False]
+    assert not owner._filling and owner.check() == []
+
+
+def test_a_refused_frame_is_answered_and_the_next_on_the_connection_too(owner, server):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(server.path)
+        body = struct.pack("<16sIBQ", digest(1), 100, 2, 0)
+        s.sendall(struct.pack("<BII", COMMIT, 1, len(body)) + body)
+        status, size = struct.unpack("<BI", s.recv(5))
+        assert status == 2 and b"never claimed" in s.recv(size)
+        s.sendall(struct.pack("<BII", LOOKUP, 1, 16) + digest(1))
+        assert struct.unpack("<BIBQI", s.recv(18)) == (0, 13, 0, 0, 0)
+
+
+def test_discard_forgets_chunks_found_corrupt(owner, client, segment):
+    offset = put(client, segment, digest(1), b"d" * 100)
+    assert client.lookup([digest(1)]) == [(offset, 100)]  # pinned by this reader
+    assert client.discard([digest(1), digest(2)]) == [True, False]
+    assert client.lookup([digest(1)]) == [None]
+    assert owner.stats()["corrupt"] == 1 and owner.stats()["zombies"] == 1  # reused once released
+    client.release([offset])
+    assert client.stats()["used_bytes"] == 0 and owner.check() == []
 
 
 # -- bad frames -------------------------------------------------------------------------------
