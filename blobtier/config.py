@@ -4,11 +4,20 @@
 the environment overlay ``BLOBTIER_<SECTION>_<FIELD>`` (e.g. ``BLOBTIER_CACHE_L1_BYTES=1GiB``)
 and explicit arguments win over both. Any bad value stops startup with a ``InvalidRequest``
 naming the field; nothing falls back to defaults silently.
+
+Every field has a type and every number a range (``RANGES``: the bound a value may not
+pass whatever else the config says; ``validate`` adds the checks between fields), so a
+size that overflows, a NaN, an infinite timeout or ``prefetch_threads = 100000`` is
+refused with the field and its range, never carried into a server. A ``BLOBTIER_*``
+environment variable must name a field (or be one of ``ENV_NOT_FIELDS``): a misspelt one
+is an error, as an unknown TOML key is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import re
 import tomllib
@@ -19,7 +28,7 @@ from typing import Any
 from blobtier.checksum import ALGORITHMS
 from blobtier.errors import InvalidRequest
 
-KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+KiB, MiB, GiB, TiB, PiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40, 1 << 50
 _UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 10**6, "mib": MiB,
           "g": GiB, "gb": 10**9, "gib": GiB, "t": TiB, "tb": 10**12, "tib": TiB}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
@@ -29,14 +38,30 @@ def parse_size(value: int | str, what: str = "size") -> int:
     """``4194304``, ``"4MiB"``, ``"50GiB"``, ``"1.5G"`` -> bytes."""
     if isinstance(value, bool):
         raise InvalidRequest(f"{what}: expected a size, got {value!r}")
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)  # 1e9 from TOML
     if isinstance(value, int):
         if value < 0:
             raise InvalidRequest(f"{what}: size must not be negative, got {value}")
+        if value >= 2 ** 63:
+            raise InvalidRequest(f"{what}: {_shown(value)} is larger than any size blobtier takes")
         return value
-    m = _SIZE.fullmatch(str(value))
+    m = _SIZE.fullmatch(str(value)) if isinstance(value, str) and len(value) <= 64 else None
     if not m or m.group(2).lower() not in _UNITS:
-        raise InvalidRequest(f"{what}: {value!r} is not a size like 4MiB or 50GiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        raise InvalidRequest(f"{what}: {_shown(value)} is not a size like 4MiB or 50GiB")
+    number = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not number < 2 ** 63:  # also catches inf: "1" * 400 is a float overflow
+        raise InvalidRequest(f"{what}: {_shown(value)} is larger than any size blobtier takes")
+    return int(number)
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: an error message never carries a megabyte of input."""
+    try:
+        text = repr(value)
+    except RecursionError:  # a list nested a thousand deep
+        text = f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def default_home() -> str:
@@ -71,18 +96,10 @@ class BlockConfig:
                    f"entry {addr!r} is not host:port")
         _check(len(set(self.endpoints)) == len(self.endpoints), "block.endpoints", "lists a server twice")
         servers = len(self.endpoints) or self.servers
-        _check(self.servers >= 1, "block.servers", "must be at least 1")
         _check(1 <= self.replicas <= servers, "block.replicas",
                f"must be between 1 and the number of chunk servers ({servers})")
-        _check(self.volume_bytes >= 1 * MiB, "block.volume_bytes", "must be at least 1MiB")
         _check(0 <= self.write_quorum <= self.replicas, "block.write_quorum",
                f"must be between 0 (all) and block.replicas ({self.replicas})")
-        _check(self.read_concurrency >= 1, "block.read_concurrency", "must be at least 1")
-        _check(self.max_retries >= 0, "block.max_retries", "must not be negative")
-        _check(self.request_timeout_s > 0, "block.request_timeout_s", "must be positive")
-
-
-VERIFY_L1 = ("off", "sampled", "always")  # cache.verify_l1
 
 
 @dataclass(frozen=True)
@@ -90,16 +107,11 @@ class CacheConfig:
     l1_bytes: int = 512 * MiB  # host L1 (shared memory) when no daemon runs; 0: none
     l1_policy: str = "sieve"
     daemon: str = "auto"  # host daemon socket: auto (the well-known one if it answers), off, or a path
-    # L1 hits checked against their record: off, sampled (1 in 64, random) or always.
-    # Fills are always checked; this catches bytes changed in memory after their fill.
-    verify_l1: str = "sampled"
 
     def validate(self) -> None:
         from blobtier.eviction import POLICIES
 
         _check(self.l1_policy in POLICIES, "cache.l1_policy", f"must be one of {sorted(POLICIES)}")
-        _check(self.verify_l1 in VERIFY_L1, "cache.verify_l1",
-               f"must be one of {', '.join(VERIFY_L1)}, not {self.verify_l1!r}")
         _check(self.l1_bytes == 0 or self.l1_bytes >= 1 * MiB, "cache.l1_bytes",
                "must be 0 (no L1) or at least 1MiB")
 
@@ -119,13 +131,7 @@ class ClientConfig:
     max_blob_bytes: int = 64 * GiB
 
     def validate(self) -> None:
-        _check(4 * KiB <= self.chunk_size <= 64 * MiB, "client.chunk_size",
-               "must be between 4KiB and 64MiB")
         _check(self.checksum in ALGORITHMS, "client.checksum", f"must be one of {sorted(ALGORITHMS)}")
-        _check(self.readahead_chunks >= 0, "client.readahead_chunks", "must not be negative")
-        _check(self.prefetch_threads >= 1, "client.prefetch_threads", "must be at least 1")
-        _check(self.metadata_staleness_s >= 0, "client.metadata_staleness_s", "must not be negative")
-        _check(self.gc_grace_s >= 0, "client.gc_grace_s", "must not be negative")
 
 
 def parse_endpoint(entry: str, field_name: str = "endpoint") -> tuple[str, float]:
@@ -161,8 +167,6 @@ class FlashConfig:
     def validate(self) -> None:
         addrs = [addr for addr, _ in self.nodes()]
         _check(len(set(addrs)) == len(addrs), "flash.endpoints", "lists a node twice")
-        _check(self.request_timeout_s > 0, "flash.request_timeout_s", "must be positive")
-        _check(self.retry_after_s > 0, "flash.retry_after_s", "must be positive")
 
 
 def _check_port(port: int, name: str) -> None:
@@ -222,17 +226,14 @@ class ServicesConfig:
             _check_port(self.metrics_base_port, "services.metrics_base_port")
         _check(not self.block_ports or len(self.block_ports) == servers, "services.block_ports",
                f"lists {len(self.block_ports)} ports for {servers} chunk servers (block.servers)")
-        _check(self.flash_nodes >= 0, "services.flash_nodes", "must not be negative")
         _check(not self.flash_ports or len(self.flash_ports) == self.flash_nodes, "services.flash_ports",
                f"lists {len(self.flash_ports)} ports for {self.flash_nodes} flash nodes "
                "(services.flash_nodes)")
         self._check_clashes(servers)
-        _check(self.flash_region_bytes >= 1 * MiB, "services.flash_region_bytes", "must be at least 1MiB")
         _check(self.flash_capacity_bytes >= 2 * self.flash_region_bytes, "services.flash_capacity_bytes",
                "must hold at least two regions (services.flash_region_bytes)")
         _check(self.flash_admission in ADMISSION, "services.flash_admission",
                f"must be one of {sorted(ADMISSION)}")
-        _check(self.daemon_memory_bytes >= 1 * MiB, "services.daemon_memory_bytes", "must be at least 1MiB")
         _check(self.daemon_policy in POLICIES, "services.daemon_policy", f"must be one of {sorted(POLICIES)}")
         _check(len(os.fsencode(self.daemon_socket)) <= 107, "services.daemon_socket",
                "is longer than the 107 bytes a Unix socket path may have")
@@ -241,8 +242,6 @@ class ServicesConfig:
                    f"entry {peer!r} must be host:port (peers have no weights)")
         _check(not self.daemon_peers or bool(self.daemon_peer_port), "services.daemon_peers",
                "needs services.daemon_peer_port: a daemon with peers must listen for them")
-        _check(self.start_timeout_s > 0, "services.start_timeout_s", "must be positive")
-        _check(self.stop_timeout_s > 0, "services.stop_timeout_s", "must be positive")
 
     def _check_clashes(self, servers: int) -> None:
         """Every port in range and used once; an error names the field the port came from."""
@@ -295,7 +294,10 @@ class RegionConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
 
     def validate(self) -> RegionConfig:
-        _check(bool(self.root), "root", "must name a directory")
+        _check_text("root", self.root)
+        _check(bool(self.root.strip()), "root", "must name a directory, not an empty string")
+        for section in _SECTIONS:  # types and ranges first: the checks below compare values
+            _check_fields(section, getattr(self, section))
         self.metadata.validate()
         self.block.validate()
         self.cache.validate()
@@ -310,6 +312,50 @@ _SECTIONS = {"metadata": MetadataConfig, "block": BlockConfig, "cache": CacheCon
              "flash": FlashConfig, "services": ServicesConfig, "auth": AuthConfig}
 _KINDS = ("int", "float", "str", "bool", "tuple[str, ...]", "tuple[int, ...]")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+_DAY = 86400.0
+
+# The inclusive range of every number (of every entry, for lists of ports): beyond the
+# largest any deployment needs, inside the formats that store them. None: unbounded
+# (finite). ``validate`` adds the rules between fields (replicas <= servers...).
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "metadata.block_cache_bytes": (0, TiB),
+    "metadata.row_cache_bytes": (0, TiB),
+    "block.servers": (1, 999),  # blocks/NNN
+    "block.replicas": (1, 255),  # one byte in a record
+    "block.volume_bytes": (MiB, TiB),
+    "block.write_quorum": (0, 255),
+    "block.hedge_after_ms": (None, 600_000.0),  # < 0: never
+    "block.read_concurrency": (1, 4096),
+    "block.max_retries": (0, 100),
+    "block.request_timeout_s": (0.001, _DAY),
+    "cache.l1_bytes": (0, 4 * TiB),
+    "client.chunk_size": (4 * KiB, 64 * MiB),
+    "client.readahead_chunks": (0, 4096),
+    "client.prefetch_threads": (1, 256),
+    "client.prefetch_bytes": (0, TiB),
+    "client.metadata_staleness_s": (0.0, 3600.0),
+    "client.gc_grace_s": (0.0, 365 * _DAY),
+    "client.max_blob_bytes": (1, 64 * TiB),  # metadata.schema.MAX_CHUNKS at 4 MiB chunks
+    "flash.request_timeout_s": (0.001, _DAY),
+    "flash.retry_after_s": (0.001, 3600.0),
+    "services.base_port": (1, 65535),
+    "services.block_ports": (1, 65535),
+    "services.flash_ports": (1, 65535),
+    "services.metrics_base_port": (0, 65535),  # 0: base_port + 100
+    "services.flash_nodes": (0, 999),  # flash/NNN
+    "services.flash_capacity_bytes": (2 * MiB, PiB),
+    "services.flash_region_bytes": (MiB, 4 * GiB),
+    "services.daemon_memory_bytes": (MiB, 4 * TiB),
+    "services.daemon_peer_port": (0, 65535),  # 0: no L2
+    "services.start_timeout_s": (0.001, 3600.0),
+    "services.stop_timeout_s": (0.001, 3600.0),
+}
+# The most entries of every list.
+MAX_ITEMS = {"block.endpoints": 999, "flash.endpoints": 4096, "services.block_ports": 999,
+             "services.flash_ports": 999, "services.daemon_peers": 4096}
+MAX_TEXT = 4096  # characters of any string (a Linux path is at most 4096 bytes)
+# BLOBTIER_* environment variables that are documented and are not config fields.
+ENV_NOT_FIELDS = frozenset({"BLOBTIER_HOME"})
 
 
 def _check(ok: bool, name: str, why: str) -> None:
@@ -317,9 +363,77 @@ def _check(ok: bool, name: str, why: str) -> None:
         raise InvalidRequest(f"config field {name} {why}")
 
 
+def _is_size(name: str) -> bool:
+    return name.endswith("_bytes") or name.endswith(".chunk_size")
+
+
+def _amount(name: str, value: float) -> str:
+    """A bound or a value as the user would write it: sizes with units."""
+    if _is_size(name) and isinstance(value, int) and value > 0:
+        for unit, n in (("PiB", PiB), ("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+            if value % n == 0:
+                return f"{value // n}{unit}"
+    return _shown(value)
+
+
+def _range_text(name: str, kind: str) -> str:
+    lo, hi = RANGES[name]
+    what = "an integer" if kind == "int" else "a finite number"
+    if lo is None:
+        return f"{what} of at most {_amount(name, hi)}"
+    return f"{what} between {_amount(name, lo)} and {_amount(name, hi)}"
+
+
+def _check_number(name: str, kind: str, value: Any) -> None:
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    ok = is_int or (kind == "float" and isinstance(value, float))
+    lo, hi = RANGES[name]  # a KeyError here is a field added without its range
+    inside = ok and math.isfinite(value) and (lo is None or value >= lo) and (hi is None or value <= hi)
+    _check(inside, name, f"must be {_range_text(name, kind)}, got {_amount(name, value)}")
+
+
+def _check_text(name: str, value: Any) -> None:
+    _check(isinstance(value, str), name, f"must be a string, got {_shown(value)}")
+    _check(len(value) <= MAX_TEXT and "\x00" not in value, name,
+           f"must be a string of at most {MAX_TEXT} characters without NUL")
+
+
+def _check_fields(section: str, part: Any) -> None:
+    """Type and range of every field of one section (lists: of every entry)."""
+    for f in fields(part):
+        name, kind, value = f"{section}.{f.name}", _kind(f), getattr(part, f.name)
+        if kind == "bool":
+            _check(isinstance(value, bool), name, f"must be true or false, got {_shown(value)}")
+        elif kind in ("int", "float"):
+            _check_number(name, kind, value)
+        elif kind == "str":
+            _check_text(name, value)
+        else:
+            _check(isinstance(value, tuple), name, f"must be a list, got {_shown(value)}")
+            _check(len(value) <= MAX_ITEMS[name], name,
+                   f"lists {len(value)} entries; at most {MAX_ITEMS[name]} are allowed")
+            for v in value:
+                _check_text(name, v) if kind == "tuple[str, ...]" else _check_number(name, "int", v)
+
+
+def _kind(f: dataclasses.Field) -> str:
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
+def _check_env(env: Mapping[str, str]) -> None:
+    """Every ``BLOBTIER_*`` variable names a field (or is documented as something else)."""
+    known = {f"BLOBTIER_{s.upper()}_{f.name.upper()}" for s, cls in _SECTIONS.items() for f in fields(cls)}
+    for name in env:
+        if name.startswith("BLOBTIER_") and name not in known and name not in ENV_NOT_FIELDS:
+            near = difflib.get_close_matches(name, sorted(known | ENV_NOT_FIELDS), n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise InvalidRequest(f"environment variable {name} names no config field "
+                                 f"(BLOBTIER_<SECTION>_<FIELD>, e.g. BLOBTIER_CACHE_L1_BYTES){hint}")
+
+
 def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
     name = f"{section}.{f.name}"
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    kind = _kind(f)
     try:
         if f.name.endswith("_bytes") or f.name == "chunk_size":
             return parse_size(value, name)
@@ -336,7 +450,7 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
         if kind == "float" and not isinstance(value, bool):
             return float(value)
         if kind == "str":
-            return str(value)
+            return _text(value)
     except InvalidRequest:
         raise  # parse_size says what a size looks like
     except (TypeError, ValueError):
@@ -344,7 +458,15 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
     else:
         if kind not in _KINDS:
             return value
-    raise InvalidRequest(f"config field {name}: {value!r} is not a valid {kind}")
+    raise InvalidRequest(f"config field {name}: {_shown(value)} is not a valid {kind}")
+
+
+def _text(value: Any) -> str:
+    """A string field: a string, or a path object (never a number or a table made one)."""
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(text, str):
+        raise TypeError(value)
+    return text
 
 
 def _str_tuple(value: Any) -> tuple[str, ...]:
@@ -385,9 +507,10 @@ def from_mapping(data: Mapping[str, Any], *, env: Mapping[str, str] | None = Non
                 raise InvalidRequest(f"config section [{key}] must be a table")
             merged[key].update(value)
         elif key == "root":
-            top["root"] = os.path.expanduser(str(value))
+            top["root"] = _root(value)
         else:
-            raise InvalidRequest(f"unknown config key {key!r}")
+            raise InvalidRequest(f"unknown config key {_shown(key)}")
+    _check_env(env)
     for section, cls in _SECTIONS.items():
         names = {f.name for f in fields(cls)}
         for key in merged[section]:
@@ -404,21 +527,34 @@ def from_mapping(data: Mapping[str, Any], *, env: Mapping[str, str] | None = Non
     return RegionConfig(**top, **sections).validate()
 
 
+def _root(value: Any) -> str:
+    try:
+        root = _text(value)
+    except TypeError:
+        raise InvalidRequest(f"config field root must be a directory path (a string), "
+                             f"got {_shown(value)}") from None
+    _check(bool(root.strip()), "root", "must name a directory, not an empty string")
+    return os.path.expanduser(root)
+
+
 def load(path: str) -> RegionConfig:
     """Read a region TOML file (a relative ``root`` or ``auth.token_file`` is taken
     relative to the file)."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest(f"{path}: not valid TOML: nested too deeply") from None
     here = os.path.dirname(os.path.abspath(path))
-    root = data.get("root")
-    if root is not None and not os.path.isabs(os.path.expanduser(str(root))):
-        data["root"] = os.path.join(here, str(root))
+    if "root" in data:  # relative to the file; "" would silently be the file's directory
+        root = _root(data["root"])
+        data["root"] = root if os.path.isabs(root) else os.path.join(here, root)
     auth = data.get("auth")
-    if isinstance(auth, dict) and auth.get("token_file") and not os.path.isabs(str(auth["token_file"])):
-        auth["token_file"] = os.path.join(here, str(auth["token_file"]))
+    token_file = auth.get("token_file") if isinstance(auth, dict) else None
+    if isinstance(token_file, str) and token_file and not os.path.isabs(token_file):
+        auth["token_file"] = os.path.join(here, token_file)
     return from_mapping(data)
 
 
@@ -435,6 +571,8 @@ def resolve(target: str | os.PathLike | RegionConfig | None, *, running: bool = 
         config = from_mapping({"root": default_home()})
     else:
         path = os.fspath(target)
+        if not isinstance(path, str) or not path.strip():
+            raise InvalidRequest(f"region {_shown(path)}: name a region directory or a region TOML file")
         config = (load(path) if path.endswith(".toml")
                   else from_mapping({"root": os.path.abspath(os.path.expanduser(path))}))
     if not running:

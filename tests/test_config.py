@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -192,3 +196,146 @@ def test_with_overrides_unknown_field(tmp_path):
 def test_fractional_int_rejected():
     with pytest.raises(InvalidRequest, match="block.replicas"):
         from_mapping({"block": {"replicas": 2.9}}, env={})
+
+
+# -- values are checked, not trusted -----------------------------------------------------
+def test_every_number_and_list_has_a_range():
+    for section, cls in config._SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            name, kind = f"{section}.{f.name}", config._kind(f)
+            if kind in ("int", "float", "tuple[int, ...]"):
+                lo, hi = config.RANGES[name]
+                assert hi is not None and math.isfinite(hi), name
+            if kind.startswith("tuple["):
+                assert config.MAX_ITEMS[name] > 0, name
+
+
+@pytest.mark.parametrize("section, field, value", [
+    ("cache", "l1_bytes", "1" * 400),  # a float overflow when parsed
+    ("cache", "l1_bytes", "9999999TiB"),
+    ("block", "volume_bytes", 2 ** 70),
+    ("client", "max_blob_bytes", "99999999TiB"),
+])
+def test_sizes_that_overflow_are_refused_with_the_range(section, field, value):
+    with pytest.raises(InvalidRequest, match=rf"{section}\.{field}") as info:
+        from_mapping({section: {field: value}}, env={})
+    assert "Traceback" not in str(info.value)
+
+
+def test_a_size_beyond_its_range_names_the_range():
+    with pytest.raises(InvalidRequest,
+                       match=r"cache\.l1_bytes must be an integer between 0 and 4TiB, got 8TiB"):
+        from_mapping({"cache": {"l1_bytes": "8TiB"}}, env={})
+
+
+@pytest.mark.parametrize("section, field, value", [
+    ("block", "hedge_after_ms", float("nan")), ("block", "hedge_after_ms", float("-inf")),
+    ("block", "request_timeout_s", float("inf")), ("flash", "retry_after_s", float("nan")),
+    ("client", "metadata_staleness_s", "inf"), ("services", "stop_timeout_s", float("inf")),
+])
+def test_nan_and_infinity_are_refused(section, field, value):
+    with pytest.raises(InvalidRequest, match=rf"{section}\.{field} must be a finite number"):
+        from_mapping({section: {field: value}}, env={})
+
+
+def test_nan_and_infinity_from_toml_and_env(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text("[flash]\nrequest_timeout_s = inf\n")
+    with pytest.raises(InvalidRequest, match=r"flash\.request_timeout_s must be a finite number"):
+        config.load(str(path))
+    with pytest.raises(InvalidRequest, match=r"block\.hedge_after_ms"):
+        from_mapping({}, env={"BLOBTIER_BLOCK_HEDGE_AFTER_MS": "nan"})
+
+
+@pytest.mark.parametrize("section, field, value, allowed", [
+    ("client", "prefetch_threads", 100000, "between 1 and 256"),
+    ("client", "readahead_chunks", 10 ** 9, "between 0 and 4096"),
+    ("block", "servers", 5000, "between 1 and 999"),
+    ("block", "read_concurrency", 0, "between 1 and 4096"),
+    ("block", "max_retries", -1, "between 0 and 100"),
+    ("services", "flash_nodes", 100000, "between 0 and 999"),
+    ("client", "gc_grace_s", -5, "between 0.0 and 31536000.0"),
+])
+def test_negative_and_absurd_counts_name_field_and_range(section, field, value, allowed):
+    with pytest.raises(InvalidRequest, match=rf"{section}\.{field} must be .*{allowed}, got"):
+        from_mapping({section: {field: value}}, env={})
+
+
+def test_absurd_values_in_a_config_built_in_python_are_refused(tmp_path):
+    cfg = config.RegionConfig(root=str(tmp_path), client=config.ClientConfig(prefetch_threads=100000))
+    with pytest.raises(InvalidRequest, match=r"client\.prefetch_threads"):
+        config.resolve(cfg, running=False)
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"root": 5}, "root"),
+    ({"root": ["/tmp"]}, "root"),
+    ({"services": {"flash_dir": 7}}, "services.flash_dir"),
+    ({"cache": {"daemon": ["/run/x.sock"]}}, "cache.daemon"),
+    ({"services": {"daemon_socket": {"path": "/x"}}}, "services.daemon_socket"),
+    ({"auth": {"token": 12345}}, "auth.token"),
+    ({"services": {"host": "127.0.0.1\x00evil"}}, "services.host"),
+])
+def test_non_string_paths_are_refused(data, field):
+    with pytest.raises(InvalidRequest, match=field.replace(".", r"\.")):
+        from_mapping(data, env={})
+
+
+def test_paths_may_be_path_objects(tmp_path):
+    cfg = config.with_overrides(from_mapping({"root": str(tmp_path)}, env={}),
+                                services={"flash_dir": tmp_path / "flash"})
+    assert cfg.services.flash_dir == str(tmp_path / "flash")
+
+
+@pytest.mark.parametrize("text", ['root = ""\n', 'root = "   "\n'])
+def test_an_empty_root_is_refused_not_taken_as_the_files_directory(tmp_path, text):
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidRequest, match="root must name a directory"):
+        config.load(str(path))
+    with pytest.raises(InvalidRequest, match="region"):
+        config.resolve("", running=False)
+
+
+@pytest.mark.parametrize("text", [
+    "x = " + "[" * 5000 + "]" * 5000 + "\n",
+    "[block]\nendpoints = " + "[" * 300 + "]" * 300 + "\n",
+    "[" + ".".join(["cache"] * 3000) + "]\n",
+])
+def test_deeply_nested_toml_is_refused_without_a_traceback(tmp_path, text):
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidRequest) as info:
+        config.load(str(path))
+    assert len(str(info.value)) < 500  # the message does not echo the nesting
+
+
+def test_an_env_variable_that_names_no_field_is_an_error(tmp_path):
+    with pytest.raises(InvalidRequest, match="BLOBTIER_CACHE_L1_BYTE names no config field.*"
+                                             "did you mean BLOBTIER_CACHE_L1_BYTES"):
+        from_mapping({"root": str(tmp_path)}, env={"BLOBTIER_CACHE_L1_BYTE": "1GiB"})
+    with pytest.raises(InvalidRequest, match="BLOBTIER_ROOT"):
+        from_mapping({"root": str(tmp_path)}, env={"BLOBTIER_ROOT": "/data"})
+
+
+def test_documented_env_variables_that_are_not_fields_still_work(tmp_path):
+    env = {"BLOBTIER_HOME": str(tmp_path), "BLOBTIER_AUTH_TOKEN": "t", "BLOBTIER_CACHE_DAEMON": "off",
+           "BLOBTIER_SERVICES_BASE_PORT": "9400", "OTHER": "x", "_BLOBTIER_TEST_CRASH_AT": "x"}
+    cfg = from_mapping({"root": str(tmp_path)}, env=env)
+    assert (cfg.auth.token, cfg.cache.daemon, cfg.services.base_port) == ("t", "off", 9400)
+
+
+@pytest.mark.parametrize("text, field", [
+    ("[client]\nprefetch_threads = 100000\n", "client.prefetch_threads"),
+    ("root = 5\n", "root"),
+    ("x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("[cache]\nl1_bytes = \"" + "9" * 400 + "\"\n", "cache.l1_bytes"),
+])
+def test_cli_prints_one_line_and_exits_1(tmp_path, text, field):
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "blobtier.cli", "--region", str(path), "ls"],
+                          capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("BLOBTIER_")})
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and field in proc.stderr and "Traceback" not in proc.stderr

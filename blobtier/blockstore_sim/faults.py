@@ -15,6 +15,7 @@ wait is cut short when the client goes away, so a cancelled hedge frees its thre
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -23,6 +24,13 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from blobtier.errors import InvalidRequest, TierUnavailable
 
+# The inclusive range of every fault: shares are shares, a wait is at most ten minutes, a
+# straggler at most a thousand times slower, a link at most 1 TiB/s. A NaN or an infinity
+# (from a flag, a TOML file or the admin RPC) is never a fault setting.
+LIMITS: dict[str, tuple[float, float]] = {
+    "latency_ms": (0.0, 600_000.0), "tail_p": (0.0, 1.0), "tail_factor": (1.0, 1000.0),
+    "bandwidth_bytes_per_s": (0.0, float(1 << 40)), "error_rate": (0.0, 1.0), "corrupt_rate": (0.0, 1.0),
+}
 COUNTERS = ("requests", "refused", "errors", "delayed", "stragglers", "throttled", "corrupted",
             "cancelled", "bytes_sent", "bytes_received")
 
@@ -38,14 +46,14 @@ class FaultProfile:
     down: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("tail_p", "error_rate", "corrupt_rate"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise InvalidRequest(f"fault {name} must be between 0 and 1, got {getattr(self, name)}")
-        for name in ("latency_ms", "bandwidth_bytes_per_s"):
-            if getattr(self, name) < 0:
-                raise InvalidRequest(f"fault {name} must not be negative, got {getattr(self, name)}")
-        if self.tail_factor < 1.0:
-            raise InvalidRequest(f"fault tail_factor must be at least 1, got {self.tail_factor}")
+        for name, (lo, hi) in LIMITS.items():
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and lo <= value <= hi):
+                raise InvalidRequest(f"fault {name} must be a finite number between {lo:.15g} and {hi:.15g}, "
+                                     f"got {value!r:.40}")
+        if not isinstance(self.down, bool):
+            raise InvalidRequest(f"fault down must be true or false, got {self.down!r:.40}")
 
     def changed(self, **changes: float | bool) -> FaultProfile:
         """A copy with some fields replaced (validated)."""

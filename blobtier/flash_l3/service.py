@@ -21,6 +21,8 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from blobtier.chunks import ChunkSource
+from blobtier.config import RANGES
+from blobtier.errors import InvalidRequest
 from blobtier.flash_l3.admission import AdmissionPolicy
 from blobtier.flash_l3.cache import DEFAULT_REGION_SIZE, FlashCache
 from blobtier.flash_l3.device import DeviceFaults
@@ -61,6 +63,10 @@ class AdminServicer(pb_grpc.CacheAdminServicer):
 
     def Resize(self, request: pb.ResizeRequest, context: grpc.ServicerContext) -> pb.StatsReply:
         with answering(context):
+            least, most = 2 * self.cache.region_size, RANGES["services.flash_capacity_bytes"][1]
+            if not least <= request.capacity_bytes <= most:  # uint64: a client's -1 is 2**64-1
+                raise InvalidRequest(f"capacity_bytes must be between {least} (two regions) and "
+                                     f"{most:.0f}, got {request.capacity_bytes}")
             log.info("flash node %d: capacity %d -> %d", self.node_id, self.cache.capacity,
                      request.capacity_bytes)
             self.cache.resize(request.capacity_bytes)

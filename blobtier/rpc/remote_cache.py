@@ -273,6 +273,8 @@ class RemoteChunkCache:
             return self._admin().Drop(request, timeout=self.timeout_s).dropped
 
     def resize(self, capacity_bytes: int) -> dict[str, float]:
+        if isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int) or capacity_bytes < 0:
+            raise InvalidRequest(f"capacity_bytes must be a byte count, got {capacity_bytes!r:.40}")
         with _calling(self.where):
             reply = self._admin().Resize(pb.ResizeRequest(capacity_bytes=capacity_bytes),
                                          timeout=self.timeout_s)

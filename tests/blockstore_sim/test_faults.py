@@ -141,3 +141,34 @@ def test_reset_clears_profile_and_counters():
     faults.reset()
     assert faults.profile == FaultProfile() and faults.counters()["refused"] == 0
     assert seen == [FaultProfile()]
+
+
+@pytest.mark.parametrize("bad", [
+    {"latency_ms": float("nan")}, {"latency_ms": float("inf")}, {"tail_factor": float("nan")},
+    {"bandwidth_bytes_per_s": float("nan")}, {"bandwidth_bytes_per_s": float("inf")},
+    {"latency_ms": 1e12}, {"tail_factor": 1e9}, {"latency_ms": "5"}, {"down": 1},
+])
+def test_profile_rejects_nan_infinity_and_absurd_values(bad):
+    with pytest.raises(InvalidRequest, match=next(iter(bad))):
+        FaultProfile(**bad)
+
+
+def test_set_faults_over_grpc_refuses_nan_and_keeps_serving(tmp_path):
+    from blobtier.blockstore_sim.chunk_server import ChunkServer
+    from blobtier.blockstore_sim.remote import RemoteChunkStore
+    from blobtier.checksum import xxh3
+
+    server = ChunkServer(str(tmp_path / "s"))
+    store = RemoteChunkStore(server.address, timeout_s=10)
+    try:
+        store.set_faults(latency_ms=1.0)
+        for bad in ({"latency_ms": float("nan")}, {"bandwidth_bytes_per_s": float("inf")},
+                    {"tail_factor": float("nan")}):
+            with pytest.raises(InvalidRequest, match=f"{next(iter(bad))} must be a finite number"):
+                store.set_faults(**bad)
+        assert server.faults.profile == FaultProfile(latency_ms=1.0)  # unchanged
+        store.put_many([(b"d" * 16, b"still serving", xxh3(b"still serving"))])
+        assert bytes(store.get(b"d" * 16)) == b"still serving"
+    finally:
+        store.close()
+        server.stop(0)

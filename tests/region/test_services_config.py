@@ -49,7 +49,7 @@ def test_explicit_ports_and_no_metrics(tmp_path):
      "two regions"),
     ({"flash_admission": "never"}, "services.flash_admission", "one of"),
     ({"daemon_policy": "fifo"}, "services.daemon_policy", "one of"),
-    ({"daemon_memory_bytes": "1KiB"}, "services.daemon_memory_bytes", "at least 1MiB"),
+    ({"daemon_memory_bytes": "1KiB"}, "services.daemon_memory_bytes", "between 1MiB and 4TiB"),
     ({"daemon": "maybe"}, "services.daemon", "not a valid bool"),
     ({"daemon_socket": "/tmp/" + "x" * 110}, "services.daemon_socket", "107 bytes"),
     ({"host": ""}, "services.host", "interface"),
