@@ -25,9 +25,11 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from blobtier import pages
 from blobtier.errors import InvalidRequest
 
 MIN_SLOT = 4096
@@ -36,6 +38,17 @@ PAGES = 512  # the page count an arena aims at, so that pages can follow the wor
 MIN_PAGE = 64 << 10
 MAX_CHUNK = 16 << 20  # the largest chunk a large arena takes by default
 _TAIL = 1 / 16  # a slab may span more pages when that cuts its slot rounding below this
+
+
+_FD_LOCK = threading.Lock()  # Segment.close against map_private
+
+
+def _after_fork() -> None:
+    global _FD_LOCK
+    _FD_LOCK = threading.Lock()  # another parent thread may have held it
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class Segment:
@@ -70,12 +83,21 @@ class Segment:
         """The mapping itself, for views that must keep it alive (``ctypes.from_buffer``)."""
         return self._map
 
+    def map_private(self, offset: int, length: int, keep: object) -> memoryview | None:
+        """A copy-on-write mapping of ``length`` bytes at ``offset`` (``pages.py``), kept
+        with ``keep``; ``None`` once the segment is closed."""
+        with _FD_LOCK:  # a closed descriptor's number may already name another file
+            if self.fd < 0:
+                return None
+            return pages.map_private(self.fd, offset, length, keep)
+
     def close(self) -> None:
         """Unmap once no view is left, and close the descriptor."""
-        if self.fd < 0:
-            return
-        os.close(self.fd)
-        self.fd = -1
+        with _FD_LOCK:
+            if self.fd < 0:
+                return
+            os.close(self.fd)
+            self.fd = -1
         self.view.release()
         try:
             self._map.close()

@@ -45,12 +45,19 @@ namespace of its blob's key (``owner.namespace_of``), whose eviction policy then
 class _Pin:
     """Lives exactly as long as the views of one slot handed to the caller."""
 
-    __slots__ = ("cache", "offset", "generation")
+    __slots__ = ("cache", "offset", "generation", "segment")
 
-    def __init__(self, cache: SharedL1Cache, offset: int, generation: int | None) -> None:
+    def __init__(self, cache: SharedL1Cache, offset: int, generation: int | None,
+                 segment: Segment) -> None:
         self.cache = cache
         self.offset = offset
         self.generation = generation  # the owner connection (session) that pinned it
+        self.segment = segment
+
+    def private_pages(self, start: int, length: int) -> memoryview | None:
+        """The slot's bytes from ``start`` on copy-on-write pages of their own (``pages.py``):
+        the mapping holds this pin, as its unwritten pages show the slot."""
+        return self.segment.map_private(self.offset + start, length, self)
 
     def __del__(self) -> None:
         # A finaliser runs wherever the last reference goes, even inside this cache's or
@@ -174,7 +181,9 @@ class SharedL1Cache:
             array = (ctypes.c_char * length).from_buffer(segment.buffer, offset)
         except ValueError as exc:  # another thread closed it: the owner restarted
             raise TierUnavailable(f"L1 arena {segment.name} was replaced: {exc}") from None
-        array.pin = _Pin(self, offset, generation)  # the view keeps the array alive, the array the pin
+        # The view keeps the array alive, the array the pin.
+        array.pin = _Pin(self, offset, generation, segment)
+        array.private_pages = array.pin.private_pages  # a writable alias never writes the arena
         return memoryview(array).cast("B").toreadonly()
 
     def claim(self, items: Sequence[Claim]) -> tuple[set[ChunkKey], set[ChunkKey]]:
