@@ -15,6 +15,7 @@ import sys
 import time
 
 from blobtier.errors import RegionLocked
+from blobtier.fsutil import open_private, private_dir
 
 
 class LockFile:
@@ -31,8 +32,8 @@ class LockFile:
         """Take the lock or raise ``RegionLocked`` naming the process that holds it."""
         if self._fd is not None:
             return
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(os.path.dirname(self.path) or ".")
+        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

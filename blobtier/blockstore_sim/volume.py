@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from blobtier.checksum import crc32c, xxh3
 from blobtier.errors import BlobNotFound, InvalidRequest, OutOfRange, TierUnavailable
+from blobtier.fsutil import open_private, private_dir
 
 Buffer = bytes | bytearray | memoryview
 
@@ -87,7 +88,7 @@ class VolumeStore:
         self._lock = threading.Condition()
         self._closed = False
         if writable:
-            os.makedirs(root, exist_ok=True)
+            private_dir(root)
             self._synced_seq = self._written_seq = 0
             self._syncing = False
             self._broken: BaseException | None = None
@@ -299,8 +300,8 @@ class VolumeStore:
         self._synced_seq = target
 
     def _open_volume(self, vol: int) -> int:
-        dat = os.open(self._path(vol, "dat"), os.O_RDWR | os.O_CREAT, 0o644)
-        idx = os.open(self._path(vol, "idx"), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        dat = open_private(self._path(vol, "dat"), os.O_RDWR | os.O_CREAT)
+        idx = open_private(self._path(vol, "idx"), os.O_RDWR | os.O_CREAT | os.O_APPEND)
         self._fds[vol] = (dat, idx)
         self._current, self._tail = vol, os.fstat(dat).st_size
         return vol

@@ -24,6 +24,7 @@ import numpy as np
 
 from blobtier.chunks import Buffer
 from blobtier.errors import InvalidRequest
+from blobtier.fsutil import private_dir
 
 ALIGN = 4096
 _NAME = re.compile(r"(\d{6})\.reg")
@@ -80,7 +81,7 @@ class Device:
         self.root = os.path.join(root, "regions")
         self.region_size = region_size
         self.faults = faults or DeviceFaults()
-        os.makedirs(self.root, exist_ok=True)
+        private_dir(self.root)
         self._lock = threading.Lock()
         self._fds: dict[int, int] = {}
         self.counters = {"reads": 0, "writes": 0, "bytes_read": 0, "bytes_written": 0, "errors": 0}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from blobtier.checksum import crc32c
 from blobtier.flash_l3.index import Entry
+from blobtier.fsutil import private_file
 
 NAME = "index.snap"
 FORMAT = 1
@@ -74,7 +75,7 @@ def decode(data: bytes) -> Snapshot | None:
 def write(root: str, snap: Snapshot) -> None:
     path = os.path.join(root, NAME)
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with private_file(tmp, "wb") as f:
         f.write(encode(snap))
         f.flush()
         os.fsync(f.fileno())

@@ -33,6 +33,7 @@ from rocksdict import (
 )
 
 from blobtier.errors import TierUnavailable
+from blobtier.fsutil import private_dir
 from blobtier.metadata.store import MetadataStore, version_matches
 
 
@@ -93,7 +94,7 @@ class RocksDBStore(MetadataStore):
         self._sync = WriteOptions()
         self._sync.sync = True
         if writable:
-            os.makedirs(path, exist_ok=True)
+            private_dir(path, tighten=True)  # RocksDB's own files are private through it
             self._db = Rdict(path, _options(*self._cache_sizes))
         else:
             self._open_secondary()
@@ -102,7 +103,7 @@ class RocksDBStore(MetadataStore):
         """Open lazily: a region nobody has written to yet has no database to follow."""
         if self._db is None and os.path.exists(os.path.join(self.path, "CURRENT")):
             scratch = self._scratch_dir or tempfile.gettempdir()
-            os.makedirs(scratch, exist_ok=True)
+            private_dir(scratch)
             self._secondary_dir = tempfile.mkdtemp(prefix=f"secondary-{os.getpid()}-", dir=scratch)
             self._db = Rdict(self.path, _options(*self._cache_sizes),
                              access_type=AccessType.secondary(self._secondary_dir))

@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from blobtier.config import RegionConfig
+from blobtier.fsutil import private_dir
 
 VERSION = 1
 
@@ -78,7 +79,7 @@ def read(root: str) -> RegionState | None:
 def write(state: RegionState) -> None:
     """Publish atomically: a reader sees the old file or the new one, never half."""
     target = path(state.root)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
+    private_dir(os.path.dirname(target))
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".region-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 from blobtier.config import RegionConfig
 from blobtier.errors import InvalidRequest, RegionLocked, TierUnavailable
+from blobtier.fsutil import private_dir, private_file
 from blobtier.lockfile import LockFile
 from blobtier.region import ports, probe, state
 from blobtier.region.services import ServiceSpec, check_directories, flash_dir, specs
@@ -63,9 +64,9 @@ def up(config: RegionConfig, say: Say = print) -> RegionState:
         todo = specs(config)
         _check_ports_free(config.services.host, todo)
         for d in ("logs", "run", *(os.path.join("blocks", f"{i:03d}") for i in range(config.block.servers))):
-            os.makedirs(os.path.join(root, d), exist_ok=True)
+            private_dir(os.path.join(root, d))
         for j in range(config.services.flash_nodes):
-            os.makedirs(os.path.join(flash_dir(config), f"{j:03d}"), exist_ok=True)
+            private_dir(os.path.join(flash_dir(config), f"{j:03d}"))
         started: list[_Started] = []
         try:
             for spec in todo:
@@ -129,8 +130,8 @@ def _check_ports_free(host: str, todo: list[ServiceSpec]) -> None:
 
 
 def _launch(spec: ServiceSpec) -> _Started:
-    os.makedirs(os.path.dirname(spec.log), exist_ok=True)
-    with open(spec.log, "ab") as log:
+    private_dir(os.path.dirname(spec.log))
+    with private_file(spec.log, "ab") as log:
         offset = log.tell()
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(spec.argv)}\n".encode())
         log.flush()

@@ -26,6 +26,7 @@ from blobtier.blockstore_sim.replicated import ReadPolicy, ReplicatedBlockStore
 from blobtier.blockstore_sim.volume import VolumeStore
 from blobtier.chunks import ChunkCache, ChunkStore
 from blobtier.config import RegionConfig
+from blobtier.fsutil import private_dir
 from blobtier.lockfile import LockFile
 from blobtier.metadata.rocksdb_store import RocksDBStore
 from blobtier.metrics import TierStats
@@ -45,7 +46,7 @@ class EmbeddedRegion:
     def open(self, writable: bool, stats: TierStats) -> tuple[RocksDBStore, RoutingSource]:
         """Open the metadata store and block layer, as the writer or as a reader."""
         if writable:
-            os.makedirs(self.root, exist_ok=True)
+            private_dir(self.root)
             self.lock.acquire()
         scratch = os.path.join(self.root, "tmp")
         if not writable:
