@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from blobtier.errors import Forbidden
 
 REFRESH_S = 1.0  # a URL no known prefix covers re-reads the registrations at most this often
+_MEMO_ENTRIES = 65536  # URLs whose permission is remembered (for refresh_s) before the memo is cleared
 
 
 def canonical(url: str) -> str:
@@ -65,7 +66,9 @@ class OriginAllowList:
         prefixes: configured prefixes (any fsspec URL, e.g. ``s3://bucket/datasets``).
         registered: returns the prefixes the region's metadata registered; called again
             (at most every ``refresh_s`` seconds) when a URL is covered by none known.
-        refresh_s: the least time between two calls of ``registered``.
+        refresh_s: the least time between two calls of ``registered``; also how long a URL
+            found allowed stays allowed without being resolved again (resolving a local
+            path costs tens of microseconds, and every chunk of an L3 hit names its URL).
 
     Raises:
         Forbidden: a configured prefix that has no canonical form.
@@ -79,16 +82,23 @@ class OriginAllowList:
         self._refreshed = float("-inf")
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
+        self._allowed: dict[str, float] = {}  # url -> until when it is known to be allowed
 
     def allows(self, url: str) -> bool:
         """True if the node may read ``url`` (False for a URL with no canonical form)."""
+        now = time.monotonic()
+        if self._allowed.get(url, 0.0) > now:
+            return True
         try:
             want = canonical(url)
         except Forbidden:
             return False
-        if self._covered(want):
-            return True
-        return self._refresh() and self._covered(want)
+        if not (self._covered(want) or (self._refresh() and self._covered(want))):
+            return False
+        if len(self._allowed) >= _MEMO_ENTRIES:
+            self._allowed.clear()
+        self._allowed[url] = now + self.refresh_s
+        return True
 
     def _covered(self, url: str) -> bool:
         return any(covers(p, url) for p in self.configured + self._registered)

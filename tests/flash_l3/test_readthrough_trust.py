@@ -242,3 +242,22 @@ def test_canonical_urls_and_prefixes(tmp_path):
     assert not covers("s3://b/ds", "s3://b/ds-private/x")
     allowed = OriginAllowList([f"file://{tmp_path}/d"])
     assert allowed.allows(f"file://{tmp_path}/d/x") and not allowed.allows(f"file://{tmp_path}/d/up/x")
+
+
+def test_registrations_are_reread_when_a_url_is_not_covered(tmp_path):
+    registered: list[str] = []
+    calls = []
+
+    def origins() -> list[str]:
+        calls.append(1)
+        return list(registered)
+
+    allowed = OriginAllowList(registered=origins, refresh_s=0.0)
+    url = f"file://{tmp_path}/ds/a.bin"
+    assert not allowed.allows(url)
+    registered.append(f"file://{tmp_path}/ds")
+    assert allowed.allows(url) and allowed.allows(url)
+    assert len(calls) == 2  # a covered URL needs no new scan
+    slow = OriginAllowList(registered=origins, refresh_s=3600.0)
+    assert slow.allows(url) and not slow.allows("memory://elsewhere/x")
+    assert len(calls) == 3  # a flood of refusals does not become a flood of metadata scans
