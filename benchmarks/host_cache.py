@@ -51,21 +51,27 @@ def keys(n: int, salt: int = 0) -> list[ChunkKey]:
 
 
 # -- 1. bandwidth and small hits ---------------------------------------------------------------
-def _reader(socket_path: str, ks: list[ChunkKey], seconds: float, batch: int, start, out) -> None:
-    cache = SharedL1Cache(socket_path=socket_path)
-    cache.get_many(ks[:1])  # attach before the clock starts
-    start.wait()
+def _consume_for(seconds: float, count: int, batch: int, read) -> tuple[int, int, float]:
+    """Read chunks ``[0, count)`` in batches (``read(i, j)`` -> views) round and round for
+    ``seconds``; returns (chunks, bytes, seconds)."""
     n = nbytes = 0
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for i in range(0, len(ks), batch):
-            for view in cache.get_many(ks[i:i + batch]).values():
+        for i in range(0, count, batch):
+            for view in read(i, i + batch):
                 # Read every byte once: numpy for big chunks; for 4 KiB ones numpy's call
                 # overhead (~7 us) would dwarf the cache's work, so a C-level pass (xxh3).
                 np.frombuffer(view, np.uint64).sum() if len(view) > 65536 else xxh3(view)
                 n += 1
                 nbytes += len(view)
-    out.put((n, nbytes, time.perf_counter() - t0))
+    return n, nbytes, time.perf_counter() - t0
+
+
+def _reader(socket_path: str, ks: list[ChunkKey], seconds: float, batch: int, start, out) -> None:
+    cache = SharedL1Cache(socket_path=socket_path)
+    cache.get_many(ks[:1])  # attach before the clock starts
+    start.wait()
+    out.put(_consume_for(seconds, len(ks), batch, lambda i, j: cache.get_many(ks[i:j]).values()))
     cache.close()
 
 
@@ -267,15 +273,8 @@ def _chain_reader(socket_path: str, rec: BlobRecord, mode: str, seconds: float, 
     refs = [(rec, i) for i in range(rec.n_chunks)]
     chain.read(refs[:1])  # attach before the clock starts
     start.wait()
-    n = nbytes = 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for i in range(0, len(refs), batch):
-            for view in chain.read(refs[i:i + batch]):
-                np.frombuffer(view, np.uint64).sum() if len(view) > 65536 else xxh3(view)
-                n += 1
-                nbytes += len(view)
-    out.put((n, nbytes, time.perf_counter() - t0, chain.stats.snapshot()["l1"]["corrupt"]))
+    measured = _consume_for(seconds, len(refs), batch, lambda i, j: chain.read(refs[i:j]))
+    out.put((*measured, chain.stats.snapshot()["l1"]["corrupt"]))
 
 
 def verified_hits(chunk: int, count: int, mode: str, seconds: float, batch: int) -> dict:
