@@ -10,6 +10,12 @@ and the prefixes between ``/`` are pseudo-directories that exist while some key 
 them, as in an object store. ``mkdir`` succeeds and stores nothing; removing the last key
 under a prefix removes the directory.
 
+A path that names an existing blob or directory means exactly that, even when it holds
+glob characters (``ns/img[1].jpg``, ``ns/a*b.txt``): ``cat``, ``get``, ``copy``, ``mv``
+and ``rm`` expand a path as a glob pattern only when nothing has its literal name (fsspec
+expands first, so ``rm("ns/a*b.txt")`` also removed ``ns/aXb.txt``). ``glob()`` itself,
+and ``fsspec.open_files`` in read mode (which calls it), always match patterns.
+
 Reads go through the client's tiers. An open file pins the version it opened (an overwrite
 while it is open does not change what it reads) and reads ahead while read sequentially;
 ``cat_ranges`` reads each blob's ranges, sorted and merged, through one pinned reader.
@@ -45,8 +51,9 @@ from glob import has_magic
 from typing import IO, Any
 
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+from fsspec.implementations.local import LocalFileSystem, make_path_posix, trailing_sep
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem, make_instance
-from fsspec.utils import isfilelike
+from fsspec.utils import check_contained, isfilelike, other_paths
 
 from blobtier.config import RegionConfig, resolve, with_overrides
 from blobtier.errors import BlobNotFound, InvalidKey, InvalidRequest
@@ -349,6 +356,69 @@ class BlobtierFileSystem(AbstractFileSystem):
                 for a, b, i in members:
                     out[i] = data[a - lo:b - lo]
 
+    def _is_pattern(self, path: str) -> bool:
+        """A glob pattern to expand: glob characters, and no blob or directory of that name."""
+        return has_magic(path) and not self.exists(path)
+
+    def expand_path(self, path: str | list[str], recursive: bool = False,
+                    maxdepth: int | None = None, assume_literal: bool = False,
+                    **kwargs: Any) -> list[str]:
+        """As fsspec's, but a path that names an existing blob or directory is taken
+        literally; only the others are expanded as glob patterns (module docstring).
+
+        Raises:
+            FileNotFoundError: nothing is named or matched.
+        """
+        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        paths = [self._strip_protocol(p) for p in paths]
+        patterns = [] if assume_literal else [p for p in paths if self._is_pattern(p)]
+        groups = ([p for p in paths if p not in patterns], True), (patterns, False)
+        out: set[str] = set()
+        for group, literal in groups:
+            if group:
+                with suppress(FileNotFoundError):  # as fsspec: only nothing at all is an error
+                    out.update(super().expand_path(group, recursive, maxdepth,
+                                                   assume_literal=literal, **kwargs))
+        if not out:
+            raise BlobNotFound(f"nothing named or matched by {', '.join(paths)}")
+        return sorted(out)
+
+    def _literal_copy(self, src: str, dst: str, recursive: bool, maxdepth: int | None,
+                      dest_is_dir: bool) -> tuple[list[str], list[str]]:
+        """Sources and destinations of a copy of ``src``, a path with glob characters that
+        names a blob or directory, as fsspec's ``get``/``copy`` place a path without them
+        (they would place it as a glob's single match: inside ``dst``)."""
+        srcs = self.expand_path(src, recursive=recursive, maxdepth=maxdepth)
+        if not recursive or maxdepth is not None:  # as fsspec: no directories then
+            srcs = [p for p in srcs if not (trailing_sep(p) or self.isdir(p))]
+        exists = dest_is_dir and not trailing_sep(src)
+        return srcs, other_paths(srcs, dst, exists=exists) if srcs else []
+
+    def get(self, rpath: str | list[str], lpath: Any, recursive: bool = False,
+            callback: Callback = DEFAULT_CALLBACK, maxdepth: int | None = None, **kwargs: Any) -> None:
+        """fsspec's ``get``; a path naming a blob is that blob (module docstring)."""
+        if isinstance(rpath, str) and isinstance(lpath, (str, os.PathLike)) and has_magic(rpath) \
+                and not self._is_pattern(rpath):
+            root = make_path_posix(os.fspath(lpath))
+            dest_is_dir = trailing_sep(root) or LocalFileSystem().isdir(root)
+            rpath, lpath = self._literal_copy(rpath, root, recursive, maxdepth, dest_is_dir)
+            if not rpath:
+                return
+            check_contained(root, lpath)
+        super().get(rpath, lpath, recursive=recursive, callback=callback, maxdepth=maxdepth, **kwargs)
+
+    def copy(self, path1: str | list[str], path2: str | list[str], recursive: bool = False,
+             maxdepth: int | None = None, on_error: str | None = None, **kwargs: Any) -> None:
+        """fsspec's ``copy`` (and so ``mv``); a path naming a blob is that blob."""
+        if isinstance(path1, str) and isinstance(path2, str) and has_magic(path1) \
+                and not self._is_pattern(path1):
+            dst = self._strip_protocol(path2)
+            dest_is_dir = trailing_sep(path2) or self.isdir(dst)
+            path1, path2 = self._literal_copy(path1, dst, recursive, maxdepth, dest_is_dir)
+            if not path1:
+                return
+        super().copy(path1, path2, recursive=recursive, maxdepth=maxdepth, on_error=on_error, **kwargs)
+
     def cat(self, path: str | list[str], recursive: bool = False, on_error: str = "raise",
             **kwargs: Any) -> bytes | dict[str, bytes | Exception]:
         """Several blobs come from one batched ``get_many``."""
@@ -476,7 +546,7 @@ class BlobtierFileSystem(AbstractFileSystem):
                          maxdepth: int | None) -> list[str]:
         keys: dict[str, None] = {}  # ordered and without repeats
         for p in self._strip_protocol(path if isinstance(path, list) else [path]):
-            if not has_magic(p):
+            if not self._is_pattern(p):
                 entry = self.info(p)  # raises when there is nothing to remove
                 if entry["type"] == "file":
                     keys[p] = None
