@@ -275,7 +275,8 @@ def cmd_gc(args: argparse.Namespace) -> None:
     with _connect(args) as client:
         report = client.gc(args.grace)
         print(f"live chunks {report.live_chunks}, deleted {report.deleted_chunks} replicas, "
-              f"spared {report.spared_young} younger than the grace period")
+              f"spared {report.spared_young} younger than the grace period, "
+              f"{report.reclaimed_bytes:,} bytes of disk given back")
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:

@@ -166,6 +166,19 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
                                             for d, w in entries[start:start + wire.LIST_BATCH]])
 
 
+    def Compact(self, request: pb.CompactRequest, context: grpc.ServicerContext) -> pb.CompactReply:
+        cancel = _cancel_event(context)
+        with self.metrics.observe("Compact"), _answering(context):
+            if not self.faults.admit(cancel):
+                return pb.CompactReply()
+            r = self.store.compact(request.min_dead_ratio if request.HasField("min_dead_ratio") else None)
+            log.info("chunk server compacted %d volumes: %d -> %d bytes", r.volumes,
+                     r.bytes_before, r.bytes_after)
+            return pb.CompactReply(volumes=r.volumes, bytes_before=r.bytes_before,
+                                   bytes_after=r.bytes_after, moved_bytes=r.moved_bytes,
+                                   skipped=r.skipped, dropped_corrupt=r.dropped_corrupt)
+
+
 class AdminServicer(pb_grpc.ChunkAdminServicer):
     def __init__(self, server_id: int, faults: FaultInjector) -> None:
         self.server_id = server_id

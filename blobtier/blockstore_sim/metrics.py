@@ -1,6 +1,6 @@
 """A chunk server's Prometheus series.
 
-Per RPC method (``method`` label: Get, Put, Delete, Stat, List):
+Per RPC method (``method`` label: Get, Put, Delete, Stat, List, Compact):
 ``blobtier_chunkserver_requests_total``, ``blobtier_chunkserver_errors_total`` (answered
 with an error status) and the histogram ``blobtier_chunkserver_request_seconds`` (a
 streamed Get is timed to its last piece). Read from the fault injector when scraped:
@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from blobtier.blockstore_sim.faults import FaultInjector
 
-METHODS = ("Get", "Put", "Delete", "Stat", "List")
+METHODS = ("Get", "Put", "Delete", "Stat", "List", "Compact")
 FAULT_KINDS = ("refused", "errors", "delayed", "stragglers", "throttled", "corrupted", "cancelled")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 

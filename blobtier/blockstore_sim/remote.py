@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from blobtier.blockstore_sim import wire
 from blobtier.blockstore_sim.faults import FaultState
+from blobtier.blockstore_sim.volume import CompactReport
 from blobtier.chunks import Buffer
 from blobtier.errors import InvalidRequest
 from blobtier.rpc import status
@@ -25,6 +26,7 @@ from blobtier.rpc.gen import block_pb2_grpc as pb_grpc
 from blobtier.rpc.tls import Tls
 
 _PUT_BATCH_BYTES = 32 << 20  # chunk bytes per Put call: the server buffers a call until synced
+COMPACT_TIMEOUT_S = 3600.0  # a compaction copies up to a disk's live bytes
 
 
 @contextmanager
@@ -144,6 +146,19 @@ class RemoteChunkStore:
             return [(e.digest, e.written)
                     for reply in self._stub().List(pb.ListRequest(), timeout=self.timeout_s)
                     for e in reply.entries]
+
+    def compact(self, min_dead_ratio: float | None = None,
+                timeout_s: float = COMPACT_TIMEOUT_S) -> CompactReport:
+        """Have the server give back the space of deleted chunks (``VolumeStore.compact``);
+        returns when it has. ``min_dead_ratio`` None: the server's default."""
+        request = pb.CompactRequest()
+        if min_dead_ratio is not None:
+            request.min_dead_ratio = min_dead_ratio
+        with _calling(self.where):
+            r = self._stub().Compact(request, timeout=timeout_s)
+        return CompactReport(volumes=r.volumes, bytes_before=r.bytes_before, bytes_after=r.bytes_after,
+                             moved_bytes=r.moved_bytes, skipped=r.skipped,
+                             dropped_corrupt=r.dropped_corrupt)
 
     def close(self) -> None:
         self._stubs = None

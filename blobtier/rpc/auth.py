@@ -4,7 +4,7 @@ A server started with a token file admits a call only if its ``authorization`` m
 carries ``Bearer <token>`` for a token that has the call's right:
 
     read   Get, Stat, List, Locate          (chunk servers, flash nodes, L2 peers)
-    write  Put, Delete, Prefetch
+    write  Put, Delete, Compact, Prefetch
     admin  every method of an admin service (faults, stats, drop, resize)
 
 The standard health service answers without a token, so probes and ``blobtier status``
@@ -38,7 +38,7 @@ from blobtier.errors import InvalidRequest
 
 RIGHTS = ("read", "write", "admin")
 _READ = {"Get", "Stat", "List", "Locate"}
-_WRITE = {"Put", "Delete", "Prefetch"}
+_WRITE = {"Put", "Delete", "Compact", "Prefetch"}
 _OPEN_SERVICES = ("grpc.health.v1.Health",)
 AUTHORIZATION = "authorization"
 

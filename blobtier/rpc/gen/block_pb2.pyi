@@ -100,6 +100,28 @@ class ListReply(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[ChunkEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[ChunkEntry, _Mapping]]] = ...) -> None: ...
 
+class CompactRequest(_message.Message):
+    __slots__ = ("min_dead_ratio",)
+    MIN_DEAD_RATIO_FIELD_NUMBER: _ClassVar[int]
+    min_dead_ratio: float
+    def __init__(self, min_dead_ratio: _Optional[float] = ...) -> None: ...
+
+class CompactReply(_message.Message):
+    __slots__ = ("volumes", "bytes_before", "bytes_after", "moved_bytes", "skipped", "dropped_corrupt")
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_AFTER_FIELD_NUMBER: _ClassVar[int]
+    MOVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_CORRUPT_FIELD_NUMBER: _ClassVar[int]
+    volumes: int
+    bytes_before: int
+    bytes_after: int
+    moved_bytes: int
+    skipped: int
+    dropped_corrupt: int
+    def __init__(self, volumes: _Optional[int] = ..., bytes_before: _Optional[int] = ..., bytes_after: _Optional[int] = ..., moved_bytes: _Optional[int] = ..., skipped: _Optional[int] = ..., dropped_corrupt: _Optional[int] = ...) -> None: ...
+
 class FaultProfile(_message.Message):
     __slots__ = ("latency_ms", "tail_p", "tail_factor", "bandwidth_bytes_per_s", "error_rate", "corrupt_rate", "down")
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]

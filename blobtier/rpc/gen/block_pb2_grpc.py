@@ -59,6 +59,11 @@ class ChunkServiceStub:
                 request_serializer=block__pb2.ListRequest.SerializeToString,
                 response_deserializer=block__pb2.ListReply.FromString,
                 _registered_method=True)
+        self.Compact = channel.unary_unary(
+                '/blobtier.block.v1.ChunkService/Compact',
+                request_serializer=block__pb2.CompactRequest.SerializeToString,
+                response_deserializer=block__pb2.CompactReply.FromString,
+                _registered_method=True)
 
 
 class ChunkServiceServicer:
@@ -100,6 +105,16 @@ class ChunkServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Compact(self, request, context):
+        """Give back the disk space of deleted and overwritten chunks: volumes with nothing live
+        are removed, those with at least min_dead_ratio of their bytes dead are rewritten
+        without them (live chunks copied, then the old volume removed). The reply comes when
+        the space is free; reads go on meanwhile. Needs the write right, as Delete does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChunkServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +142,11 @@ def add_ChunkServiceServicer_to_server(servicer, server):
                     servicer.List,
                     request_deserializer=block__pb2.ListRequest.FromString,
                     response_serializer=block__pb2.ListReply.SerializeToString,
+            ),
+            'Compact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compact,
+                    request_deserializer=block__pb2.CompactRequest.FromString,
+                    response_serializer=block__pb2.CompactReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +284,33 @@ class ChunkService:
             '/blobtier.block.v1.ChunkService/List',
             block__pb2.ListRequest.SerializeToString,
             block__pb2.ListReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blobtier.block.v1.ChunkService/Compact',
+            block__pb2.CompactRequest.SerializeToString,
+            block__pb2.CompactReply.FromString,
             options,
             channel_credentials,
             insecure,
