@@ -67,19 +67,19 @@ class TierChain:
         found: dict[ChunkKey, memoryview] = {}
         missing = list(ref_of)
         claims: list[tuple[ChunkCache, set[ChunkKey]]] = []
-        corrupt: set[ChunkKey] = set()  # found corrupt in this read: never taken from a tier again
+        rejected: set[ChunkKey] = set()  # found corrupt in this read: never taken from a tier again
         try:
             for depth, tier in enumerate(self.tiers):
                 if not missing:
                     break
-                got = self._lookup(tier, missing, ref_of, touch, corrupt=corrupt)
+                got = self._lookup(tier, missing, ref_of, touch, rejected=rejected)
                 if got:
                     found.update(got)
                     self._fill(self.tiers[:depth], got, touch, ref_of)
                     missing = [k for k in missing if k not in got]
                 if missing and hasattr(tier, "claim"):
                     missing = self._claim(tier, depth, missing, ref_of, found, claims, touch, warm,
-                                          corrupt)
+                                          rejected)
             if missing:
                 found.update(self._from_source(missing, ref_of, touch))
         finally:
@@ -99,7 +99,7 @@ class TierChain:
 
     def _claim(self, tier: ChunkCache, depth: int, missing: list[ChunkKey],
                ref_of: dict[ChunkKey, ChunkRef], found: dict[ChunkKey, memoryview],
-               claims: list, touch: bool, warm: bool, corrupt: set[ChunkKey]) -> list[ChunkKey]:
+               claims: list, touch: bool, warm: bool, rejected: set[ChunkKey]) -> list[ChunkKey]:
         """Claim ``tier``'s slots for the misses; wait for those another process is filling
         (not for a chunk found corrupt: a tier that could not drop it holds it still).
 
@@ -115,10 +115,10 @@ class TierChain:
         claims.append((tier, claimed))
         if warm:
             missing = [k for k in missing if k in claimed or k in busy]
-        busy -= corrupt
+        busy -= rejected
         if not busy:
             return missing
-        waited = self._lookup(tier, list(busy), ref_of, touch, count=False, corrupt=corrupt)
+        waited = self._lookup(tier, list(busy), ref_of, touch, count=False, rejected=rejected)
         if waited:
             self.stats.add(tier.name, hits=len(waited), misses=-len(waited),
                            nbytes=sum(len(v) for v in waited.values()))
@@ -128,8 +128,8 @@ class TierChain:
 
     def _lookup(self, tier: ChunkCache, keys: list[ChunkKey], ref_of: dict[ChunkKey, ChunkRef],
                 touch: bool = True, count: bool = True,
-                corrupt: set[ChunkKey] | None = None) -> dict[ChunkKey, memoryview]:
-        """``tier``'s verified hits among ``keys``; the corrupt ones are added to ``corrupt``."""
+                rejected: set[ChunkKey] | None = None) -> dict[ChunkKey, memoryview]:
+        """``tier``'s verified hits among ``keys``; the corrupt ones are added to ``rejected``."""
         try:
             if getattr(tier, "read_through", False):  # it fetches its misses itself (chunks.py)
                 got = tier.get_many(keys, touch=touch, refs=[ref_of[k] for k in keys])
@@ -140,8 +140,8 @@ class TierChain:
             self.stats.add(tier.name, misses=len(keys) if count else 0, errors=1)
             return {}
         bad = self._verify(tier, got, ref_of)
-        if corrupt is not None:
-            corrupt.update(bad)
+        if rejected is not None:
+            rejected.update(bad)
         if bad and hasattr(tier, "report_corrupt"):  # so that it drops them, not serves them again
             try:
                 tier.report_corrupt(bad)
