@@ -42,6 +42,10 @@ A malformed frame gets an error reply and the connection is closed; a well-forme
 the owner will not carry out (a COMMIT out of order) is refused and the session goes on;
 either way the owner goes on serving everyone else. The owner verifies every fill a reader
 commits (the slot holds the bytes of the chunk's checksum) before any reader can see it.
+
+Only one user's processes (and root's) ever talk: the socket lives in a directory nobody
+else can write, and each end checks the other's user id (``SO_PEERCRED``) before the first
+request (``trust.py``); a reader of another user gets status 3 to its first request.
 """
 
 from __future__ import annotations
