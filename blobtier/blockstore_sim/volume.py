@@ -32,9 +32,10 @@ What is fsynced when (so an acknowledged write survives power loss, not only a c
 - index: appended after the data sync and never fsynced on the write path; what a power
   cut takes from it is rebuilt from the data. A rebuilt index replaces the old one
   atomically (write a temp file, fsync, rename, fsync the directory).
-- directory: a new volume's files are created and the directory fsynced before anything
-  is written to them; a removed volume's unlinks are fsynced before the next step that
-  relies on them (compaction drops a tombstone only once what it hid is gone for good).
+- directory: a new store's directory, and a new volume's files, are created and their
+  directory fsynced before anything is written to them; a removed volume's unlinks are
+  fsynced before the next step that relies on them (compaction drops a tombstone only
+  once what it hid is gone for good).
 
 An fsync failure of the data poisons the store (as PostgreSQL does): the page cache can no
 longer be trusted, so every later write fails until it is reopened. A failed index append
@@ -189,6 +190,19 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _make_root(root: str) -> None:
+    """Create ``root`` (and missing parents), durably: each new directory's name is
+    fsynced into its parent, or a power cut could take a fresh store with its data."""
+    created = []
+    at = os.path.abspath(root)
+    while not os.path.isdir(at):
+        created.append(at)
+        at = os.path.dirname(at)
+    private_dir(root)
+    for path in created:
+        _fsync_dir(os.path.dirname(path))
+
+
 def _write_error(root: str, exc: OSError) -> Exception:
     if exc.errno == errno.ENOSPC:
         return StorageFull(f"chunk store {root}: {exc}")
@@ -275,7 +289,7 @@ class VolumeStore:
         self._lock = threading.Condition()
         self._closed = False
         if writable:
-            private_dir(root)
+            _make_root(root)
             self._synced_seq = self._written_seq = 0
             self._syncing = False
             self._broken: BaseException | None = None

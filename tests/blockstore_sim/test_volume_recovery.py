@@ -188,3 +188,19 @@ def test_damage_in_one_volume_leaves_the_next_alone(root):
         assert not s.exists(digest(1))
     finally:
         s.close()
+
+
+def test_new_names_are_fsynced_into_their_directories(tmp_path, monkeypatch):
+    synced: list[str] = []
+    monkeypatch.setattr(volume, "_fsync_dir", synced.append)
+    root = tmp_path / "a" / "b"
+    s = VolumeStore(str(root), writable=True, volume_bytes=2048, reserve_bytes=0)
+    try:
+        before = len(synced)
+        for i in range(3):  # 1040-byte entries: each put after the first rolls over
+            s.put_many([item(i)])
+        rolled = len(synced) - before
+    finally:
+        s.close()
+    assert str(tmp_path) in synced and str(tmp_path / "a") in synced  # the new store's dirs
+    assert rolled == 2 and synced[-1] == str(root)  # each new volume's names
