@@ -3,28 +3,50 @@
 One process opens the database as primary and writes; every other process opens it as a
 RocksDB *secondary* instance, which needs no lock and reads the primary's files, catching
 up with the primary's newest writes on demand: before any lookup when the last catch-up
-is older than ``catch_up_s``, and always before a scan or after a miss. A reader
-therefore never sees a torn record and sees any committed record within ``catch_up_s``.
+is older than ``catch_up_s``, and always before a scan or after a miss.
+
+A secondary's catch-up alone can fall behind for good. It replays the primary's WAL into
+memtables of its own, and when the primary flushes a WAL into a table file (which every
+primary does when it opens: short-lived writer processes do it all the time) and deletes
+it before the secondary read its end, the secondary keeps the older values it did read in
+a memtable, which shadows the newer ones in the table file: a key overwritten or deleted
+since stays at its old version. So after every catch-up the secondary compares the
+primary's state it is in step with (the MANIFEST named by ``CURRENT``, which a primary
+switches when it opens, and the oldest WAL still needed, which moves on every flush) with
+what it was opened on, and opens a fresh secondary when either moved or the catch-up
+failed. A reader therefore never sees a torn record and sees any committed record within
+``catch_up_s`` whatever the writers do (tests/sdk/test_reader_catchup.py).
 
 Commits use group commit: concurrent ``_cas_many`` callers queue; one leader checks all
 of their compare-and-sets against the current values and writes them in one synced
 ``WriteBatch``.
+
+Errors: rocksdict raises a bare ``Exception`` carrying RocksDB's status text. Every call
+goes through ``_error``, which maps it into the error tree: no space (or a file too
+large) is ``StorageFull``, corruption and I/O errors ``MetadataCorrupt``, the database
+lock of another primary ``RegionLocked``, anything else ``TierUnavailable``. A scan checks
+its iterator's status when it stops, so a read error is never taken for the end of the
+keys.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from rocksdict import (
     AccessType,
     BlockBasedOptions,
     Cache,
     DataBlockIndexType,
+    DbClosedError,
     Options,
     Rdict,
     ReadOptions,
@@ -32,9 +54,20 @@ from rocksdict import (
     WriteOptions,
 )
 
-from blobtier.errors import TierUnavailable
+from blobtier.errors import (
+    BlobtierError,
+    MetadataCorrupt,
+    RegionLocked,
+    StorageFull,
+    TierUnavailable,
+)
 from blobtier.fsutil import private_dir
 from blobtier.metadata.store import MetadataStore, version_matches
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_OPEN_ATTEMPTS = 5  # a primary that is opening may switch its MANIFEST under a secondary's open
+_MIN_LOG = "rocksdb.min-log-number-to-keep"  # moves on every flush of a WAL into a table
 
 
 def _options(block_cache_bytes: int, row_cache_bytes: int) -> Options:
@@ -44,6 +77,7 @@ def _options(block_cache_bytes: int, row_cache_bytes: int) -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.set_keep_log_file_num(2)
+    opts.set_paranoid_checks(True)  # a corrupt file found at open or in compaction stops writes
     table = BlockBasedOptions()
     table.set_block_cache(Cache(block_cache_bytes))
     table.set_bloom_filter(10, False)
@@ -73,21 +107,30 @@ class RocksDBStore(MetadataStore):
         path: the database directory.
         writable: open as the primary (only one process may); otherwise as a secondary.
         scratch_dir: where a secondary keeps its own small log directory.
-        catch_up_s: how stale a secondary may be before a lookup catches up.
+        catch_up_s: how stale a secondary may be before a lookup catches up (seconds).
         block_cache_bytes, row_cache_bytes: RocksDB's caches (per process).
+
+    Raises (from any method): ``StorageFull`` (no space), ``MetadataCorrupt`` (a corrupt
+    file or an I/O error), ``RegionLocked`` (another primary has the database open),
+    ``TierUnavailable`` (closed, or any other RocksDB failure).
     """
 
     def __init__(self, path: str, *, writable: bool = False, scratch_dir: str | None = None,
                  catch_up_s: float = 0.5, block_cache_bytes: int = 64 << 20,
                  row_cache_bytes: int = 128 << 20) -> None:
         self.path = path
+        self.where = f"metadata store {path}"
         self._cache_sizes = (block_cache_bytes, row_cache_bytes)
+        self._opts: Options | None = None  # built once per process: its caches outlive a re-open
         self.writable = writable
         self.catch_up_s = catch_up_s
         self._db: Rdict | None = None
         self._secondary_dir: str | None = None
         self._scratch_dir = scratch_dir
         self._last_catch_up = 0.0
+        self._in_step: tuple[bytes, int] | None = None  # the primary's state the secondary follows
+        self._reopen_lock = threading.Lock()
+        self._reported: BaseException | None = None  # a write error the caller already got
         self._cv = threading.Condition()
         self._queue: list[_Batch] = []
         self._leading = False
@@ -95,61 +138,199 @@ class RocksDBStore(MetadataStore):
         self._sync.sync = True
         if writable:
             private_dir(path, tighten=True)  # RocksDB's own files are private through it
-            self._db = Rdict(path, _options(*self._cache_sizes))
+            try:
+                self._db = Rdict(path, self._options())
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exceptions
+                raise self._error(exc, "opening as the writer") from exc
         else:
             self._open_secondary()
 
+    def _options(self) -> Options:
+        if self._opts is None:
+            self._opts = _options(*self._cache_sizes)
+        return self._opts
+
+    # -- errors ------------------------------------------------------------------------
+    def _error(self, exc: BaseException, doing: str) -> BlobtierError:
+        """``exc`` from rocksdict, as the error tree's exception naming the store."""
+        if isinstance(exc, BlobtierError):
+            return exc
+        text = str(exc)
+        where = f"{self.where}: {doing}"
+        if isinstance(exc, DbClosedError):
+            return TierUnavailable(f"{where}: the store is closed")
+        if "No space left" in text:
+            return StorageFull(f"{where}: no space left on the device: {text}")
+        if "File too large" in text:
+            return StorageFull(errno.EFBIG, f"{where}: file too large: {text}")
+        if "LOCK" in text and ("lock" in text.lower()):
+            return RegionLocked(f"{where}: another process has the database open for writing: {text}")
+        if text.startswith(("Corruption", "IO error")):
+            return MetadataCorrupt(f"{where}: {text}")
+        return TierUnavailable(f"{where}: {text}")
+
+    # -- secondaries ---------------------------------------------------------------------
     def _open_secondary(self) -> Rdict | None:
         """Open lazily: a region nobody has written to yet has no database to follow."""
         if self._db is None and os.path.exists(os.path.join(self.path, "CURRENT")):
-            scratch = self._scratch_dir or tempfile.gettempdir()
-            private_dir(scratch)
-            self._secondary_dir = tempfile.mkdtemp(prefix=f"secondary-{os.getpid()}-", dir=scratch)
-            self._db = Rdict(self.path, _options(*self._cache_sizes),
-                             access_type=AccessType.secondary(self._secondary_dir))
-            self._last_catch_up = time.monotonic()
+            with self._reopen_lock:
+                if self._db is None:
+                    self._install(self._new_secondary())
         return self._db
+
+    def _primary_state(self) -> bytes:
+        """The MANIFEST the primary writes to now (``CURRENT`` names it)."""
+        try:
+            with open(os.path.join(self.path, "CURRENT"), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def _new_secondary(self) -> tuple[Rdict, str, tuple[bytes, int]]:
+        scratch = self._scratch_dir or tempfile.gettempdir()
+        private_dir(scratch)
+        for attempt in range(_OPEN_ATTEMPTS):
+            # CURRENT is read first: a primary that switches after it is seen at the next
+            # catch-up (one re-open too many at worst, never one too few).
+            current = self._primary_state()
+            directory = tempfile.mkdtemp(prefix=f"secondary-{os.getpid()}-", dir=scratch)
+            try:
+                db = Rdict(self.path, self._options(), access_type=AccessType.secondary(directory))
+                return db, directory, (current, db.property_int_value(_MIN_LOG) or 0)
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exceptions
+                shutil.rmtree(directory, ignore_errors=True)
+                if attempt == _OPEN_ATTEMPTS - 1:
+                    raise self._error(exc, "opening a reader (secondary)") from exc
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _install(self, opened: tuple[Rdict, str, tuple[bytes, int]]) -> None:
+        """Switch to a new secondary. The old handle is dropped, not closed: a thread may
+        be reading through it, and it closes when the last reference goes."""
+        old_dir = self._secondary_dir
+        self._db, self._secondary_dir, self._in_step = opened
+        self._last_catch_up = time.monotonic()
+        if old_dir:
+            shutil.rmtree(old_dir, ignore_errors=True)  # only its info log: harmless to an open handle
+
+    def _reopen(self, stale: Rdict) -> Rdict:
+        with self._reopen_lock:
+            if self._db is stale:  # else another thread re-opened it already
+                self._install(self._new_secondary())
+            db = self._db
+        if db is None:
+            raise TierUnavailable(f"{self.where}: the store is closed")
+        return db
+
+    def _catch_up(self, db: Rdict) -> Rdict:
+        """Catch ``db`` up with the primary; a fresh secondary if it cannot be in step."""
+        try:
+            db.try_catch_up_with_primary()
+            in_step = (self._primary_state(), db.property_int_value(_MIN_LOG) or 0) == self._in_step
+        except DbClosedError:
+            raise TierUnavailable(f"{self.where}: the store is closed") from None
+        except Exception as exc:  # noqa: BLE001 - e.g. TryAgain while the primary switches MANIFEST
+            log.info("%s: catch-up failed, re-opening the reader: %s", self.where, exc)
+            in_step = False
+        if not in_step:
+            db = self._reopen(db)
+        self._last_catch_up = time.monotonic()
+        return db
 
     def _reader(self, fresh: bool = False) -> Rdict | None:
         if self.writable:
+            if self._db is None:
+                raise TierUnavailable(f"{self.where}: the store is closed")
             return self._db
         db = self._open_secondary()
         if db is not None and (fresh or time.monotonic() - self._last_catch_up > self.catch_up_s):
-            db.try_catch_up_with_primary()
-            self._last_catch_up = time.monotonic()
+            db = self._catch_up(db)
         return db
 
+    def _read(self, op: Callable[[Rdict], _T], doing: str, fresh: bool = False) -> _T | None:
+        """``op(db)`` on an up-to-date handle; None when there is no database yet. A
+        secondary that fails a read is re-opened and asked once more (the failure may be a
+        table file the primary deleted after a compaction): an error that stays is the
+        store's."""
+        db = self._reader(fresh)
+        if db is None:
+            return None
+        try:
+            return op(db)
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exceptions
+            if self.writable or isinstance(exc, DbClosedError):
+                raise self._error(exc, doing) from exc
+            log.info("%s: %s failed, re-opening the reader: %s", self.where, doing, exc)
+        try:
+            return op(self._reopen(db))
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, doing) from exc
+
+    # -- reading -------------------------------------------------------------------------
     def _get_raw(self, rkey: bytes) -> bytes | None:
-        db = self._reader()
-        value = db.get(rkey) if db is not None else None
-        if value is None and not self.writable and (db := self._reader(fresh=True)) is not None:
-            value = db.get(rkey)
+        doing = f"reading {_shown(rkey)!r}"
+        value = self._read(lambda db: db.get(rkey), doing)
+        if value is None and not self.writable:
+            value = self._read(lambda db: db.get(rkey), doing, fresh=True)
         return value
 
     def _get_many_raw(self, rkeys: Sequence[bytes]) -> list[bytes | None]:
-        db = self._reader()
-        if db is None:
-            return [None] * len(rkeys)
-        values = db[list(rkeys)]
+        keys = list(rkeys)
+        doing = f"reading {len(keys)} records"
+        values = self._read(lambda db: db[keys], doing)
+        if values is None:
+            return [None] * len(keys)
         if not self.writable and None in values:
-            values = self._reader(fresh=True)[list(rkeys)]
+            values = self._read(lambda db: db[keys], doing, fresh=True)
         return values
 
     def _scan_raw(self, prefix: bytes, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:
-        db = self._reader(fresh=True)
-        if db is None:
-            return []
-        it = db.iter(ReadOptions())
-        it.seek(start)
-        rows = []
-        while it.valid() and len(rows) < limit:
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            rows.append((key, it.value()))
-            it.next()
-        return rows
+        def scan(db: Rdict) -> list[tuple[bytes, bytes]]:
+            return list(_rows(db.iter(ReadOptions()), prefix, start, limit))
 
+        return self._read(scan, f"listing {_shown(prefix)!r}", fresh=True) or []
+
+    def _listing_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every record under ``prefix`` from one snapshot, in key order, read without
+        filling the block cache; raises rather than ends early."""
+        doing = f"listing {_shown(prefix)!r}"
+        db = self._read(lambda db: db, doing, fresh=True)
+        if db is None:
+            return
+        opts = ReadOptions()
+        opts.fill_cache(False)
+        opts.set_verify_checksums(True)
+        try:
+            snapshot = db.snapshot()  # held while its iterator lives
+            yield from _rows(snapshot.iter(opts), prefix, prefix, None)
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exceptions
+            raise self._error(exc, doing) from exc
+
+    def _dir_raw(self, prefix: bytes, d: bytes, start: bytes,
+                 limit: int) -> Iterator[tuple[bytes, bytes | None]]:
+        """The base class's delimiter listing on one iterator, which seeks past each
+        subdirectory after its first key: a page costs its entries, not the keys below."""
+        def page(db: Rdict) -> list[tuple[bytes, bytes | None]]:
+            it = db.iter(ReadOptions())
+            it.seek(start)
+            out: list[tuple[bytes, bytes | None]] = []
+            while len(out) < limit and it.valid():
+                key = it.key()
+                if not key.startswith(prefix):
+                    break
+                slash = key.find(b"/", len(d))
+                if slash < 0:
+                    out.append((key, it.value()))
+                    it.next()
+                else:
+                    out.append((key[:slash + 1], None))
+                    it.seek(key[:slash] + b"0")  # "0" follows "/": past the subdirectory
+            it.status()  # an error, not the end of the keys
+            return out
+
+        return iter(self._read(page, f"listing {_shown(prefix)!r}", fresh=True) or ())
+
+    # -- writing -------------------------------------------------------------------------
     def _cas_many(self, items: Sequence[tuple[bytes, int, bytes | None]]) -> list[bool]:
         if not self.writable:
             raise PermissionError(f"metadata store {self.path} is open read-only")
@@ -194,7 +375,7 @@ class RocksDBStore(MetadataStore):
         for b in batches:
             oks = []
             for key, expected, value in b.items:
-                current = pending[key] if key in pending else db.get(key)
+                current = pending[key] if key in pending else self._current(db, key)
                 ok = version_matches(current, expected)
                 if ok:
                     pending[key] = value
@@ -205,13 +386,55 @@ class RocksDBStore(MetadataStore):
                 oks.append(ok)
             results.append(oks)
         if pending:
-            db.write(wb, self._sync)
+            try:
+                db.write(wb, self._sync)
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exceptions
+                # RocksDB stops writing after a failed WAL write until it is re-opened
+                # (the next writer process, once there is space again).
+                self._reported = self._error(exc, f"committing {len(pending)} records")
+                raise self._reported from exc
         return results
 
+    def _current(self, db: Rdict, key: bytes) -> bytes | None:
+        try:
+            return db.get(key)
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exceptions
+            raise self._error(exc, f"reading {_shown(key)!r}") from exc
+
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        if self._secondary_dir:
-            shutil.rmtree(self._secondary_dir, ignore_errors=True)
-            self._secondary_dir = None
+        """Close the database (idempotent). The handle and the secondary's directory are
+        let go even when RocksDB's close fails; that failure is raised, unless it only
+        repeats a write error the caller was already given (then it is logged)."""
+        db, self._db = self._db, None
+        directory, self._secondary_dir = self._secondary_dir, None
+        try:
+            if db is not None:
+                db.close()
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exceptions
+            if self._reported is None:
+                raise self._error(exc, "closing") from exc
+            log.warning("%s: close after a failed write: %s", self.where, exc)
+        finally:
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+def _rows(it, prefix: bytes, start: bytes, limit: int | None) -> Iterator[tuple[bytes, bytes]]:
+    """Pairs from ``start`` while keys begin with ``prefix`` (at most ``limit``). An
+    iterator that stops on an error looks like one at the end: its status tells them
+    apart, and raises for the error."""
+    it.seek(start)
+    n = 0
+    while it.valid() and (limit is None or n < limit):
+        key = it.key()
+        if not key.startswith(prefix):
+            return
+        yield key, it.value()
+        n += 1
+        it.next()
+    it.status()
+
+
+def _shown(rkey: bytes) -> str:
+    """A raw key (or prefix) as a user wrote it."""
+    return rkey[1:].decode(errors="replace")

@@ -2,14 +2,18 @@
 
 Backends work on encoded bytes under ``schema.record_key``; this base class owns key
 validation and the record codec so that each backend stays a thin adapter.
+
+A stored record that fails its codec (checksum, truncation, unknown format) is corruption
+of the store, not a bad argument: reads raise ``MetadataCorrupt`` for it (the codec's own
+``CorruptRecord`` is its cause), never ``None``, and a listing never skips it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from blobtier.errors import VersionConflict
+from blobtier.errors import CorruptRecord, InvalidRequest, MetadataCorrupt, VersionConflict
 from blobtier.metadata import schema
 from blobtier.metadata.schema import BlobRecord
 
@@ -22,8 +26,17 @@ Commit = tuple[str, BlobRecord, int]
 """(key, record, expected current version)."""
 
 
+_PAGE = 1000
+
+
 class MetadataStore(ABC):
-    """Flat key -> ``BlobRecord`` store with compare-and-set commits and ordered scans."""
+    """Flat key -> ``BlobRecord`` store with compare-and-set commits and ordered scans.
+
+    Reads raise ``MetadataCorrupt`` (an ``OSError``, EIO) when the store cannot read a
+    record or a scan fails part way: a failure is never a miss nor the end of a listing.
+    """
+
+    where = "metadata store"  # names the store in errors; backends say which one
 
     # Reads validate a key only when it is not found: every stored key was validated when
     # it was written, so the hit path (the hot one) skips the rules and a bad key still
@@ -33,7 +46,7 @@ class MetadataStore(ABC):
         if raw is None:
             schema.validate_key(key)
             return None
-        rec = schema.decode(raw)
+        rec = self._decode(key, raw)
         rec.key = key
         return rec
 
@@ -55,7 +68,10 @@ class MetadataStore(ABC):
             if raw is None:
                 out.append(None)
             else:
-                rec = decode(raw)
+                try:
+                    rec = decode(raw)
+                except CorruptRecord:
+                    rec = self._decode(key, raw)  # raises, naming the key
                 rec.key = key
                 out.append(rec)
         return out
@@ -77,10 +93,10 @@ class MetadataStore(ABC):
         raw = self._get_raw(rkey)
         if raw is None:
             return None
-        if not self._cas_many([(rkey, expected if expected != ANY else schema.peek_version(raw),
-                                None)])[0]:
+        removed = self._decode(key, raw)
+        if not self._cas_many([(rkey, expected if expected != ANY else removed.version, None)])[0]:
             raise VersionConflict(f"{key}: expected version {expected}, found another")
-        return schema.decode(raw)
+        return removed
 
     def scan(self, prefix: str = "", after: str | None = None,
              limit: int = 1000) -> list[tuple[str, BlobRecord]]:
@@ -90,7 +106,51 @@ class MetadataStore(ABC):
         if after is not None:
             start = max(start, schema.record_key(after) + b"\x00")
         rows = self._scan_raw(schema.record_key(prefix), start, limit)
-        return [(k[1:].decode(), schema.decode(v)) for k, v in rows]
+        return [(key, self._decode(key, v)) for key, v in ((k[1:].decode(), v) for k, v in rows)]
+
+    def listing(self, prefix: str = "") -> Iterator[tuple[str, BlobRecord]]:
+        """Every (key, record) under ``prefix`` in key order, from one consistent view of
+        the store where the backend has one (a RocksDB snapshot; pages of ``scan``
+        otherwise). It ends only at the true end: a failure part way raises
+        ``MetadataCorrupt``, so what was yielded before it is known to be partial."""
+        schema.validate_prefix(prefix)
+        for rkey, raw in self._listing_raw(schema.record_key(prefix)):
+            key = rkey[1:].decode()
+            yield key, self._decode(key, raw)
+
+    def list_dir(self, prefix: str = "", after: str | None = None,
+                 limit: int = 1000) -> list[tuple[str, BlobRecord | None]]:
+        """One page of a delimiter ("/") listing: the entries of ``prefix``'s directory that
+        start with the rest of ``prefix``, after ``after``, in bytewise order: (key, record)
+        for a blob, ("dir/", None) for a subdirectory, once however many keys lie below it.
+        Pass the last entry of a page as ``after`` for the next; an ``after`` inside a
+        subdirectory resumes past that subdirectory.
+
+        Raises: ``InvalidKey`` for a bad prefix or ``after``; ``InvalidRequest`` for
+        ``limit`` < 1; ``MetadataCorrupt`` as ``scan``.
+        """
+        schema.validate_prefix(prefix)
+        if after is not None:
+            schema.validate_prefix(after)
+        if limit < 1:
+            raise InvalidRequest(f"list_dir limit must be at least 1, got {limit}")
+        pb = schema.record_key(prefix)
+        d = pb[:pb.rfind(b"/") + 1]
+        start = pb if after is None else max(pb, _resume_after(d, schema.record_key(after)))
+        out: list[tuple[str, BlobRecord | None]] = []
+        for rkey, raw in self._dir_raw(pb, d, start, limit):
+            key = rkey[1:].decode()
+            rec = None if raw is None else self._decode(key, raw)
+            if rec is not None:
+                rec.key = key
+            out.append((key, rec))
+        return out
+
+    def _decode(self, key: str, raw: bytes) -> BlobRecord:
+        try:
+            return schema.decode(raw)
+        except CorruptRecord as exc:
+            raise MetadataCorrupt(f"{self.where}: the record of {key!r} is corrupt: {exc}") from exc
 
     def register_origins(self, urls: Sequence[str]) -> None:
         """Record origin prefixes (fsspec URLs) the region reads by reference: the only
@@ -130,6 +190,41 @@ class MetadataStore(ABC):
     def _scan_raw(self, prefix: bytes, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         """Up to ``limit`` pairs with keys >= ``start`` that begin with ``prefix``, in order."""
 
+    def _listing_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """All pairs under ``prefix`` in order; backends with snapshots read one."""
+        start = prefix
+        while True:
+            rows = self._scan_raw(prefix, start, _PAGE)
+            yield from rows
+            if len(rows) < _PAGE:
+                return
+            start = rows[-1][0] + b"\x00"
+
+    def _dir_raw(self, prefix: bytes, d: bytes, start: bytes,
+                 limit: int) -> Iterator[tuple[bytes, bytes | None]]:
+        """Up to ``limit`` entries of directory ``d`` from ``start`` on, under ``prefix``:
+        (key, value) for a record, (subdirectory, None) for one. Generic: pages of
+        ``_scan_raw`` that seek past each subdirectory found. A page after a subdirectory
+        is small and doubles while records follow, so few keys below one are read."""
+        n, page = 0, 16
+        while n < limit:
+            asked = min(page, limit - n)
+            rows = self._scan_raw(prefix, start, asked)
+            for rkey, raw in rows:
+                n += 1
+                slash = rkey.find(b"/", len(d))
+                if slash >= 0:
+                    sub = rkey[:slash + 1]
+                    yield sub, None
+                    start, page = _past(sub), 2
+                    break
+                yield rkey, raw
+                start = rkey + b"\x00"
+            else:
+                if len(rows) < asked:
+                    return
+                page = min(2 * page, _PAGE)
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -138,6 +233,21 @@ class MetadataStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _past(subdir: bytes) -> bytes:
+    """The first key after every key below ``subdir`` (which ends in "/"; "0" follows "/")."""
+    return subdir[:-1] + b"0"
+
+
+def _resume_after(d: bytes, after: bytes) -> bytes:
+    """Where a listing of directory ``d`` resumes after the entry ``after``: past the
+    subdirectory of ``d`` that holds it, if any, else just after it."""
+    if after.startswith(d):
+        slash = after.find(b"/", len(d))
+        if slash >= 0:
+            return _past(after[:slash + 1])
+    return after + b"\x00"
 
 
 def _lookup_key(key: str) -> bytes:
@@ -154,4 +264,7 @@ def version_matches(current: bytes | None, expected: int) -> bool:
         return True
     if current is None:
         return expected == ABSENT
-    return schema.peek_version(current) == expected
+    try:
+        return schema.peek_version(current) == expected
+    except CorruptRecord as exc:  # only an unconditional write may replace a corrupt record
+        raise MetadataCorrupt(f"a stored record is corrupt: {exc}") from exc

@@ -354,15 +354,20 @@ class Client:
             self._closed = True
             if self._pid != os.getpid():
                 return  # inherited handles belong to the parent
-            if self._prefetch is not None:
-                self._prefetch.close()
-            for handle in [self._chain, self._l1, self._l2, self._metadata, self._blocks, *self._retired]:
-                if handle is not None:
-                    handle.close()
-            if self._arena is not None and self._arena_pid == os.getpid():
-                self._arena.close()
-            self._region.close()
+            # Every handle is closed and the writer lock released even when a close fails
+            # (a full disk, an I/O error): the first failure is raised after all of it.
+            failure: BaseException | None = None
+            arena = self._arena if self._arena is not None and self._arena_pid == os.getpid() else None
+            for handle in [self._prefetch, self._chain, self._l1, self._l2, self._metadata,
+                           self._blocks, *self._retired, arena, self._region]:
+                try:
+                    if handle is not None:
+                        handle.close()
+                except Exception as exc:  # noqa: BLE001 - raised below, once the lock is free
+                    failure = failure or exc
             self._region.lock.release()
+            if failure is not None:
+                raise failure
 
     def __enter__(self) -> Client:
         return self

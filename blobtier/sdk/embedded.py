@@ -18,6 +18,7 @@ writer lock; a second process that tries to write gets ``RegionLocked`` naming t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -44,18 +45,37 @@ class EmbeddedRegion:
         self._flash: ChunkCache | None = None
 
     def open(self, writable: bool, stats: TierStats) -> tuple[RocksDBStore, RoutingSource]:
-        """Open the metadata store and block layer, as the writer or as a reader."""
-        if writable:
-            private_dir(self.root)
-            self.lock.acquire()
-        scratch = os.path.join(self.root, "tmp")
+        """Open the metadata store and block layer, as the writer or as a reader.
+
+        Raises what the stores raise (``StorageFull``, ``MetadataCorrupt``...); a writer
+        whose open fails releases the writer lock before raising, so it never keeps
+        another process from writing.
+        """
         if not writable:
-            _clean_stale_scratch(scratch)
+            _clean_stale_scratch(os.path.join(self.root, "tmp"))
+            return self._open_stores(False, stats)
+        private_dir(self.root)
+        self.lock.acquire()
+        try:
+            return self._open_stores(True, stats)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open_stores(self, writable: bool, stats: TierStats) -> tuple[RocksDBStore, RoutingSource]:
         metadata = RocksDBStore(os.path.join(self.root, "metadata"), writable=writable,
-                                scratch_dir=scratch,
+                                scratch_dir=os.path.join(self.root, "tmp"),
                                 catch_up_s=self.config.client.metadata_staleness_s,
                                 block_cache_bytes=self.config.metadata.block_cache_bytes,
                                 row_cache_bytes=self.config.metadata.row_cache_bytes)
+        try:
+            return metadata, self._block_layer(writable, stats)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped the open matters
+                metadata.close()
+            raise
+
+    def _block_layer(self, writable: bool, stats: TierStats) -> RoutingSource:
         bc = self.config.block
         servers, writable_ids = self._remote_servers() if bc.endpoints else self._local_servers(writable)
         policy = ReadPolicy(concurrency=bc.read_concurrency, hedge_after_ms=bc.hedge_after_ms,
@@ -63,7 +83,7 @@ class EmbeddedRegion:
         blocks = ReplicatedBlockStore(servers, bc.replicas, stats=stats,
                                       writable_ids=writable_ids if writable else (),
                                       write_quorum=bc.write_quorum, policy=policy)
-        return metadata, RoutingSource(blocks)
+        return RoutingSource(blocks)
 
     def flash(self) -> ChunkCache | None:
         """The L3 tier over ``flash.endpoints`` (None without them): one per region handle,

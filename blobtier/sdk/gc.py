@@ -5,13 +5,30 @@ points to. ``collect`` marks every chunk the committed records reference, then d
 from each chunk server the chunks that are unmarked, not part of a write in progress, and
 older than the grace period: a reader that opened an old version keeps reading it for at
 least that long. Only the writer may collect.
+
+Nothing is deleted on a partial view. The marks come from one full listing of a consistent
+snapshot of the metadata (``MetadataStore.listing``); a listing that fails part way (a
+corrupt table block, an I/O error, a record that fails its checksum) raises
+``MetadataCorrupt`` and ``collect`` deletes nothing: a chunk the listing did not reach
+would otherwise look like garbage.
+
+The order makes writes in progress safe without trusting clocks: each server's chunks are
+listed first, then the writes in progress are noted, then the metadata is listed. A chunk
+in the first list was written by a write that had begun by then; it was either committed
+before the note (so the metadata listing sees its record), or is in progress at the note
+(spared), or was abandoned. Chunks written after the first list are not candidates at
+all. Write times therefore only serve the grace period: with ``grace_s=0`` every
+unreferenced chunk listed is collected, however young; otherwise a chunk is collected
+once its write time, rounded up to the next second (stores keep whole seconds), is
+``grace_s`` old, so never early.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from blobtier.chunks import ChunkStore
@@ -19,8 +36,6 @@ from blobtier.errors import TierUnavailable
 from blobtier.metadata.store import MetadataStore
 
 log = logging.getLogger(__name__)
-
-_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -33,39 +48,36 @@ class GcReport:
 
 
 def live_digests(metadata: MetadataStore) -> set[bytes]:
+    """Every chunk a committed record references, from one full listing of a snapshot.
+
+    Raises:
+        MetadataCorrupt: the listing failed part way (never a partial set).
+    """
     live: set[bytes] = set()
-    after = None
-    while True:
-        rows = metadata.scan("", after, _PAGE)
-        for _, rec in rows:
-            live.update(rec.chunk_key(i).digest() for i in range(rec.n_chunks))
-        if len(rows) < _PAGE:
-            return live
-        after = rows[-1][0]
+    for _, rec in metadata.listing(""):
+        live.update(rec.chunk_key(i).digest() for i in range(rec.n_chunks))
+    return live
 
 
 def collect(metadata: MetadataStore, servers: Mapping[int, ChunkStore], grace_s: float,
             inflight: Callable[[], set[bytes]]) -> GcReport:
-    # Writes in progress are noted before the scan: one that commits during the scan is
-    # then spared either way, and one that begins after it writes chunks younger than
-    # the cutoff (write times are whole seconds, hence the extra second).
+    """Delete unreferenced chunks older than ``grace_s`` seconds (0: any age).
+
+    Raises:
+        MetadataCorrupt: the metadata could not be listed in full; nothing was deleted.
+    """
+    now = time.time()
+    stored, skipped = _stored(servers)  # first: see the module docstring
     spare = inflight()
-    cutoff = int(time.time() - grace_s) - 1
     live = live_digests(metadata) | spare
     deleted = young = reclaimed = 0
-    skipped = []
-    for sid, store in servers.items():
+    for sid, entries in stored.items():
+        store = servers[sid]
         dead = []
-        try:
-            stored = store.digests()
-        except (TierUnavailable, OSError) as exc:  # a server that is down keeps its garbage
-            log.warning("gc skipped chunk server %s: %s", sid, exc)
-            skipped.append(sid)
-            continue
-        for digest, written in stored:
+        for digest, written in entries:
             if digest in live:
                 continue
-            if written > cutoff:
+            if grace_s > 0 and math.floor(written) + 1 > now - grace_s:
                 young += 1
             else:
                 dead.append(digest)
@@ -79,6 +91,19 @@ def collect(metadata: MetadataStore, servers: Mapping[int, ChunkStore], grace_s:
         reclaimed += _compact(sid, store)
     return GcReport(live_chunks=len(live), deleted_chunks=deleted, spared_young=young,
                     skipped_servers=tuple(skipped), reclaimed_bytes=reclaimed)
+
+
+def _stored(servers: Mapping[int, ChunkStore]) -> tuple[dict[int, Sequence[tuple[bytes, float]]], list[int]]:
+    """Each reachable server's (digest, write time) list, and the servers that are down
+    (their garbage waits for the next run)."""
+    stored, skipped = {}, []
+    for sid, store in servers.items():
+        try:
+            stored[sid] = store.digests()
+        except (TierUnavailable, OSError) as exc:
+            log.warning("gc skipped chunk server %s: %s", sid, exc)
+            skipped.append(sid)
+    return stored, skipped
 
 
 def _compact(sid: int, store: ChunkStore) -> int:
