@@ -574,7 +574,9 @@ class BlobtierFile(AbstractBufferedFile):
 
     Mode ``xb`` refuses an existing key when opened and again at commit (last writer
     checked, not a compare-and-set); ``ab`` writes a new version holding the old bytes then
-    the new. Reads use no fsspec cache by default: the reader already fetches whole
+    the new, with the old version's attributes unless ``attrs`` is given. Reading behaves
+    as a local file's ``io.BufferedReader`` (``readline(size)``, ``readlines(hint)``, reads
+    and seeks past the end). Reads use no fsspec cache by default: the reader already fetches whole
     chunks, reads ahead, and the client's L1 keeps what was read.
     """
 
@@ -595,18 +597,17 @@ class BlobtierFile(AbstractBufferedFile):
         if mode == "rb":
             self.details = _file_entry(BlobInfo.from_record(path, self._reader.record))
             return
+        base = None
+        if mode == "ab":  # the version appended to gives its bytes and its attributes
+            with suppress(BlobNotFound):
+                base = fs.client.open(path, "rb")
+        if attrs is None and base is not None:
+            attrs = dict(base.record.attrs)
         self._writer = fs.client.open(path, "wb", attrs=attrs)
-        if mode == "ab":
-            self._copy_current()
-
-    def _copy_current(self) -> None:
-        try:
-            reader = self.fs.client.open(self.path, "rb")
-        except BlobNotFound:
-            return
-        with reader:
-            shutil.copyfileobj(reader, self._writer, self.fs._transfer_size)
-        self.loc = reader.size
+        if base is not None:
+            with base:
+                shutil.copyfileobj(base, self._writer, fs._transfer_size)
+            self.loc = base.size
 
     # -- reading ---------------------------------------------------------------------
     def _fetch_range(self, start: int, end: int) -> bytes:
@@ -614,12 +615,36 @@ class BlobtierFile(AbstractBufferedFile):
         return self._reader.read(end - start)
 
     def readinto(self, b: Any) -> int:
-        if self.mode != "rb" or self.closed:
-            raise ValueError("readinto needs a file open for reading")
+        self._check_reading()
         self._reader.seek(self.loc)
         n = self._reader.readinto(b)  # straight into the caller's buffer
         self.loc += n
         return n
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """The next line, newline included, of at most ``size`` bytes (all if negative)."""
+        self._check_reading()
+        self._reader.seek(self.loc)
+        line = self._reader.readline(size)
+        self.loc += len(line)
+        return line
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        """The remaining lines; with ``hint`` > 0, stop once they hold more than ``hint``
+        bytes (as ``io.IOBase.readlines``)."""
+        lines, total = [], 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint < total:
+                break
+        return lines
+
+    def _check_reading(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+        if self.mode != "rb":
+            raise ValueError("File not in read mode")
 
     # -- writing ---------------------------------------------------------------------
     def write(self, data: Any) -> int:

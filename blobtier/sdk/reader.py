@@ -9,10 +9,13 @@ them through the tier chain in batches; a reader that moves forward fetches
 from __future__ import annotations
 
 import io
+import re
 
 from blobtier.errors import InvalidRequest
 from blobtier.metadata.schema import BlobRecord
 from blobtier.sdk.chain import TierChain
+
+_NEWLINE = re.compile(b"\n")
 
 
 class BlobReader(io.BufferedIOBase):
@@ -54,6 +57,23 @@ class BlobReader(io.BufferedIOBase):
         return b"".join(self._slices(end - self._pos))  # one copy, straight into the result
 
     read1 = read
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """The next line, newline included, of at most ``size`` bytes (all if negative).
+        Searches each chunk where it lies; copies only the line."""
+        self._check_open()
+        end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
+        cs = self.record.chunk_size
+        parts = []
+        while self._pos < end:
+            (part,) = self._slices(min(end, (self._pos // cs + 1) * cs) - self._pos)
+            found = _NEWLINE.search(part)
+            if found is not None:
+                self._pos -= len(part) - found.end()
+                parts.append(part[:found.end()])
+                break
+            parts.append(part)
+        return b"".join(parts)
 
     def readinto(self, buffer) -> int:
         self._check_open()

@@ -402,6 +402,20 @@ def test_exclusive_create_and_append(fs):
     assert fs.info("ns/x")["version"] == 2
 
 
+def test_append_keeps_the_blobs_attributes(fs, client):
+    client.put("ns/log", b"one\n", attrs={"content-type": "text/plain", "owner": "a"})
+    with fs.open("ns/log", "ab") as f:
+        f.write(b"two\n")
+    with fs.open("ns/log", "a") as f:  # text mode appends the same way
+        f.write("three\n")
+    info = client.stat("ns/log")
+    assert (info.attrs, info.version) == ({"content-type": "text/plain", "owner": "a"}, 3)
+    assert fs.cat_file("ns/log") == b"one\ntwo\nthree\n"
+    with fs.open("ns/log", "ab", attrs={"owner": "b"}) as f:  # given attributes replace them
+        f.write(b"four\n")
+    assert client.stat("ns/log").attrs == {"owner": "b"}
+
+
 def test_exclusive_write_loses_to_a_commit_made_while_it_was_open(fs):
     f = fs.open("ns/race", "xb")
     f.write(b"mine")
