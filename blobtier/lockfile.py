@@ -3,6 +3,11 @@
 ``flock`` is released by the kernel when the holder exits, even by SIGKILL, so a crashed
 writer never leaves a region locked. The holder writes who it is into the file, so the
 next process that wants the lock can say whom it is waiting for.
+
+A forked child closes its copy of the holder's descriptor before any code of the child
+runs (``blobtier.forks``): a flock belongs to the open file description, so a child
+that kept a copy would keep the lock alive after its parent died, even by SIGKILL. The
+child closes its copy and never unlocks (``LOCK_UN`` would release the parent's lock).
 """
 
 from __future__ import annotations
@@ -14,15 +19,22 @@ import socket
 import sys
 import time
 
+from blobtier import forks
 from blobtier.errors import RegionLocked
 from blobtier.fsutil import open_private, private_dir
 
 
 class LockFile:
+    """An exclusive lock on ``path``; ``what`` names the locked thing in errors."""
+
     def __init__(self, path: str, what: str) -> None:
         self.path = path
         self.what = what
         self._fd: int | None = None
+        # Held from open to the store of ``_fd``, and across a fork: a fork in between would
+        # copy a locked descriptor the child does not know it has.
+        self._mutex = forks.ForkLock()
+        forks.register(self)
 
     @property
     def held(self) -> bool:
@@ -30,6 +42,10 @@ class LockFile:
 
     def acquire(self) -> None:
         """Take the lock or raise ``RegionLocked`` naming the process that holds it."""
+        with self._mutex:
+            self._acquire()
+
+    def _acquire(self) -> None:
         if self._fd is not None:
             return
         private_dir(os.path.dirname(self.path) or ".")
@@ -56,11 +72,13 @@ class LockFile:
             return "another process"
 
     def release(self) -> None:
+        with self._mutex:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def _after_fork_in_child(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def forget(self) -> None:
-        """After fork: the child must not unlock the parent's lock (flock is shared)."""
-        self._fd = None
+            os.close(fd)  # the parent's lock stays: only its copy is closed here

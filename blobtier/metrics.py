@@ -10,12 +10,15 @@ registry serves your metrics endpoint.
 from __future__ import annotations
 
 import multiprocessing
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from blobtier import forks
 
 FIELDS = ("hits", "misses", "bytes", "errors", "corrupt")
 """hits/misses: chunk lookups; bytes: bytes served by the tier; errors: the tier failed and
@@ -120,15 +123,38 @@ def default_stall_metrics() -> StallMetrics:
     return _default_stall
 
 
+class _Endpoints:
+    """The metrics endpoints of this process. A forked child closes its copies of their
+    listening sockets before any of its code runs: a child holding one would keep the
+    port bound (and its connections unanswered) after the parent exits."""
+
+    def __init__(self) -> None:
+        self.serving: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.inherited: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def _after_fork_in_child(self) -> None:
+        for server in list(self.serving):
+            server.socket.close()  # closed, not shut down: the parent still serves on it
+            self.inherited.add(server)
+        self.serving = weakref.WeakSet()
+
+
+_ENDPOINTS = _Endpoints()
+forks.register(_ENDPOINTS)
+
+
 def serve_metrics(port: int, registry: CollectorRegistry) -> Any:
     """Serve ``registry`` on ``127.0.0.1:port`` (0 picks a port: ``.server_port``); every
     service's endpoint starts here, and ``stop_metrics`` frees its port."""
     from prometheus_client import start_http_server
 
     server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    _ENDPOINTS.serving.add(server)
     return server
 
 
 def stop_metrics(server: Any) -> None:
+    if server in _ENDPOINTS.inherited:
+        return  # the parent's, served by a thread this child does not have
     server.shutdown()
     server.server_close()  # or the port stays bound until the object is collected

@@ -28,7 +28,7 @@ from typing import Any
 import fsspec
 from fsspec.core import split_protocol
 
-from blobtier import checksum
+from blobtier import checksum, forks
 from blobtier.chunks import ChunkRef
 from blobtier.errors import BlobNotFound, ChecksumError, OriginChanged, TierUnavailable
 
@@ -64,6 +64,12 @@ class FsspecOrigin:
         self.storage_options = {k: dict(v) for k, v in (storage_options or {}).items()}
         self._filesystems: dict[tuple[int, str], fsspec.AbstractFileSystem] = {}
         self._lock = threading.Lock()
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it
+        forks.keep_inherited(self._filesystems)  # the parent's (its loop's threads are not here)
+        self._filesystems = {}
 
     def _locate(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         protocol = split_protocol(url)[0] or "file"

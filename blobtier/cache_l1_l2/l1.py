@@ -26,6 +26,7 @@ import threading
 from collections.abc import Mapping, Sequence
 
 from blobtier import checksum as checksums
+from blobtier import forks
 from blobtier.cache_l1_l2.arena import Segment
 from blobtier.cache_l1_l2.owner import BUSY, GRANTED, ArenaOwner
 from blobtier.cache_l1_l2.trust import check_socket_dir
@@ -101,6 +102,15 @@ class SharedL1Cache:
         self._claims: dict[ChunkKey, tuple[int, int | None]] = {}  # unfilled: (slot, generation)
         self._lock = threading.Lock()
         self._attach_lock = threading.Lock()
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's claims are its session's, never filled here; its threads may have
+        # held the locks. (Its owner refuses a forked copy; its connection is dropped.)
+        self._lock = threading.Lock()
+        self._attach_lock = threading.Lock()
+        self._claims = {}
+        self._pending.clear()
 
     # -- the owner, near or far ------------------------------------------------------------
     def _attach(self) -> tuple[Segment, int | None]:

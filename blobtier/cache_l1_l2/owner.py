@@ -32,6 +32,12 @@ instead of a background thread). Pages holding a pinned slot, a fill in flight o
 chunk of a namespace whose policy never evicts are not moved; a victim on such pages is
 passed over (filed again as if new) rather than evicted for nothing. So memory follows
 the sizes in use and a cache of mixed sizes stays full, never past its capacity.
+
+**Fork.** An owner serves only the process that made it. A forked child's copy of it
+refuses every call (``TierUnavailable``, from the moment the child starts): it would hand
+out slots the parent's owner also hands out, so the parent would read the child's bytes
+as its own. A child reaches the arena as any other reader does, through the owner's
+socket.
 """
 
 from __future__ import annotations
@@ -45,9 +51,9 @@ import time
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
-from blobtier import checksum
+from blobtier import checksum, forks
 from blobtier.cache_l1_l2.arena import Segment, SlabAllocator
-from blobtier.errors import InvalidRequest
+from blobtier.errors import InvalidRequest, TierUnavailable
 from blobtier.eviction import POLICIES, EvictionPolicy, make_policy
 
 Place = tuple[int, int]  # (offset in the segment, length)
@@ -93,6 +99,20 @@ def parse_namespace_policies(entries: Iterable[str],
     return out
 
 
+class _ForkedCopy:
+    """The lock of an owner copied into a forked child: entering it raises."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> None:
+        raise TierUnavailable(f"the L1 arena's owner is process {self.pid}, not this forked "
+                              "child; a child reaches the arena through the owner's socket")
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 class ArenaOwner:
     """Args:
         capacity: bytes of shared memory (the hard cap).
@@ -129,6 +149,14 @@ class ArenaOwner:
         self._cv = threading.Condition()
         self._sessions = itertools.count(1)
         self.counters = Counter()
+        self.pid = os.getpid()
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Every call but ``release_later`` and ``contains`` (a read of the index that hands
+        # out nothing) goes through the lock: the copy's lock refuses, its releases vanish.
+        self._cv = _ForkedCopy(self.pid)
+        self._deferred = collections.deque(maxlen=0)
 
     def _policy(self, namespace: str) -> EvictionPolicy:
         policy = self._policies.get(namespace)

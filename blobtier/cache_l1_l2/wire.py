@@ -50,6 +50,7 @@ request (``trust.py``); a reader of another user gets status 3 to its first requ
 
 from __future__ import annotations
 
+import array
 import json
 import logging
 import os
@@ -58,7 +59,7 @@ import struct
 import threading
 from collections.abc import Sequence
 
-from blobtier import checksum
+from blobtier import checksum, forks
 from blobtier.cache_l1_l2.owner import GRANTED, MAX_NAMESPACE_BYTES, ArenaOwner, Place
 from blobtier.cache_l1_l2.trust import check_owner, check_socket_dir, peer_uid, trusted_uid
 from blobtier.errors import Forbidden, InvalidRequest, TierUnavailable, UntrustedPath
@@ -79,6 +80,18 @@ MAX_BODY = 64 << 20
 
 class Refused(InvalidRequest):
     """A well-formed request the owner will not carry out; the session goes on."""
+
+
+def _recv_fd(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One byte and the descriptor sent with it (SCM_RIGHTS), close-on-exec from the moment
+    it arrives: ``socket.recv_fds`` drops its flags argument (Python 3.11), and setting the
+    flag afterwards leaves a moment in which another thread's fork and exec inherits it."""
+    fds = array.array("i")
+    msg, ancdata, _, _ = sock.recvmsg(1, socket.CMSG_LEN(fds.itemsize), socket.MSG_CMSG_CLOEXEC)
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    return msg, list(fds)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -106,11 +119,22 @@ class OwnerServer:
         self._sock.bind(path)
         os.chmod(path, 0o600)
         self._sock.listen(64)
-        self._closed = False
+        self._closed = self._forked = False
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, name="blobtier-l1-owner", daemon=True)
         self._thread.start()
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        """Close the child's copies of the listening socket and of every session: a child
+        holding them would keep a dead owner's readers waiting on sockets nobody answers.
+        Closed, not shut down, and the socket file stays: they are the parent's."""
+        self._closed = self._forked = True
+        self._lock = threading.Lock()
+        for sock in [self._sock, *self._conns]:
+            sock.close()
+        self._conns = set()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -223,6 +247,8 @@ class OwnerServer:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        if self._forked:
+            return  # the socket file is the parent's
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -294,6 +320,13 @@ class OwnerClient:
         self._sock: socket.socket | None = None
         self.generation = 0  # counts connections: places are only valid on their own
         self._lock = threading.Lock()
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's session is not the child's: closing the copy (never shutting it
+        # down) leaves it to the parent, and the next call here connects a session of its own.
+        self._lock = threading.Lock()
+        self._drop()
 
     def _call(self, op: int, count: int, body: bytes, generation: int | None = None) -> bytes:
         return self._call_fd(op, count, body, generation)[0]
@@ -318,7 +351,7 @@ class OwnerClient:
                     return b"", fd, self.generation
                 head = b""
                 if op == INFO:
-                    first, fds, _, _ = socket.recv_fds(self._sock, 1, 1)
+                    first, fds = _recv_fd(self._sock)
                     fd = fds[0] if fds else -1
                     if first != b"S":  # no segment: the reply that follows says why
                         head = first

@@ -11,6 +11,10 @@ as it does for any untrusted tier, so a torn read is a miss too, never wrong byt
 A client can read the region files only where the filesystem lets it (the node creates
 them 0600: the same user). A node on another host, or files it cannot open, turn local
 reads off for that node; its chunks then come over gRPC as before.
+
+A forked child closes its copies of the region files' descriptors before any of its code
+runs (``blobtier.forks``), so a child that never reads does not keep regions the node has
+since deleted on disk, and one that reads opens descriptors of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections import deque
 
 import numpy as np
 
+from blobtier import forks
 from blobtier.chunks import ChunkKey
 from blobtier.flash_l3.regions import ENTRY_HEADER, parse_entry_header
 
@@ -43,6 +48,10 @@ class BufferPool:
         self._bytes = 0
         self._by_size: dict[int, deque[np.ndarray]] = {}
         self._lock = threading.Lock()
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have held it
 
     def take(self, n: int) -> np.ndarray:
         # Whole buffers of the exact size, never slices of bigger ones: preadv into a
@@ -69,8 +78,13 @@ class RegionReader:
         self.directory = directory
         self.pool = pool or BufferPool()
         self._fds: dict[int, int] = {}
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._lock = forks.ForkLock()  # a descriptor opened but not yet filed is not copied
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)  # the child's copies: the parent's stay open
 
     def read(self, key: ChunkKey, slot: int, offset: int, length: int, seq: int) -> memoryview | None:
         """The chunk's bytes if its entry is still there, else None. Raises ``OSError``
@@ -87,10 +101,6 @@ class RegionReader:
 
     def _fd(self, slot: int, fresh: bool) -> int:
         with self._lock:
-            if self._pid != os.getpid():  # a forked child opens descriptors of its own
-                for inherited in self._fds.values():
-                    os.close(inherited)
-                self._fds, self._pid = {}, os.getpid()
             fd = self._fds.get(slot)
             if fd is not None and not fresh:
                 return fd
@@ -105,7 +115,5 @@ class RegionReader:
     def close(self) -> None:
         with self._lock:
             fds, self._fds = self._fds, {}
-            mine = self._pid == os.getpid()
-        if mine:
-            for fd in fds.values():
-                os.close(fd)
+        for fd in fds.values():
+            os.close(fd)

@@ -54,6 +54,7 @@ from rocksdict import (
     WriteOptions,
 )
 
+from blobtier import forks
 from blobtier.errors import (
     BlobtierError,
     MetadataCorrupt,
@@ -144,6 +145,20 @@ class RocksDBStore(MetadataStore):
                 raise self._error(exc, "opening as the writer") from exc
         else:
             self._open_secondary()
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child's copy never touches the parent's RocksDB handle (its threads and
+        locks are not in the child; closing it is the parent's business) nor the parent's
+        secondary directory: it reads through a secondary of its own, opened on first use.
+        A writer's copy becomes a reader: the writer lock stays with the parent. The caches
+        go too: a parent thread may have held their mutexes at the fork."""
+        forks.keep_inherited(self._db, self._opts)
+        self._db = self._secondary_dir = self._opts = self._in_step = None
+        self.writable = False
+        self._reopen_lock = threading.Lock()
+        self._cv = threading.Condition()
+        self._queue, self._leading = [], False
 
     def _options(self) -> Options:
         if self._opts is None:

@@ -1,18 +1,19 @@
 """Channels that open lazily, once per process.
 
 A gRPC channel must not cross ``fork``: a DataLoader worker that uses its parent's channel
-can hang or misbehave (grpc/grpc #13873, #15334). ``LazyChannel`` opens on first use and
-forgets, without closing, a channel inherited from a parent process.
+can hang or misbehave (grpc/grpc #13873, #15334). ``LazyChannel`` opens on first use; in a
+forked child it forgets the parent's channel before any code of the child runs
+(``blobtier.forks``), never closing it, and the child's first use opens its own.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import weakref
 
 import grpc
 
+from blobtier import forks
 from blobtier.rpc.auth import with_token
 from blobtier.rpc.server import MAX_MESSAGE_BYTES
 from blobtier.rpc.tls import Tls
@@ -26,7 +27,6 @@ _OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
-_LIVE: weakref.WeakSet[LazyChannel] = weakref.WeakSet()
 
 
 class LazyChannel:
@@ -39,7 +39,7 @@ class LazyChannel:
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._pid = os.getpid()
-        _LIVE.add(self)
+        forks.register(self)
 
     def get(self) -> grpc.Channel:
         channel = self._channel
@@ -59,14 +59,7 @@ class LazyChannel:
         if channel is not None and self._pid == os.getpid():
             channel.close()
 
-    def _forget(self) -> None:
+    def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # a parent thread may have held it across fork
-        self._channel = None  # the parent's: never used or closed here
-
-
-def _after_fork_in_child() -> None:
-    for channel in list(_LIVE):
-        channel._forget()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+        forks.keep_inherited(self._channel)  # the parent's: never used, closed or collected here
+        self._channel = None

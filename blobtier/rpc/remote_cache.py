@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from blobtier import checksum
+from blobtier import checksum, forks
 from blobtier.checksum import xxh3
 from blobtier.chunks import Buffer, ChunkKey, ChunkRef
 from blobtier.errors import ChecksumError, InvalidRequest, TierUnavailable
@@ -99,7 +98,7 @@ class RemoteChunkCache:
         self._channel = LazyChannel(addr, tls, token)
         self._lock = threading.Lock()
         self._pool = ProcessLocalPool(parallel, f"blobtier-{name}")
-        _FORKABLE.add(self)
+        forks.register(self)
 
     def _stub(self) -> pb_grpc.CacheServiceStub:
         return pb_grpc.CacheServiceStub(self._channel.get())
@@ -293,7 +292,7 @@ class RemoteChunkCache:
             for name, n in changes.items():
                 self.counters[name] += n
 
-    def _forget(self) -> None:
+    def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # a parent thread may have held it across fork
 
     def close(self) -> None:
@@ -315,7 +314,7 @@ class ProcessLocalPool:
         self.prefix = prefix
         self._lock = threading.Lock()
         self._pool: tuple[int, ThreadPoolExecutor] | None = None
-        _FORKABLE.add(self)
+        forks.register(self)
 
     def get(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -329,19 +328,11 @@ class ProcessLocalPool:
         if pool is not None and pool[0] == os.getpid():
             pool[1].shutdown(wait=True)
 
-    def _forget(self) -> None:
+    def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # a parent thread may have held it across fork
-
-
-_FORKABLE: weakref.WeakSet[ProcessLocalPool | RemoteChunkCache] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for obj in list(_FORKABLE):
-        obj._forget()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+        # Its threads are not here: the next ``get`` makes this process's pool.
+        forks.keep_inherited(self._pool)
+        self._pool = None
 
 
 def _record_positions(refs: Sequence[ChunkRef], records: Any) -> list[int]:

@@ -3,9 +3,10 @@
 ``connect()`` opens the embedded region at ``$BLOBTIER_HOME`` (else ``~/.blobtier``);
 ``connect(path)`` opens another region directory or a region TOML file.
 
-A client is safe to share between threads and survives ``fork``: a DataLoader worker
-that inherits one reopens its own handles on first use (never touching the parent's
-RocksDB handle, threads or lock), and a pickled client reconnects where it is unpickled.
+A client is safe to share between threads and survives ``fork``: in a forked child the
+parent's handles are dropped before any code of the child runs (``blobtier.forks``), and
+the first use opens the child's own (never touching the parent's RocksDB handle, threads,
+lock or L1 owner); a pickled client reconnects where it is unpickled.
 Counters (``client.stats()``) live in shared memory, so forked workers add to them.
 """
 
@@ -14,11 +15,11 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
+from blobtier import forks
 from blobtier.cache_l1_l2.daemon import daemon_info
 from blobtier.cache_l1_l2.l1 import OwnedArena, SharedL1Cache
 from blobtier.chunks import Buffer, ChunkCache
@@ -34,9 +35,6 @@ from blobtier.sdk.prefetch import Prefetcher, PrefetchJob
 from blobtier.sdk.reader import BlobReader
 from blobtier.sdk.scrub import Progress, Scrubber, ScrubMetrics, ScrubReport, Stores
 from blobtier.sdk.writer import BlobWriter, Reference, WritePath
-
-_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
-_INHERITED: list[object] = []  # handles a forked child must neither use nor close
 
 
 def connect(target: str | os.PathLike | RegionConfig | None = None,
@@ -70,7 +68,7 @@ class Client:
         self._pid = os.getpid()
         self._closed = False
         self._open(writable=False)
-        _CLIENTS.add(self)
+        forks.register(self)
 
     # -- wiring ----------------------------------------------------------------------
     def _host_tiers(self) -> tuple[SharedL1Cache | None, ChunkCache | None]:
@@ -114,18 +112,28 @@ class Client:
             self._after_fork()
 
     def _after_fork(self) -> None:
+        """Open this process's handles: the first use in a forked child."""
         with self._mutex:
             if self._pid == os.getpid():
                 return
-            _INHERITED.extend([self._metadata, self._blocks, self._chain, self._l1, self._l2,
-                               self._prefetch,
-                               *self._retired])
-            self._prefetch = None
-            self._retired = []
-            self._region.lock.forget()
             self._l1, self._l2 = self._host_tiers()
-            self._pid = os.getpid()
             self._open(writable=False)
+            # Published last: ``_live`` reads it without the lock, and a thread that sees
+            # this process's pid sees every handle stored above (the GIL orders the stores).
+            self._pid = os.getpid()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child, before any of its code runs: drop the parent's handles, so
+        no thread of the child can reach them (the parent's L1 owner above all: the child
+        attaches to it through its socket). They are kept, not closed: closing a RocksDB
+        handle or a channel is the parent's business."""
+        forks.keep_inherited(self._metadata, self._blocks, self._chain, self._l1, self._l2,
+                             self._writer, self._prefetch, *self._retired)
+        self._metadata = self._blocks = self._chain = self._l1 = self._l2 = None
+        self._writer = self._prefetch = None
+        self._retired = []
+        self._mutex = threading.RLock()  # another parent thread may have held it
+        self._pid = -1  # the next use opens the child's own (``_after_fork``)
 
     def _write_path(self) -> WritePath:
         self._live()
@@ -397,12 +405,3 @@ def _about(what: str) -> Iterator[None]:
         if what not in str(exc):
             raise type(exc)(f"{what}: {exc}") from exc
         raise
-
-
-def _forget_inherited() -> None:
-    for client in list(_CLIENTS):
-        client._pid = -1  # any use in the child reopens; see Client._after_fork
-        client._mutex = threading.RLock()  # another parent thread may have held it
-
-
-os.register_at_fork(after_in_child=_forget_inherited)

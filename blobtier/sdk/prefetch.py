@@ -13,6 +13,9 @@ Two uses share one mechanism:
 Fetching is done by a small thread pool calling ``TierChain.read`` on batches of
 samples; the bytes land in the cache tiers (the shared L1 that DataLoader workers read)
 and the prefetcher keeps no reference to them.
+
+Its threads do not survive ``fork``: a forked child's copy is closed (it refuses new
+work) before any code of the child runs; the child's client makes a prefetcher of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from blobtier import forks
 from blobtier.chunks import ChunkRef
 from blobtier.errors import BlobtierError
 
@@ -99,11 +103,24 @@ class Prefetcher:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="blobtier-prefetcher", daemon=True)
         self._thread.start()
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # No thread of the parent's runs here: nothing would ever fetch or finish a job.
+        self._cv = threading.Condition()
+        self._jobs = []
+        self._closed = True
+        self._pool = None  # the parent's: shutting it down here could wait on its locks
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("the prefetcher is closed (or was inherited through fork)")
 
     def follow(self, samples: list[Sample], progress: Callable[[], int]) -> PrefetchJob:
         """Replace the followed sequence (a new epoch replaces the last one)."""
         job = PrefetchJob(samples, progress, None)
         with self._cv:
+            self._check_open()
             for old in self._jobs:
                 if old.progress is not None:
                     old.cancel()
@@ -118,6 +135,7 @@ class Prefetcher:
             deadline = time.monotonic() + (deadline - time.time())
         job = PrefetchJob(samples, None, deadline)
         with self._cv:
+            self._check_open()
             self._jobs.append(job)
             self._cv.notify_all()
         return job
@@ -211,4 +229,5 @@ class Prefetcher:
                 job.cancel()
             self._cv.notify_all()
         self._thread.join()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -16,6 +16,7 @@ from blobtier.rpc import remote_cache
 from blobtier.rpc.remote_cache import RemoteChunkCache
 from blobtier.sdk.routing import RoutingSource
 from tests.flash_l3.helpers import MemorySource, keys_and_data
+from tests.fork_support import identities, in_child
 
 REGION = 1 << 20
 
@@ -146,3 +147,30 @@ def test_buffer_pool_reuses_only_buffers_nobody_holds():
     assert id(again) == first_id and len(again) == 100_000
     big = [pool.take(300_000) for _ in range(5)]  # past the limit: made, not kept
     assert pool._bytes <= 1 << 20 and len(big) == 5
+
+
+def _in_forked_child(reader: RegionReader, key, entry, ids: set) -> tuple[bool, bytes | None]:
+    held = bool(identities() & ids)
+    view = reader.read(key, entry.slot, entry.offset, entry.length, entry.seq)
+    return held, None if view is None else bytes(view)
+
+
+def test_a_forked_child_closes_the_region_descriptors_and_opens_its_own(tmp_path):
+    cache = FlashCache(str(tmp_path / "c"), 2 * REGION, region_size=REGION)
+    chunks = keys_and_data(2)
+    for key, data in chunks.items():
+        cache.put(key, data)
+    where, entries = cache.locate(list(chunks))
+    cache.close()  # the node is another process: only the reader holds the region files here
+    reader = RegionReader(where)
+    try:
+        key, entry = next(iter(chunks)), entries[0]
+        assert bytes(reader.read(key, entry.slot, entry.offset, entry.length, entry.seq)) == chunks[key]
+        ids = identities(reader._fds.values())
+        assert ids
+        with reader.pool._lock:  # as if another parent thread were taking a buffer at the fork
+            held, data = in_child(_in_forked_child, reader, key, entry, ids)
+        assert not held and data == chunks[key]
+        assert bytes(reader.read(key, entry.slot, entry.offset, entry.length, entry.seq)) == chunks[key]
+    finally:
+        reader.close()

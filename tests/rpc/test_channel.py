@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
+import weakref
 
 from blobtier.blockstore_sim.chunk_server import ChunkServer
 from blobtier.blockstore_sim.remote import RemoteChunkStore
 from blobtier.checksum import xxh3
 from blobtier.rpc.channel import LazyChannel
+from tests.fork_support import in_child
 
 
 def test_opens_on_first_use_and_keeps_the_channel():
@@ -44,3 +47,20 @@ def test_a_forked_child_opens_its_own_channel(tmp_path):
             assert bytes(store.get(b"k" * 16)) == b"from the parent"  # the parent's still works
         finally:
             store.close()
+
+
+def _forgotten_and_kept(lazy: LazyChannel, parents: weakref.ref) -> tuple[bool, bool]:
+    forgotten = lazy._channel is None
+    gc.collect()
+    return forgotten, parents() is not None
+
+
+def test_a_forked_child_never_collects_the_parents_channel():
+    # Collecting it would run gRPC's finalisers on the parent's channel in the child.
+    lazy = LazyChannel("127.0.0.1:1")
+    try:
+        parents = weakref.ref(lazy.get())
+        assert in_child(_forgotten_and_kept, lazy, parents) == (True, True)
+        assert lazy.get() is parents()  # the parent keeps its own
+    finally:
+        lazy.close()

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 import blobtier
 from blobtier.dataloader import BlobDataset, BlobSampler
 from blobtier.sdk.prefetch import Prefetcher
+from tests.fork_support import in_child
 
 
 def fill(client, n=200, size=20_000):
@@ -90,3 +91,28 @@ def test_pin_memory_works(client):
         warnings.simplefilter("ignore")
         total = sum(int(b.sum()) for b in loader)
     assert total == 16_000
+
+
+def _in_forked_child(client, pf: Prefetcher, keys: list[str], samples: list) -> tuple[str, int]:
+    try:
+        pf.hydrate(samples)  # the parent's: no thread of it runs here
+        refused = "accepted"
+    except ValueError:
+        refused = "refused"
+    pf.close()  # returns: nothing of the parent's to wait for
+    job = client.prefetch(keys)  # the child's client makes a prefetcher of its own
+    assert job.wait(30)
+    return refused, job.fetched
+
+
+def test_a_forked_childs_copy_of_a_prefetcher_refuses_work_and_the_client_makes_its_own(client):
+    data = fill(client, n=20)
+    keys = sorted(data)
+    pf = Prefetcher(lambda refs: client._chain.read(refs), memory_bytes=1 << 20)
+    try:
+        assert client.prefetch(keys[:5]).wait(30)  # the client's prefetcher runs in the parent
+        samples = client._samples(keys)
+        assert in_child(_in_forked_child, client, pf, keys, samples) == ("refused", len(keys))
+        assert pf.hydrate(samples).wait(30)  # the parent's still works
+    finally:
+        pf.close()
