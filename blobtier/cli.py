@@ -22,6 +22,15 @@ def _connect(args: argparse.Namespace):
     return connect(args.region)
 
 
+def _shown(text: str) -> str:
+    """``text`` for one line of output: characters that are not printable (a newline in a
+    key would split its line) escaped as in a Python literal. Characters the terminal's
+    encoding cannot show are escaped when printed (``main``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def cmd_put(args: argparse.Namespace) -> None:
     with _connect(args) as client:
         if args.file == "-":
@@ -29,7 +38,7 @@ def cmd_put(args: argparse.Namespace) -> None:
         else:
             with open(args.file, "rb") as f:
                 info = client.put(args.key, f)
-        print(f"{info.key}\t{info.size}\tversion {info.version}")
+        print(f"{_shown(info.key)}\t{info.size}\tversion {info.version}")
 
 
 def cmd_get(args: argparse.Namespace) -> None:
@@ -46,16 +55,16 @@ def cmd_ls(args: argparse.Namespace) -> None:
     with _connect(args) as client:
         for info in client.iter_ls(args.prefix):
             created = info.created.strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{info.size:>14} {info.version:>5}  {created}  {info.key}")
+            print(f"{info.size:>14} {info.version:>5}  {created}  {_shown(info.key)}")
 
 
 def cmd_stat(args: argparse.Namespace) -> None:
     with _connect(args) as client:
         info = client.stat(args.key)
         for name in ("key", "size", "version", "created", "chunk_size", "chunks", "checksum"):
-            print(f"{name:<11} {getattr(info, name)}")
+            print(f"{name:<11} {_shown(str(getattr(info, name)))}")
         for k, v in info.attrs.items():
-            print(f"attr.{k:<6} {v}")
+            print(f"attr.{_shown(k):<6} {_shown(v)}")
 
 
 def cmd_rm(args: argparse.Namespace) -> None:
@@ -64,7 +73,8 @@ def cmd_rm(args: argparse.Namespace) -> None:
             client.delete(key)
 
 
-def cmd_ingest(args: argparse.Namespace) -> None:
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Exit 1 when a file was skipped (a bad name, unreadable): the others are stored."""
     from blobtier.demo import _progress_bar
     from blobtier.sdk.ingest import ingest, register
 
@@ -72,8 +82,12 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         show = _progress_bar("ingest") if sys.stderr.isatty() and not args.quiet else None
         run = register if args.reference else ingest
         report = run(client, args.src, args.dest, threads=args.threads, progress=show)
+        for path, why in report.skipped:
+            print(f"blobtier: skipped {_shown(path)}: {_shown(why)}", file=sys.stderr)
         how = "registered by reference" if args.reference else "ingested"
-        print(f"{how} {report.files} files, {report.bytes} bytes into {args.dest}")
+        left_out = f" ({len(report.skipped)} skipped)" if report.skipped else ""
+        print(f"{how} {report.files} files, {report.bytes} bytes into {_shown(args.dest)}{left_out}")
+    return EXIT_ERROR if report.skipped else 0
 
 
 def cmd_block_serve(args: argparse.Namespace) -> None:
@@ -439,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a key the terminal cannot encode prints escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         code = args.func(args)
     except KeyboardInterrupt:
@@ -447,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()  # e.g. `blobtier get KEY | head`
         return 0
     except (BlobtierError, OSError, ValueError) as exc:
-        print(f"blobtier: error: {exc}", file=sys.stderr)
+        print(f"blobtier: error: {_shown(str(exc) or type(exc).__name__)}", file=sys.stderr)
         return EXIT_ERROR
     return code or 0  # a command may return its own status (e.g. status: 1 if one is unhealthy)
 

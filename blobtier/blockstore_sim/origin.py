@@ -13,6 +13,12 @@ the registered version's bytes are served. When a chunk fails its checksum (or c
 back short), the tag is compared: a changed object raises ``OriginChanged`` naming it,
 a deleted one ``BlobNotFound``; an unchanged one means the read itself went wrong.
 
+Whatever fsspec or the store behind it raises (an ``OSError``, or a kind of its own such
+as an HTTP client's response error) reaches callers as blobtier's exceptions
+(``fsspec_error``): a missing object ``BlobNotFound``, a refusal ``Forbidden``, a timeout
+``TimedOut``, any other failure ``TierUnavailable``, each with its errno; a protocol that
+fsspec does not know, or whose package is not installed, ``InvalidRequest``.
+
 Filesystems are built with fsspec's own configuration (``fsspec.config.conf`` or
 ``FSSPEC_<PROTOCOL>_<OPTION>`` environment variables, e.g. ``FSSPEC_S3_ENDPOINT_URL``),
 overridden per protocol by ``storage_options``.
@@ -20,9 +26,11 @@ overridden per protocol by ``storage_options``.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import fsspec
@@ -30,7 +38,57 @@ from fsspec.core import split_protocol
 
 from blobtier import checksum, forks
 from blobtier.chunks import ChunkRef
-from blobtier.errors import BlobNotFound, ChecksumError, OriginChanged, TierUnavailable
+from blobtier.errors import (
+    BlobNotFound,
+    BlobtierError,
+    ChecksumError,
+    Forbidden,
+    InvalidRequest,
+    OriginChanged,
+    TierUnavailable,
+    TimedOut,
+)
+
+_NOT_FOUND, _DENIED, _TIMED_OUT = {404, 410}, {401, 403}, {408, 504}  # HTTP statuses
+
+
+def fsspec_error(exc: BaseException, what: str) -> BlobtierError:
+    """The exception of blobtier's tree for ``exc``, raised by fsspec (or the store behind
+    it) about ``what`` (e.g. ``"origin s3://b/k"``); the errno of an ``OSError`` is kept."""
+    if isinstance(exc, BlobtierError):
+        return exc
+    code = _http_status(exc)
+    number = exc.errno if isinstance(exc, OSError) and isinstance(exc.errno, int) else None
+    if isinstance(exc, FileNotFoundError) or code in _NOT_FOUND:
+        kind: type[BlobtierError] = BlobNotFound
+    elif isinstance(exc, PermissionError) or code in _DENIED:
+        kind = Forbidden
+    elif isinstance(exc, TimeoutError) or code in _TIMED_OUT:
+        kind = TimedOut
+    else:
+        kind, number = TierUnavailable, number or errno.EIO
+    message = f"{what}: {str(exc) or type(exc).__name__}"
+    return kind(number, message) if number is not None else kind(message)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a store's response error (aiohttp's ``status``, others' ``code``)."""
+    for name in ("status", "code", "status_code"):
+        value = getattr(exc, name, None)
+        if isinstance(value, int) and 100 <= value < 600:
+            return value
+    return None
+
+
+@contextmanager
+def fsspec_errors(what: str) -> Iterator[None]:
+    """Raise what ``fsspec_error`` makes of any exception inside (not of a blobtier one)."""
+    try:
+        yield
+    except BlobtierError:
+        raise
+    except Exception as exc:  # the store's own kinds too: they must not cross the API
+        raise fsspec_error(exc, what) from exc
 
 
 def object_tag(info: Mapping[str, Any]) -> str:
@@ -79,7 +137,10 @@ class FsspecOrigin:
             with self._lock:
                 fs = self._filesystems.get(key)
                 if fs is None:
-                    fs = fsspec.filesystem(protocol, **self.storage_options.get(protocol, {}))
+                    try:
+                        fs = fsspec.filesystem(protocol, **self.storage_options.get(protocol, {}))
+                    except (ImportError, ValueError) as exc:  # unknown, or its package missing
+                        raise InvalidRequest(f"origin {url}: {exc}") from exc
                     self._filesystems[key] = fs
         return fs, fs._strip_protocol(url)
 
@@ -89,8 +150,8 @@ class FsspecOrigin:
             return object_tag(fs.info(path))
         except FileNotFoundError:
             raise BlobNotFound(f"origin object {url} no longer exists") from None
-        except OSError as exc:
-            raise TierUnavailable(f"origin {url}: {exc}") from exc
+        except Exception as exc:  # the store's own kinds too (module docstring)
+            raise fsspec_error(exc, f"origin {url}") from exc
 
     def _confirm(self, url: str, tag: str) -> None:
         """Raise OriginChanged if the object is no longer the registered version."""
@@ -132,16 +193,16 @@ class FsspecOrigin:
         for fs, positions, paths in by_fs.values():
             starts = [targets[i][2] for i in positions]
             ends = [targets[i][2] + targets[i][3] for i in positions]
-            try:
+            with fsspec_errors(f"origin {targets[positions[0]][0]}"):
                 got = fs.cat_ranges(paths, starts, ends, on_error="return")
-            except OSError as exc:
-                raise TierUnavailable(f"origin {targets[positions[0]][0]}: {exc}") from exc
             for i, data in zip(positions, got):
-                if isinstance(data, FileNotFoundError):
-                    raise BlobNotFound(f"origin object {targets[i][0]} no longer exists")
                 if isinstance(data, BaseException):
-                    self._confirm(targets[i][0], targets[i][1])  # e.g. a range past a new end
-                    raise TierUnavailable(f"origin {targets[i][0]}: {data}") from data
+                    error = fsspec_error(data, f"origin {targets[i][0]}")
+                    if isinstance(error, BlobNotFound):
+                        raise BlobNotFound(f"origin object {targets[i][0]} no longer exists") from data
+                    if type(error) is TierUnavailable:  # e.g. a range past a new end
+                        self._confirm(targets[i][0], targets[i][1])
+                    raise error from data
                 out[i] = data
         return out
 

@@ -6,6 +6,12 @@ own (``INTERNAL``, ``UNKNOWN``, ``CANCELLED``, ``RESOURCE_EXHAUSTED``...) means 
 could not answer: ``TierUnavailable``, which the read path treats as a miss and fails
 over from.
 
+An ``OSError`` carries its ``errno`` along, in the trailing metadata ``blobtier-errno``,
+and the client's exception takes it (each exception of the tree has one of its own
+otherwise): a chunk server whose disk is full answers ``RESOURCE_EXHAUSTED`` with ENOSPC,
+and its client raises ``StorageFull``; ``RESOURCE_EXHAUSTED`` without it (gRPC's own, e.g.
+a message over the size limit) stays ``TierUnavailable``.
+
 A status carries the message of an exception about the request itself (a bad argument, a
 refused right, a lost race). Any other (a checksum failure, an I/O error, a chunk not
 found) is answered with its kind only: its message may hold checksums, an origin's tag,
@@ -14,6 +20,7 @@ sizes or paths that the caller was never allowed to read. The server logs the me
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +37,7 @@ from blobtier.errors import (
     InvalidRequest,
     OutOfRange,
     RegionLocked,
+    StorageFull,
     TierUnavailable,
     TimedOut,
     VersionConflict,
@@ -37,6 +45,8 @@ from blobtier.errors import (
 
 Code = grpc.StatusCode
 log = logging.getLogger(__name__)
+ERRNO_KEY = "blobtier-errno"  # trailing metadata: the errno of the OSError answered
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 # Most specific first: the first row an exception is an instance of gives its code.
 TO_CODE: tuple[tuple[type[BaseException], Code], ...] = (
@@ -50,6 +60,7 @@ TO_CODE: tuple[tuple[type[BaseException], Code], ...] = (
     (PermissionError, Code.PERMISSION_DENIED),
     (VersionConflict, Code.ABORTED),
     (RegionLocked, Code.FAILED_PRECONDITION),
+    (StorageFull, Code.RESOURCE_EXHAUSTED),
     (TimedOut, Code.DEADLINE_EXCEEDED),
     (TierUnavailable, Code.UNAVAILABLE),
 )
@@ -74,7 +85,9 @@ def code_of(exc: BaseException) -> Code:
     for kind, code in TO_CODE:
         if isinstance(exc, kind):
             return code
-    return Code.UNAVAILABLE if isinstance(exc, OSError) else Code.INTERNAL
+    if isinstance(exc, OSError):
+        return Code.RESOURCE_EXHAUSTED if exc.errno in _NO_SPACE else Code.UNAVAILABLE
+    return Code.INTERNAL
 
 
 def exception_for(code: Code) -> type[BlobtierError]:
@@ -82,10 +95,22 @@ def exception_for(code: Code) -> type[BlobtierError]:
 
 
 def error_of(exc: grpc.RpcError, where: str) -> BlobtierError:
-    """The blobtier exception for a failed call to ``where`` (e.g. 'chunk server host:port')."""
+    """The blobtier exception for a failed call to ``where`` (e.g. 'chunk server host:port'),
+    with the errno the server sent, if any."""
     code = exc.code() if isinstance(exc, grpc.Call) else Code.UNKNOWN
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    return exception_for(code)(f"{where}: {details or code.name} ({code.name})")
+    number = _errno_of(exc)
+    kind = StorageFull if code == Code.RESOURCE_EXHAUSTED and number in _NO_SPACE else exception_for(code)
+    message = f"{where}: {details or code.name} ({code.name})"
+    return kind(number, message) if number is not None and issubclass(kind, OSError) else kind(message)
+
+
+def _errno_of(exc: grpc.RpcError) -> int | None:
+    trailer = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
+    for key, value in trailer or ():
+        if key == ERRNO_KEY and str(value).isdigit():
+            return int(value)
+    return None
 
 
 # Errors whose messages describe only what the caller sent or may know.
@@ -105,6 +130,8 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     code = code_of(exc)
     if not isinstance(exc, _ECHOED):
         log.info("answered %s: %s", code.name, exc)
+    if isinstance(exc, OSError) and isinstance(exc.errno, int):
+        context.set_trailing_metadata(((ERRNO_KEY, str(exc.errno)),))
     context.abort(code, public_message(exc))
 
 

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import resource
+import signal
+import subprocess
+import sys
+
 import grpc
 import pytest
 
@@ -14,8 +21,8 @@ Code = grpc.StatusCode
 class FakeCall(grpc.RpcError, grpc.Call):
     """What a failed call raises on the client: an RpcError that is also a Call."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
+    def __init__(self, code: grpc.StatusCode, details: str, trailer: tuple = ()) -> None:
+        self._code, self._details, self._trailer = code, details, trailer
 
     def code(self):
         return self._code
@@ -27,7 +34,7 @@ class FakeCall(grpc.RpcError, grpc.Call):
         return ()
 
     def trailing_metadata(self):
-        return ()
+        return self._trailer
 
     def is_active(self):
         return False
@@ -138,3 +145,58 @@ def test_a_chunk_server_never_names_its_disk(tmp_path):
     finally:
         store.close()
         server.stop(0)
+
+
+@pytest.mark.parametrize("code, kind, number", [
+    (Code.NOT_FOUND, errors.BlobNotFound, errno.ENOENT),
+    (Code.PERMISSION_DENIED, errors.Forbidden, errno.EACCES),
+    (Code.UNAVAILABLE, errors.TierUnavailable, errno.EIO),
+    (Code.DEADLINE_EXCEEDED, errors.TimedOut, errno.ETIMEDOUT),
+    (Code.DATA_LOSS, errors.ChecksumError, errno.EIO),
+    (Code.ABORTED, errors.VersionConflict, errno.EEXIST),
+])
+def test_every_os_error_a_client_raises_has_an_errno(code, kind, number):
+    exc = status.error_of(FakeCall(code, "why"), "server")
+    assert type(exc) is kind and exc.errno == number
+    assert str(exc) == f"server: why ({code.name})"  # the errno does not change the message
+
+
+def test_the_servers_errno_comes_back_and_picks_storage_full():
+    sent = ((status.ERRNO_KEY, str(errno.ENOSPC)),)
+    exc = status.error_of(FakeCall(Code.RESOURCE_EXHAUSTED, "full", sent), "server")
+    assert isinstance(exc, errors.StorageFull) and exc.errno == errno.ENOSPC
+    refused = ((status.ERRNO_KEY, str(errno.ECONNREFUSED)),)
+    exc = status.error_of(FakeCall(Code.UNAVAILABLE, "down", refused), "server")
+    assert type(exc) is errors.TierUnavailable and exc.errno == errno.ECONNREFUSED
+    # gRPC's own RESOURCE_EXHAUSTED (a message too large) carries no errno: not a full disk.
+    assert type(status.error_of(FakeCall(Code.RESOURCE_EXHAUSTED, "too big"), "s")) is errors.TierUnavailable
+    assert status.code_of(OSError(errno.EFBIG, "File too large")) == Code.RESOURCE_EXHAUSTED
+
+
+def _limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+
+def test_a_chunk_server_with_a_full_disk_is_storage_full_at_the_client(tmp_path):
+    """A real chunk server in a process whose files cannot grow past 4 MiB."""
+    from blobtier.blockstore_sim.remote import RemoteChunkStore
+    from blobtier.checksum import xxh3
+
+    proc = subprocess.Popen([sys.executable, "-m", "blobtier.cli", "block", "serve", "--root",
+                             str(tmp_path / "disk"), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, preexec_fn=_limit_file_size)
+    store = None
+    try:
+        addr = proc.stdout.readline().split(" on ")[1].split(",")[0].strip()
+        store = RemoteChunkStore(addr, timeout_s=30)
+        data = os.urandom(1 << 20)
+        with pytest.raises(errors.StorageFull) as err:
+            for i in range(8):
+                store.put_many([(i.to_bytes(16, "little"), data, xxh3(data))])
+        assert err.value.errno == errno.ENOSPC and addr in str(err.value)
+    finally:
+        if store is not None:
+            store.close()
+        proc.terminate()
+        proc.wait(timeout=30)
