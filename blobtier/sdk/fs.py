@@ -585,6 +585,9 @@ class BlobtierFile(AbstractBufferedFile):
                  cache_type: str = "none", cache_options: dict | None = None,
                  attrs: dict[str, str] | None = None, **kwargs: Any) -> None:
         self._reader = self._writer = None
+        if mode not in ("rb", "wb", "ab", "xb"):  # fsspec's own refusal is NotImplementedError
+            raise InvalidRequest(f"{path}: mode {mode!r} is not supported (rb, wb, ab or xb, "
+                                 "or r, w, a or x in text)")
         kwargs.pop("size", None)  # the pinned version knows its size
         if mode == "rb":
             with fs._as_file(path):

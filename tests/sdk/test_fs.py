@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import re
 import subprocess
 import sys
 import weakref
@@ -414,6 +415,13 @@ def test_append_keeps_the_blobs_attributes(fs, client):
     with fs.open("ns/log", "ab", attrs={"owner": "b"}) as f:  # given attributes replace them
         f.write(b"four\n")
     assert client.stat("ns/log").attrs == {"owner": "b"}
+
+
+@pytest.mark.parametrize("mode", ["r+b", "w+b", "a+", "zb"])
+def test_an_unsupported_mode_is_a_value_error_naming_it(fs, mode):
+    fs.pipe_file("ns/m", b"x")
+    with pytest.raises(ValueError, match=f"ns/m: mode '{re.escape(mode)}"):  # was NotImplementedError
+        fs.open("ns/m", mode)
 
 
 def test_exclusive_write_loses_to_a_commit_made_while_it_was_open(fs):
