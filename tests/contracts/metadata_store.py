@@ -1,16 +1,22 @@
 """The contract every ``MetadataStore`` backend passes.
 
 A backend's test module subclasses ``MetadataStoreContract`` and provides a ``store``
-fixture: a fresh, empty, writable store.
+fixture: a fresh, empty, writable store. A backend that lets several processes write one
+store also overrides ``store_opener`` (the compare-and-set race then runs in processes).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import threading
+from collections.abc import Callable
+
 import pytest
 
-from blobtier.errors import InvalidKey, VersionConflict
+from blobtier.errors import InvalidKey, InvalidRequest, MetadataCorrupt, VersionConflict
+from blobtier.metadata import schema
 from blobtier.metadata.schema import BlobRecord
-from blobtier.metadata.store import ABSENT, ANY
+from blobtier.metadata.store import ABSENT, ANY, MetadataStore
 
 
 def make_record(version: int = 1, n_chunks: int = 2, **kw) -> BlobRecord:
@@ -47,8 +53,78 @@ def assert_same(got: BlobRecord | None, want: BlobRecord) -> None:
     assert got.origin == want.origin
 
 
+def _race(handle: MetadataStore, writer: int, rounds: int, keys: list[str]) -> tuple[list, int]:
+    """Read-then-CAS ``rounds`` times over ``keys``: (acknowledged (key, version, writer,
+    round), conflicts)."""
+    acked, conflicts = [], 0
+    for r in range(rounds):
+        key = keys[r % len(keys)]
+        cur = handle.get(key)
+        version = cur.version if cur else 0
+        rec = make_record(version + 1, blob_id=bytes([writer, r]) + bytes(14))
+        try:
+            handle.commit(key, rec, expected=version or ABSENT)
+        except VersionConflict:
+            conflicts += 1
+        else:
+            acked.append((key, version + 1, writer, r))
+    return acked, conflicts
+
+
+def _race_process(opener: Callable[[], MetadataStore], writer: int, rounds: int, keys: list[str],
+                  barrier, results) -> None:
+    try:
+        with opener() as handle:
+            barrier.wait(30)
+            results.put((writer, _race(handle, writer, rounds, keys)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+        results.put((writer, repr(exc)))
+
+
+def run_race(store: MetadataStore, opener: Callable[[], MetadataStore] | None, writers: int,
+             rounds: int, keys: list[str]) -> list[tuple[list, int]]:
+    """The race in ``writers`` processes (threads on ``store`` when ``opener`` is None)."""
+    if opener is None:
+        barrier, out = threading.Barrier(writers), [None] * writers
+
+        def run(i: int) -> None:
+            barrier.wait(30)
+            out[i] = _race(store, i, rounds, keys)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert None not in out
+        return out
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(writers), ctx.Queue()
+    procs = [ctx.Process(target=_race_process, args=(opener, i, rounds, keys, barrier, results))
+             for i in range(writers)]
+    for p in procs:
+        p.start()
+    got = dict(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    bad = {i: r for i, r in got.items() if isinstance(r, str)}
+    assert not bad, f"writer processes failed: {bad}"
+    return [got[i] for i in range(writers)]
+
+
 class MetadataStoreContract:
     """Tests every backend must pass; needs a ``store`` fixture."""
+
+    @pytest.fixture
+    def store_opener(self, store) -> Callable[[], MetadataStore] | None:
+        """A picklable callable opening another handle on ``store``'s data in a child
+        process; None where one process writes (the race then runs in its threads)."""
+        return None
+
+    def write_raw(self, store: MetadataStore, key: str, raw: bytes) -> None:
+        """Store ``raw`` as ``key``'s value past the codec (the corruption tests). A backend
+        whose writes check records (the metadata service) overrides it to write behind."""
+        store._cas_many([(schema.record_key(key), ANY, raw)])
 
     # -- get / commit ----------------------------------------------------------------
     def test_get_absent_is_none(self, store):
@@ -205,3 +281,120 @@ class MetadataStoreContract:
         with pytest.raises(InvalidKey):
             store.commit_many([("ns/ok", make_record(1), ABSENT), ("bad", make_record(1), ABSENT)])
         assert store.get("ns/ok") is None
+
+    # -- delimiter listing -------------------------------------------------------------
+    def test_list_dir_returns_blobs_and_subdirectories_in_order(self, store):
+        self._fill(store)
+        store.commit("ns/b/c/2", make_record(1))
+        assert store.list_dir("") == [("ns/", None), ("nt/", None), ("other/", None)]
+        rows = store.list_dir("ns/")
+        assert [k for k, _ in rows] == ["ns/a", "ns/a/", "ns/ab", "ns/b/"]
+        assert rows[0][1].version == 1 and rows[0][1].key == "ns/a" and rows[1][1] is None
+        assert [k for k, _ in store.list_dir("ns/a")] == ["ns/a", "ns/a/", "ns/ab"]  # a name prefix
+        assert [k for k, _ in store.list_dir("ns/b/")] == ["ns/b/1", "ns/b/2", "ns/b/c/"]
+        assert store.list_dir("ns/zz") == [] and store.list_dir("none/") == []
+
+    def test_list_dir_pages(self, store):
+        self._fill(store)
+        pages, after = [], None
+        while page := store.list_dir("ns/", after=after, limit=1):
+            pages.append([k for k, _ in page])
+            after = page[-1][0]
+        assert pages == [["ns/a"], ["ns/a/"], ["ns/ab"], ["ns/b/"]]
+        # a key inside a listed subdirectory resumes after that subdirectory
+        assert [k for k, _ in store.list_dir("ns/", after="ns/a/2")] == ["ns/ab", "ns/b/"]
+        assert store.list_dir("ns/", after="ns/zzz") == []
+        assert [k for k, _ in store.list_dir("ns/", after="a")] == ["ns/a", "ns/a/", "ns/ab", "ns/b/"]
+        with pytest.raises(InvalidRequest):
+            store.list_dir("ns/", limit=0)
+
+    # -- concurrency -----------------------------------------------------------------
+    def test_cas_race_from_4_writers_loses_no_commit(self, store, store_opener):
+        keys = ["ns/race/a", "ns/race/b"]
+        results = run_race(store, store_opener, writers=4, rounds=30, keys=keys)
+        acked = [a for log, _ in results for a in log]
+        assert len(acked) + sum(c for _, c in results) == 4 * 30  # every commit returned or raised
+        for key in keys:
+            versions = sorted(v for k, v, _, _ in acked if k == key)
+            final = store.get(key)
+            # each version acknowledged once (no lost update), none missing (no commit
+            # that landed yet raised)
+            assert versions == list(range(1, final.version + 1))
+            _, _, writer, r = next(a for a in acked if a[0] == key and a[1] == final.version)
+            assert final.blob_id == bytes([writer, r]) + bytes(14)
+
+    def test_paging_under_concurrent_inserts_and_deletes(self, store):
+        stable = [f"ns/live/{i:03d}" for i in range(0, 120, 2)]
+        store.commit_many([(k, make_record(1, n_chunks=0), ABSENT) for k in stable])
+        stop = threading.Event()
+        churned = [0]
+
+        def churn() -> None:
+            i = 0
+            while not stop.is_set():
+                keys = [f"ns/live/{j:03d}" for j in range(i % 120 | 1, 120, 38)]  # odd: never stable
+                store.commit_many([(k, make_record(1, n_chunks=0), ANY) for k in keys])
+                for k in keys[::2]:
+                    store.delete(k)
+                churned[0] += len(keys)
+                i += 2
+
+        t = threading.Thread(target=churn)
+        t.start()
+        try:
+            for _ in range(3):
+                seen, after = [], None
+                while page := store.scan("ns/live/", after=after, limit=7):
+                    seen += [k for k, _ in page]
+                    after = page[-1][0]
+                assert seen == sorted(set(seen))  # in order, none twice
+                assert [k for k in seen if k in set(stable)] == stable
+        finally:
+            stop.set()
+            t.join(30)
+        assert churned[0] > 0
+
+    # -- keys ------------------------------------------------------------------------
+    def test_unicode_and_maximal_keys(self, store):
+        longest = "ns/" + "é" * 510 + "x"                    # exactly MAX_KEY_BYTES bytes
+        deepest = "ns/" + "d/" * 510 + "x"                   # as many levels as fit
+        keys = [longest, deepest, "ns/日本/語", "ns/\U0001F600", "ns/z", "ns/é", "ns/e\u0301",
+                "ns/{tag}", "ns/a b"]
+        assert {len(k.encode()) for k in (longest, deepest)} == {schema.MAX_KEY_BYTES}
+        store.commit_many([(k, make_record(i + 1), ABSENT) for i, k in enumerate(keys)])
+        for i, k in enumerate(keys):
+            assert store.get(k).version == i + 1
+        assert [r.version for r in store.get_many(keys)] == list(range(1, len(keys) + 1))
+        in_order = sorted(keys, key=str.encode)  # bytewise, as the contract orders keys
+        assert [k for k, _ in store.scan("ns/")] == in_order
+        seen, after = [], None
+        while page := store.scan("ns/", after=after, limit=1):
+            seen.append(page[0][0])
+            after = page[0][0]
+        assert seen == in_order
+        assert [k for k, _ in store.scan("ns/d/d/")] == [deepest]
+        assert store.delete(deepest).version == 2
+        assert store.scan("ns/d/") == []
+        with pytest.raises(InvalidKey):
+            store.commit(longest + "y", make_record(1))
+
+    # -- corruption ------------------------------------------------------------------
+    @pytest.mark.parametrize("damage", ["flip", "truncate", "garbage"])
+    def test_corrupt_record_raises(self, store, damage):
+        raw = schema.encode(make_record(3))
+        raw = {"flip": raw[:40] + bytes([raw[40] ^ 1]) + raw[41:], "truncate": raw[:20],
+               "garbage": b"not a record"}[damage]
+        store.commit("ns/ok", make_record(1))
+        self.write_raw(store, "ns/bad", raw)  # a stored value the codec rejects
+        with pytest.raises(MetadataCorrupt):
+            store.get("ns/bad")
+        with pytest.raises(MetadataCorrupt):
+            store.get_many(["ns/ok", "ns/bad"])
+        with pytest.raises(MetadataCorrupt):
+            store.scan("ns/")
+        with pytest.raises(MetadataCorrupt):
+            list(store.listing("ns/"))
+        with pytest.raises(MetadataCorrupt):
+            store.list_dir("ns/")
+        assert store.get("ns/ok").version == 1
+        assert [k for k, _ in store.list_dir("ns/", after="ns/bad")] == ["ns/ok"]
