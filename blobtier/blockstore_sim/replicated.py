@@ -21,7 +21,7 @@ block layer needs against real servers:
   to the last: a straggler is a server slow to start answering, and time to first byte
   does not grow with the chunk size, so one threshold fits chunks of every size;
 - an error or checksum failure moves on to the next replica at once and benches the bad
-  server for a while (``health.ReplicaHealth``);
+  server for a while (``backoff.ReplicaHealth``);
 - when every replica failed transiently, the read is retried a bounded number of times
   after an exponential backoff with jitter (``backoff.Backoff``);
 - the number of requests in flight follows an AIMD limit (``congestion.AdaptiveLimit``)
@@ -41,9 +41,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from blobtier import checksum, placement
-from blobtier.blockstore_sim.backoff import Backoff
+from blobtier.backoff import Backoff, ReplicaHealth
 from blobtier.blockstore_sim.congestion import AdaptiveLimit
-from blobtier.blockstore_sim.health import ReplicaHealth
 from blobtier.blockstore_sim.hedging import HedgeTimer
 from blobtier.chunks import Buffer, ChunkKey, ChunkRef, ChunkStore
 from blobtier.errors import (

@@ -7,9 +7,8 @@ import random
 
 import pytest
 
-from blobtier.blockstore_sim.backoff import Backoff
+from blobtier.backoff import Backoff, ReplicaHealth
 from blobtier.blockstore_sim.congestion import AdaptiveLimit
-from blobtier.blockstore_sim.health import ReplicaHealth
 from blobtier.blockstore_sim.hedging import HedgeTimer, LatencyWindow
 
 

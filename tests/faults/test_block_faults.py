@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from blobtier.blockstore_sim.health import ReplicaHealth
+from blobtier.backoff import ReplicaHealth
 from blobtier.blockstore_sim.replicated import ReadPolicy
 from blobtier.errors import TierUnavailable
 from tests.chunk_servers import Cluster
