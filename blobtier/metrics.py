@@ -10,8 +10,10 @@ registry serves your metrics endpoint.
 from __future__ import annotations
 
 import multiprocessing
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -121,6 +123,44 @@ def default_stall_metrics() -> StallMetrics:
     if _default_stall is None:
         _default_stall = StallMetrics()
     return _default_stall
+
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+"""Seconds: the buckets of every per-request latency histogram."""
+
+
+class RpcMetrics:
+    """Per-method series of one gRPC service on ``registry``:
+    ``blobtier_<subsystem>_requests_total``, ``..._errors_total`` (answered with an error
+    status) and the histogram ``..._request_seconds``, each labelled ``method``."""
+
+    def __init__(self, subsystem: str, methods: Sequence[str], registry: CollectorRegistry,
+                 namespace: str = "blobtier") -> None:
+        prefix = f"{namespace}_{subsystem}"
+        self.requests = Counter(f"{prefix}_requests", "RPCs received", ["method"], registry=registry)
+        self.errors = Counter(f"{prefix}_errors", "RPCs answered with an error", ["method"],
+                              registry=registry)
+        self.seconds = Histogram(f"{prefix}_request_seconds", "Time to answer one RPC", ["method"],
+                                 registry=registry, buckets=LATENCY_BUCKETS)
+        for method in methods:  # every series exists (at 0) before its first request
+            self.requests.labels(method)
+            self.errors.labels(method)
+            self.seconds.labels(method)
+
+    @contextmanager
+    def observe(self, method: str) -> Iterator[None]:
+        """Count and time one call of ``method``; an exception out of it is an error."""
+        start = time.perf_counter()
+        self.requests.labels(method).inc()
+        try:
+            yield
+        except GeneratorExit:  # the client stopped reading a stream (e.g. a cancelled hedge)
+            raise
+        except BaseException:
+            self.errors.labels(method).inc()
+            raise
+        finally:
+            self.seconds.labels(method).observe(time.perf_counter() - start)
 
 
 class _Endpoints:

@@ -23,11 +23,10 @@ from blobtier.blockstore_sim.metrics import ChunkServerMetrics
 from blobtier.blockstore_sim.volume import VolumeStore
 from blobtier.checksum import xxh3
 from blobtier.errors import BlobNotFound, BlobtierError, ChecksumError, InvalidRequest, OutOfRange
-from blobtier.metrics import serve_metrics, stop_metrics
 from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.gen import block_pb2 as pb
 from blobtier.rpc.gen import block_pb2_grpc as pb_grpc
-from blobtier.rpc.server import health_servicer, serve
+from blobtier.rpc.server import Service, health_servicer
 from blobtier.rpc.status import answering
 from blobtier.rpc.tls import Tls
 
@@ -198,7 +197,7 @@ class AdminServicer(pb_grpc.ChunkAdminServicer):
         return wire.state_to_pb(self.server_id, self.faults.profile, self.faults.counters())
 
 
-class ChunkServer:
+class ChunkServer(Service):
     """A running chunk server over the volume directory ``root``.
 
     Args:
@@ -224,27 +223,15 @@ class ChunkServer:
         self.faults = FaultInjector(faults, seed=seed, on_change=self._set_health)
         self.metrics = ChunkServerMetrics(self.faults)
         self._set_health(faults)
-        self._http = None
-        self.metrics_port: int | None = None
         try:
-            self.server, self.port = serve(
-                [(pb_grpc.add_ChunkServiceServicer_to_server,
-                  ChunkServicer(self.store, self.faults, self.metrics)),
-                 (pb_grpc.add_ChunkAdminServicer_to_server, AdminServicer(server_id, self.faults)),
-                 health], addr, tls, max_workers=workers, auth=auth)
-            if metrics_port is not None:
-                self._http = serve_metrics(metrics_port, self.metrics.registry)
-                self.metrics_port = self._http.server_port
+            self._start([(pb_grpc.add_ChunkServiceServicer_to_server,
+                          ChunkServicer(self.store, self.faults, self.metrics)),
+                         (pb_grpc.add_ChunkAdminServicer_to_server, AdminServicer(server_id, self.faults)),
+                         health], addr, tls, workers=workers, auth=auth, metrics_port=metrics_port,
+                        registry=self.metrics.registry)
         except BaseException:
-            if hasattr(self, "server"):
-                self.server.stop(0)
             self.store.close()
             raise
-        self.host = addr.rsplit(":", 1)[0]
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
 
     def _set_health(self, profile: FaultProfile) -> None:
         state = (health_pb2.HealthCheckResponse.NOT_SERVING if profile.down
@@ -252,22 +239,8 @@ class ChunkServer:
         for name in ("", *SERVICES):
             self._health.set(name, state)
 
-    def wait(self) -> None:
-        self.server.wait_for_termination()
-
-    def stop(self, grace_s: float | None = None) -> None:
-        """Stop serving (in-flight calls get ``grace_s`` to finish), then close the disk."""
-        self.server.stop(grace_s).wait()
-        if self._http is not None:
-            stop_metrics(self._http)
-            self._http = None
-        self.store.close()
-
-    def __enter__(self) -> ChunkServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _close(self) -> None:
+        self.store.close()  # the disk, once no call is left
 
     def __repr__(self) -> str:
         return f"<ChunkServer {self.server_id} {self.address} root={self.root!r}>"

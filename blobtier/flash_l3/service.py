@@ -28,14 +28,13 @@ from blobtier.flash_l3.cache import DEFAULT_REGION_SIZE, FlashCache
 from blobtier.flash_l3.device import DeviceFaults
 from blobtier.flash_l3.metrics import FlashMetrics
 from blobtier.flash_l3.readthrough import ReadThrough
-from blobtier.metrics import serve_metrics, stop_metrics
 from blobtier.origins import OriginAllowList
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.cache_service import CacheServicer
 from blobtier.rpc.gen import flash_pb2 as pb
 from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
-from blobtier.rpc.server import health_servicer, serve
+from blobtier.rpc.server import Service, health_servicer
 from blobtier.rpc.status import answering
 from blobtier.rpc.tls import Tls
 
@@ -89,7 +88,7 @@ class TimedCacheServicer(CacheServicer):
             self._observe(time.perf_counter() - start)
 
 
-class FlashNode:
+class FlashNode(Service):
     """A running flash cache node over the directory ``root``.
 
     Args:
@@ -125,44 +124,20 @@ class FlashNode:
         self.readthrough = ReadThrough(self.cache, source, on_fill=self.metrics.observe_fill,
                                        origins=origins)
         self.metrics.track(self.readthrough)
-        self._http = None
-        self.metrics_port: int | None = None
         _, health = health_servicer(SERVICES)
         try:
-            self.server, self.port = serve(
-                [(wire.add_cache_service, TimedCacheServicer(self.cache, self.readthrough,
-                                                             self.metrics.observe_get)),
-                 (pb_grpc.add_CacheAdminServicer_to_server, AdminServicer(node_id, self.cache,
-                                                                          self.readthrough)),
-                 health], addr, tls, max_workers=workers, auth=auth)
-            if metrics_port is not None:
-                self._http = serve_metrics(metrics_port, self.metrics.registry)
-                self.metrics_port = self._http.server_port
+            self._start([(wire.add_cache_service, TimedCacheServicer(self.cache, self.readthrough,
+                                                                     self.metrics.observe_get)),
+                         (pb_grpc.add_CacheAdminServicer_to_server, AdminServicer(node_id, self.cache,
+                                                                                  self.readthrough)),
+                         health], addr, tls, workers=workers, auth=auth, metrics_port=metrics_port,
+                        registry=self.metrics.registry)
         except BaseException:
             self.cache.close()
             raise
-        self.host = addr.rsplit(":", 1)[0]
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def wait(self) -> None:
-        self.server.wait_for_termination()
-
-    def stop(self, grace_s: float | None = None) -> None:
-        """Stop serving (in-flight calls get ``grace_s``), then snapshot and close the cache."""
-        self.server.stop(grace_s).wait()
-        if self._http is not None:
-            stop_metrics(self._http)
-            self._http = None
-        self.cache.close()
-
-    def __enter__(self) -> FlashNode:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _close(self) -> None:
+        self.cache.close()  # writes the index snapshot: the next start is warm
 
     def __repr__(self) -> str:
         return f"<FlashNode {self.node_id} {self.address} root={self.root!r}>"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from blobtier.errors import TierUnavailable
+from blobtier.metrics import serve_metrics, stop_metrics
 from blobtier.rpc.auth import TokenAuth, TokenTable
 from blobtier.rpc.tls import Tls
 
@@ -49,6 +50,57 @@ def serve(servicers: Sequence[Servicer], addr: str = "127.0.0.1:0", tls: Tls | N
         raise TierUnavailable(f"cannot listen on {addr}")
     server.start()
     return server, port
+
+
+class Service:
+    """The lifecycle every blobtier server object shares: ``_start`` serves its servicers
+    (``serve``) and, optionally, its Prometheus series on ``127.0.0.1:metrics_port``;
+    ``stop`` ends both, then closes what it served (``_close``)."""
+
+    server: grpc.Server
+    port: int
+    host: str
+    metrics_port: int | None = None
+    _http: Any = None
+
+    def _start(self, servicers: Sequence[Servicer], addr: str, tls: Tls | None, *, workers: int,
+               auth: TokenTable | None, metrics_port: int | None, registry: Any) -> None:
+        """Serve (``serve``'s arguments); on failure nothing is left running, and the
+        caller closes what it opened."""
+        self.server, self.port = serve(servicers, addr, tls, max_workers=workers, auth=auth)
+        try:
+            if metrics_port is not None:
+                self._http = serve_metrics(metrics_port, registry)
+                self.metrics_port = self._http.server_port
+        except BaseException:
+            self.server.stop(0)
+            raise
+        self.host = addr.rsplit(":", 1)[0]
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop serving (in-flight calls get ``grace_s`` to finish), free the metrics port,
+        then close what it served."""
+        self.server.stop(grace_s).wait()
+        if self._http is not None:
+            stop_metrics(self._http)
+            self._http = None
+        self._close()
+
+    def _close(self) -> None:
+        """Close what the server served (its store, its cache)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def health_servicer(services: Sequence[str]) -> tuple[health.HealthServicer, Servicer]:
