@@ -71,6 +71,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import xxhash
 
+from blobtier import forks
 from blobtier.errors import (
     Forbidden,
     InvalidRequest,
@@ -268,6 +269,7 @@ class RedisStore(MetadataStore):
         try:
             self._connect()
             self._check_servers()
+            forks.register(self)
         except (rex.RedisError, rex.RedisClusterException) as exc:
             self.close()
             raise self._error(exc) from exc
@@ -276,8 +278,7 @@ class RedisStore(MetadataStore):
             raise
 
     def _connect(self) -> None:
-        """This process's clients. A forked child never uses its parent's (their sockets,
-        and locks another thread may have held at the fork): it connects anew on first use."""
+        """This process's clients (a forked child makes its own: ``_after_fork_in_child``)."""
         if self.cluster:
             self._rc = redis.RedisCluster(
                 startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in self.endpoints], **self._kw)
@@ -579,7 +580,7 @@ class RedisStore(MetadataStore):
         batch ends with ``WAIT wait_replicas``. Each command's ``result`` is its reply or,
         for a final error, the exception."""
         if self._pid != os.getpid():
-            self._after_fork()
+            self._reconnect()
         wait = wait and self.wait_replicas > 0
         todo, deadline, pause, short = cmds, None, 0.01, []
         while todo:
@@ -601,10 +602,18 @@ class RedisStore(MetadataStore):
                 f"{self.where}: only {min(short)} of {self.wait_replicas} replicas confirmed a write "
                 f"within {self.wait_timeout_ms} ms; it is applied but may not survive a failover")
 
-    def _after_fork(self) -> None:
+    def _after_fork_in_child(self) -> None:
+        """The parent's clients (their sockets, and locks a parent thread may have held at
+        the fork) are dropped, never used nor closed here; the child connects on first use."""
+        forks.keep_inherited(self._rc, self._single)
+        self._rc = self._single = self._slots = None
+        self._pid = 0
+
+    def _reconnect(self) -> None:
+        """First use in a forked child (or after close: an error)."""
         if self._closed:
             raise TierUnavailable(f"{self.where}: the metadata store is closed")
-        self._rc = self._single = self._slots = None  # the parent's: dropped, never closed here
+        self._rc = self._single = self._slots = None
         try:
             self._connect()
         except (rex.RedisError, rex.RedisClusterException) as exc:

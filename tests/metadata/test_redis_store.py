@@ -341,6 +341,8 @@ def test_a_store_used_across_fork_works_in_parent_and_child(store):
     out = ctx.Queue()
 
     def child() -> None:
+        # reset before the child's code ran: none of the parent's clients is left to use
+        assert store._rc is None and store._single is None
         store.commit("ns/child", make_record(2), expected=ABSENT)
         out.put((store.get("ns/parent").version, names(store.scan("ns/"))))
 
@@ -377,3 +379,11 @@ def test_registered_origins_live_beside_the_records(store, tmp_path):
     assert got[:2] == [f"file://{tmp_path}/src", "memory:///b/0000"]
     assert "memory:///bucket/ds" in got and len(got) == 1202 and got == sorted(got, key=str.encode)
     assert names(store.scan("")) == ["ns/a"] and store.list_dir("") == [("ns/", None)]
+
+
+def test_a_closed_store_says_so(redis_node):
+    store = open_store(redis_node.url)
+    store.commit("ns/a", make_record(1))
+    store.close()
+    with pytest.raises(TierUnavailable, match="closed"):
+        store.get("ns/a")
