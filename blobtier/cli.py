@@ -171,36 +171,30 @@ def _add_fault_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_flash_serve(args: argparse.Namespace) -> None:
     import signal
+    from contextlib import ExitStack
 
-    from blobtier.config import parse_size
-    from blobtier.flash_l3.admission import make_policy
+    from blobtier.config import FlashNodeConfig, parse_size
     from blobtier.flash_l3.service import FlashNode
 
-    source = _flash_source(args)
-    origins, metadata = _flash_origins(args)
-    try:
-        node = FlashNode(args.dir, parse_size(args.capacity, "--capacity"), source,
-                         addr=f"{args.host}:{args.port}", node_id=args.id,
-                         region_size=parse_size(args.region_size, "--region-size"),
-                         admission=make_policy(args.admission), reinsert_hits=args.reinsert_hits,
-                         metrics_port=args.metrics_port, auth=_token_table(args), origins=origins)
-    except BaseException:
-        source.close()
+    config = FlashNodeConfig(args.dir, parse_size(args.capacity, "--capacity"),
+                             region_bytes=parse_size(args.region_size, "--region-size"),
+                             admission=args.admission, reinsert_hits=args.reinsert_hits,
+                             addr=f"{args.host}:{args.port}", node_id=args.id,
+                             metrics_port=args.metrics_port)
+    with ExitStack() as stack:  # closed in reverse: the node first, then what it read from
+        source = _flash_source(args)
+        stack.callback(source.close)
+        origins, metadata = _flash_origins(args)
         if metadata is not None:
-            metadata.close()
-        raise
-    signal.signal(signal.SIGTERM, lambda *_: node.server.stop(STOP_GRACE_S))
-    stats = node.cache.stats()
-    extra = f", metrics on 127.0.0.1:{node.metrics_port}" if node.metrics_port is not None else ""
-    print(f"flash node {args.id} serving {args.dir} ({int(stats['entries'])} entries from "
-          f"{node.cache.recovered_from}) on {node.address}{extra}", flush=True)
-    try:
+            stack.callback(metadata.close)
+        node = FlashNode(config, source, auth=_token_table(args), origins=origins)
+        stack.callback(node.stop, STOP_GRACE_S)  # writes the index snapshot: the next start is warm
+        signal.signal(signal.SIGTERM, lambda *_: node.server.stop(STOP_GRACE_S))
+        stats = node.cache.stats()
+        extra = f", metrics on 127.0.0.1:{node.metrics_port}" if node.metrics_port is not None else ""
+        print(f"flash node {args.id} serving {args.dir} ({int(stats['entries'])} entries from "
+              f"{node.cache.recovered_from}) on {node.address}{extra}", flush=True)
         node.wait()
-    finally:
-        node.stop(STOP_GRACE_S)  # writes the index snapshot: the next start is warm and fast
-        source.close()
-        if metadata is not None:
-            metadata.close()
 
 
 def _flash_origins(args: argparse.Namespace):
@@ -261,6 +255,28 @@ def _flash_source(args: argparse.Namespace):
     # Read-only: a node never writes the block layer, so one "replica" and no writable servers.
     policy = ReadPolicy(hedge_after_ms=args.hedge_after_ms)
     return RoutingSource(ReplicatedBlockStore(servers, 1, writable_ids=(), policy=policy))
+
+
+def cmd_meta_serve(args: argparse.Namespace) -> None:
+    import signal
+
+    from blobtier.metadata.service import MetadataServer, open_backend
+
+    auth = _token_table(args)
+    store = open_backend(args.backend)
+    try:
+        server = MetadataServer(store, addr=f"{args.host}:{args.port}", metrics_port=args.metrics_port,
+                                auth=auth)
+    except BaseException:
+        store.close()
+        raise
+    signal.signal(signal.SIGTERM, lambda *_: server.server.stop(STOP_GRACE_S))
+    extra = f", metrics on 127.0.0.1:{server.metrics_port}" if server.metrics_port is not None else ""
+    print(f"metadata service serving {store.where} on {server.address}{extra}", flush=True)
+    try:
+        server.wait()
+    finally:
+        server.stop(STOP_GRACE_S)  # then closes the store: RocksDB's writer lock goes with it
 
 
 def cmd_daemon(args: argparse.Namespace) -> None:
@@ -418,6 +434,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeatable); a record naming any other origin is refused")
     p.add_argument("--hedge-after-ms", type=float, default=0.0,
                    help="reads from chunk servers: hedge after this long (0: automatic, < 0: never)")
+    p.add_argument("--token-file", default=None, metavar="TOML",
+                   help="check a bearer token with the call's right on every call (rpc/auth.py)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
+    p = add("meta", None, "the metadata service (many processes and hosts share one region)")
+    meta = p.add_subparsers(dest="meta_command", required=True, metavar="SUBCOMMAND")
+    p = meta.add_parser("serve", help="serve a metadata store over gRPC: a RocksDB directory (this "
+                                      "server is its one writer) or Redis (stateless: run several)")
+    p.set_defaults(func=cmd_meta_serve)
+    p.add_argument("--backend", required=True, metavar="rocksdb:DIR|redis://HOST:PORT[,...]",
+                   help="the store: rocksdb:DIR, or redis://HOST:PORT[,HOST:PORT...][?prefix=...] "
+                        "(a node or any nodes of a Redis Cluster)")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
     p.add_argument("--token-file", default=None, metavar="TOML",
                    help="check a bearer token with the call's right on every call (rpc/auth.py)")
     p.add_argument("--metrics-port", type=int, default=None,

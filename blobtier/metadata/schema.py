@@ -247,6 +247,12 @@ def decode(data: bytes) -> BlobRecord:
 _new_record = object.__new__
 
 
+def encoded(rec: BlobRecord) -> bytes:
+    """``rec``'s encoded bytes: those it was decoded from (records are immutable, so they
+    are still exact), else ``encode(rec)``. What a metadata service sends."""
+    return rec._raw if rec._raw is not None else encode(rec)
+
+
 @functools.lru_cache(maxsize=256)
 def _arrays(n: int, replicas: int) -> struct.Struct:
     """The checksums and placement of ``n`` chunks, unpacked in one call."""

@@ -3,8 +3,8 @@
 A server started with a token file admits a call only if its ``authorization`` metadata
 carries ``Bearer <token>`` for a token that has the call's right:
 
-    read   Get, Stat, List, Locate          (chunk servers, flash nodes, L2 peers)
-    write  Put, Delete, Compact, Prefetch
+    read   Get, GetMany, Stat, List, ListOrigins, Locate   (every data and metadata service)
+    write  Put, Commit, Delete, Compact, Prefetch
     admin  every method of an admin service (faults, stats, drop, resize)
 
 The standard health service answers without a token, so probes and ``blobtier status``
@@ -37,8 +37,8 @@ import grpc
 from blobtier.errors import InvalidRequest
 
 RIGHTS = ("read", "write", "admin")
-_READ = {"Get", "Stat", "List", "Locate"}
-_WRITE = {"Put", "Delete", "Compact", "Prefetch"}
+_READ = {"Get", "GetMany", "Stat", "List", "ListOrigins", "Locate"}
+_WRITE = {"Put", "Commit", "Delete", "Compact", "Prefetch"}
 _OPEN_SERVICES = ("grpc.health.v1.Health",)
 AUTHORIZATION = "authorization"
 

@@ -35,6 +35,7 @@ from blobtier.errors import (
     Forbidden,
     InvalidKey,
     InvalidRequest,
+    MetadataCorrupt,
     OutOfRange,
     RegionLocked,
     StorageFull,
@@ -55,6 +56,7 @@ TO_CODE: tuple[tuple[type[BaseException], Code], ...] = (
     (InvalidKey, Code.INVALID_ARGUMENT),
     (InvalidRequest, Code.INVALID_ARGUMENT),
     (CorruptRecord, Code.DATA_LOSS),
+    (MetadataCorrupt, Code.DATA_LOSS),
     (ChecksumError, Code.DATA_LOSS),
     (Forbidden, Code.PERMISSION_DENIED),
     (PermissionError, Code.PERMISSION_DENIED),
@@ -77,6 +79,8 @@ FROM_CODE: dict[Code, type[BlobtierError]] = {
     Code.DEADLINE_EXCEEDED: TimedOut,
     Code.UNAVAILABLE: TierUnavailable,
 }
+# From a metadata service, DATA_LOSS is a corrupt record or store, not a chunk's bytes.
+METADATA_FROM_CODE: dict[Code, type[BlobtierError]] = {**FROM_CODE, Code.DATA_LOSS: MetadataCorrupt}
 
 
 def code_of(exc: BaseException) -> Code:
@@ -90,17 +94,22 @@ def code_of(exc: BaseException) -> Code:
     return Code.INTERNAL
 
 
-def exception_for(code: Code) -> type[BlobtierError]:
-    return FROM_CODE.get(code, TierUnavailable)
+def exception_for(code: Code, table: dict[Code, type[BlobtierError]] = FROM_CODE) -> type[BlobtierError]:
+    """The exception a client raises for ``code`` (``TierUnavailable`` for a code the
+    server answers only when it cannot answer)."""
+    return table.get(code, TierUnavailable)
 
 
-def error_of(exc: grpc.RpcError, where: str) -> BlobtierError:
+def error_of(exc: grpc.RpcError, where: str,
+             table: dict[Code, type[BlobtierError]] = FROM_CODE) -> BlobtierError:
     """The blobtier exception for a failed call to ``where`` (e.g. 'chunk server host:port'),
-    with the errno the server sent, if any."""
+    with the errno the server sent, if any; ``table``: the service's codes (``FROM_CODE``,
+    ``METADATA_FROM_CODE``)."""
     code = exc.code() if isinstance(exc, grpc.Call) else Code.UNKNOWN
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
     number = _errno_of(exc)
-    kind = StorageFull if code == Code.RESOURCE_EXHAUSTED and number in _NO_SPACE else exception_for(code)
+    no_space = code == Code.RESOURCE_EXHAUSTED and number in _NO_SPACE
+    kind = StorageFull if no_space else exception_for(code, table)
     message = f"{where}: {details or code.name} ({code.name})"
     return kind(number, message) if number is not None and issubclass(kind, OSError) else kind(message)
 
