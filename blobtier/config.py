@@ -102,16 +102,24 @@ class BlockConfig:
                f"must be between 0 (all) and block.replicas ({self.replicas})")
 
 
+VERIFY_L1 = ("off", "sampled", "always")  # cache.verify_l1
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     l1_bytes: int = 512 * MiB  # host L1 (shared memory) when no daemon runs; 0: none
     l1_policy: str = "sieve"
     daemon: str = "auto"  # host daemon socket: auto (the well-known one if it answers), off, or a path
+    # L1 hits checked against their record: off, sampled (1 in 64, random) or always.
+    # Fills are always checked; this catches bytes changed in memory after their fill.
+    verify_l1: str = "sampled"
 
     def validate(self) -> None:
         from blobtier.eviction import POLICIES
 
         _check(self.l1_policy in POLICIES, "cache.l1_policy", f"must be one of {sorted(POLICIES)}")
+        _check(self.verify_l1 in VERIFY_L1, "cache.verify_l1",
+               f"must be one of {', '.join(VERIFY_L1)}, not {self.verify_l1!r}")
         _check(self.l1_bytes == 0 or self.l1_bytes >= 1 * MiB, "cache.l1_bytes",
                "must be 0 (no L1) or at least 1MiB")
 
