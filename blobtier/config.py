@@ -72,9 +72,28 @@ def default_home() -> str:
 class MetadataConfig:
     block_cache_bytes: int = 64 * MiB  # RocksDB block cache, per process
     row_cache_bytes: int = 128 * MiB  # RocksDB row cache: repeat lookups skip the tables
+    # Where clients find the metadata instead of RocksDB under root (at most one of the two):
+    # "host:port" of metadata services (blobtier meta serve), or of Redis nodes (any nodes of a
+    # Redis Cluster) for direct access from trusted hosts (pip install 'blobtier[redis]').
+    # Either lets any number of processes on any number of hosts write the region at once,
+    # so the chunks must be on chunk servers (block.endpoints).
+    endpoints: tuple[str, ...] = ()
+    redis: tuple[str, ...] = ()
+    # How long a client serves a record from its read-plan cache without asking the store
+    # again (staleness: another host's commit may stay unseen this long); 0: no cache. Only
+    # over endpoints/redis: embedded readers catch up every client.metadata_staleness_s.
+    record_ttl_s: float = 1.0
+
+    @property
+    def remote(self) -> str | None:
+        """The field naming remote metadata ("metadata.endpoints" or "metadata.redis"), if any."""
+        return "metadata.endpoints" if self.endpoints else "metadata.redis" if self.redis else None
 
     def validate(self) -> None:
-        pass
+        _check_addresses("metadata.endpoints", self.endpoints)
+        _check_addresses("metadata.redis", self.redis)
+        _check(not (self.endpoints and self.redis), "metadata.redis",
+               "and metadata.endpoints are both set: clients use a metadata service or Redis, not both")
 
 
 @dataclass(frozen=True)
@@ -90,11 +109,7 @@ class BlockConfig:
     request_timeout_s: float = 30.0  # deadline of one request to a chunk server
 
     def validate(self) -> None:
-        for addr in self.endpoints:
-            host, _, port = addr.rpartition(":")
-            _check(bool(host) and port.isdigit() and 0 < int(port) < 65536, "block.endpoints",
-                   f"entry {addr!r} is not host:port")
-        _check(len(set(self.endpoints)) == len(self.endpoints), "block.endpoints", "lists a server twice")
+        _check_addresses("block.endpoints", self.endpoints)
         servers = len(self.endpoints) or self.servers
         _check(1 <= self.replicas <= servers, "block.replicas",
                f"must be between 1 and the number of chunk servers ({servers})")
@@ -328,6 +343,7 @@ _DAY = 86400.0
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "metadata.block_cache_bytes": (0, TiB),
     "metadata.row_cache_bytes": (0, TiB),
+    "metadata.record_ttl_s": (0.0, 3600.0),
     "block.servers": (1, 999),  # blocks/NNN
     "block.replicas": (1, 255),  # one byte in a record
     "block.volume_bytes": (MiB, TiB),
@@ -359,7 +375,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "services.stop_timeout_s": (0.001, 3600.0),
 }
 # The most entries of every list.
-MAX_ITEMS = {"block.endpoints": 999, "flash.endpoints": 4096, "services.block_ports": 999,
+MAX_ITEMS = {"metadata.endpoints": 999, "metadata.redis": 999, "block.endpoints": 999, "flash.endpoints": 4096, "services.block_ports": 999,
              "services.flash_ports": 999, "services.daemon_peers": 4096}
 MAX_TEXT = 4096  # characters of any string (a Linux path is at most 4096 bytes)
 # BLOBTIER_* environment variables that are documented and are not config fields.
@@ -369,6 +385,15 @@ ENV_NOT_FIELDS = frozenset({"BLOBTIER_HOME"})
 def _check(ok: bool, name: str, why: str) -> None:
     if not ok:
         raise InvalidRequest(f"config field {name} {why}")
+
+
+def _check_addresses(name: str, entries: tuple[str, ...]) -> None:
+    """Every entry "host:port", none twice."""
+    for addr in entries:
+        host, _, port = addr.rpartition(":")
+        _check(bool(host) and port.isdigit() and 0 < int(port) < 65536, name,
+               f"entry {addr!r} is not host:port")
+    _check(len(set(entries)) == len(entries), name, "lists a server twice")
 
 
 def _is_size(name: str) -> bool:
