@@ -21,8 +21,8 @@ from blobtier.blockstore_sim import wire
 from blobtier.blockstore_sim.faults import NO_FAULTS, FaultInjector, FaultProfile, flip_byte
 from blobtier.blockstore_sim.metrics import ChunkServerMetrics
 from blobtier.blockstore_sim.volume import VolumeStore
-from blobtier.checksum import xxh3
-from blobtier.errors import BlobNotFound, BlobtierError, ChecksumError, InvalidRequest, OutOfRange
+from blobtier.errors import BlobNotFound, BlobtierError, InvalidRequest, OutOfRange
+from blobtier.rpc import put_stream
 from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.gen import block_pb2 as pb
 from blobtier.rpc.gen import block_pb2_grpc as pb_grpc
@@ -37,6 +37,10 @@ SERVICES = ("blobtier.block.v1.ChunkService", "blobtier.block.v1.ChunkAdmin")
 def _answering(context: grpc.ServicerContext) -> AbstractContextManager[None]:
     # Not every OSError: a failing disk here is INTERNAL, and the client tries a replica.
     return answering(context, (BlobtierError, PermissionError))
+
+
+def _digest(header: pb.PutHeader) -> bytes:
+    return wire.check_digest(header.digest)
 
 
 def _cancel_event(context: grpc.ServicerContext) -> threading.Event:
@@ -57,54 +61,20 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
         with self.metrics.observe("Put"), _answering(context):
             if not self.faults.admit(cancel):
                 return pb.PutReply()
-            items = self._receive(request_iterator, cancel)
-            if items is None:
+            items = [(digest, data, h.xxh3) for digest, h, data in put_stream.receive(
+                request_iterator, _digest, pace=lambda n: self._receiving(n, cancel))]
+            if cancel.is_set():  # the client went away (the stream was cut): store nothing
                 return pb.PutReply()
             self.store.put_many(items)
             return pb.PutReply(stored=len(items))
 
-    def _receive(self, requests: Iterator[pb.PutRequest],
-                 cancel: threading.Event) -> list[tuple[bytes, bytearray, int]] | None:
-        """The chunks of one Put stream, checked piece by piece; None if cancelled."""
-        items: list[tuple[bytes, bytearray, int]] = []
-        buf, filled, total = bytearray(), 0, 0
-        for req in requests:
-            part = req.WhichOneof("part")
-            if part == "header":
-                if filled != len(buf):
-                    raise InvalidRequest(f"chunk {items[-1][0].hex()} ended after {filled} of "
-                                         f"{len(buf)} bytes")
-                h = req.header
-                wire.check_digest(h.digest)
-                if h.length > wire.MAX_CHUNK_BYTES:
-                    raise InvalidRequest(f"chunk of {h.length} bytes exceeds {wire.MAX_CHUNK_BYTES}")
-                total += h.length
-                if total > wire.MAX_PUT_BYTES:
-                    raise InvalidRequest(f"one Put carries at most {wire.MAX_PUT_BYTES} bytes")
-                buf, filled = bytearray(h.length), 0
-                items.append((h.digest, buf, h.xxh3))
-            elif part == "data":
-                n = len(req.data)
-                if not items:
-                    raise InvalidRequest("chunk data before any header")
-                if n > wire.MAX_PIECE_BYTES:
-                    raise InvalidRequest(f"a data piece is at most {wire.MAX_PIECE_BYTES} bytes, got {n}")
-                if filled + n > len(buf):
-                    raise InvalidRequest(f"chunk {items[-1][0].hex()} got more than its "
-                                         f"{len(buf)} bytes")
-                if not self.faults.pace(n, cancel):
-                    return None
-                buf[filled:filled + n] = req.data
-                filled += n
-                self.faults.count("bytes_received", n)
-            else:
-                raise InvalidRequest("a PutRequest must carry a header or data")
-        if filled != len(buf):
-            raise InvalidRequest(f"stream ended after {filled} of {len(buf)} bytes of a chunk")
-        for digest, data, h in items:
-            if xxh3(data) != h:  # damaged on the way: never store it
-                raise ChecksumError(f"chunk {digest.hex()} arrived with the wrong xxh3")
-        return items
+    def _receiving(self, nbytes: int, cancel: threading.Event) -> bool:
+        """A data piece arrives: held as long as the link's faults say, then counted;
+        False if the client went away meanwhile."""
+        if not self.faults.pace(nbytes, cancel):
+            return False
+        self.faults.count("bytes_received", nbytes)
+        return True
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> Iterator[pb.GetReply]:
         cancel = _cancel_event(context)

@@ -19,7 +19,7 @@ from blobtier.blockstore_sim.faults import FaultState
 from blobtier.blockstore_sim.volume import CompactReport
 from blobtier.chunks import Buffer
 from blobtier.errors import InvalidRequest
-from blobtier.rpc import status
+from blobtier.rpc import put_stream, status
 from blobtier.rpc.channel import LazyChannel
 from blobtier.rpc.gen import block_pb2 as pb
 from blobtier.rpc.gen import block_pb2_grpc as pb_grpc
@@ -109,9 +109,10 @@ class RemoteChunkStore:
 
     # -- ChunkStore ------------------------------------------------------------------
     def put_many(self, items: Sequence[tuple[bytes, Buffer, int]]) -> None:
-        for batch in _batches(items, _PUT_BATCH_BYTES):
+        for batch in put_stream.batches(items, _PUT_BATCH_BYTES):
+            chunks = [(pb.PutHeader(digest=digest, xxh3=h), data) for digest, data, h in batch]
             with _calling(self.where):
-                self._stub().Put(_put_stream(batch), timeout=self.timeout_s)
+                self._stub().Put(put_stream.requests(pb.PutRequest, chunks), timeout=self.timeout_s)
 
     def start_get(self, digest: bytes, offset: int = 0, length: int = -1,
                   timeout_s: float | None = None) -> RemoteGet:
@@ -191,28 +192,3 @@ class RemoteChunkStore:
 
     def __repr__(self) -> str:
         return f"<RemoteChunkStore {self.addr}>"
-
-
-def _batches(items: Sequence[tuple[bytes, Buffer, int]], limit: int) -> Iterator[list]:
-    batch: list[tuple[bytes, Buffer, int]] = []
-    size = 0
-    for item in items:
-        n = len(item[1])
-        if batch and size + n > limit:
-            yield batch
-            batch, size = [], 0
-        batch.append(item)
-        size += n
-    if batch:
-        yield batch
-
-
-def _put_stream(items: Sequence[tuple[bytes, Buffer, int]]) -> Iterator[pb.PutRequest]:
-    piece = wire.MAX_PIECE_BYTES
-    for digest, data, h in items:
-        view = memoryview(data).cast("B")
-        yield pb.PutRequest(header=pb.PutHeader(digest=digest, length=len(view), xxh3=h))
-        for pos in range(0, len(view), piece):
-            yield pb.PutRequest(data=bytes(view[pos:pos + piece]))
-
-

@@ -5,11 +5,10 @@ from __future__ import annotations
 from blobtier.blockstore_sim.faults import COUNTERS, FIELDS, FaultProfile, FaultState
 from blobtier.errors import InvalidRequest
 from blobtier.rpc.gen import block_pb2 as pb
+from blobtier.rpc.put_stream import MAX_CHUNK_BYTES, MAX_PUT_BYTES  # noqa: F401  (re-exported)
 from blobtier.rpc.server import MAX_PIECE_BYTES  # noqa: F401  (re-exported: both sides use it)
 
 DIGEST_BYTES = 16
-MAX_CHUNK_BYTES = 64 << 20  # the largest chunk size a client may configure
-MAX_PUT_BYTES = 128 << 20  # what one Put stream may carry: the server buffers it until synced
 LIST_BATCH = 4096  # chunk entries per List reply (~100 KiB)
 MAX_DELETE = 65536  # digests per Delete request (~1.1 MiB)
 

@@ -22,11 +22,11 @@ from typing import NamedTuple, Protocol
 
 import grpc
 
-from blobtier.checksum import xxh3
 from blobtier.chunks import Buffer, ChunkKey, ChunkRef
-from blobtier.errors import ChecksumError, InvalidRequest, OutOfRange
+from blobtier.errors import InvalidRequest, OutOfRange
 from blobtier.metadata.schema import BlobRecord, decode
 from blobtier.rpc import cache_wire as wire
+from blobtier.rpc import put_stream
 from blobtier.rpc.gen import flash_pb2 as pb
 from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
 from blobtier.rpc.server import MAX_PIECE_BYTES
@@ -74,6 +74,10 @@ def failure_detail(error: BaseException | None) -> str:
     """What a caller is told of a failed read-through: the kind of failure only. The
     message may hold checksums, an origin's tag or size, or a server's paths."""
     return type(error).__name__ if error is not None else ""
+
+
+def _key(header: pb.PutHeader) -> ChunkKey:
+    return wire.key_from_pb(header.key)
 
 
 def _records(raw: list[bytes]) -> list[BlobRecord]:
@@ -158,10 +162,9 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     def Put(self, request_iterator: Iterator[pb.PutRequest], context: grpc.ServicerContext) -> pb.PutReply:
         with answering(context):
             admitted = rejected = 0
-            for key, data, h, touch in _received(request_iterator):
-                if xxh3(data) != h:  # damaged on the way: never cache it
-                    raise ChecksumError(f"chunk {key} arrived with the wrong xxh3")
-                if self.cache.put(key, data, touch):
+            # Each chunk is offered as soon as it arrived whole and checked.
+            for key, head, data in put_stream.receive(request_iterator, _key):
+                if self.cache.put(key, data, head.touch):
                     admitted += 1
                 else:
                     rejected += 1
@@ -205,39 +208,3 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 else:
                     reply.rejected += 1
             return reply
-
-
-def _received(requests: Iterator[pb.PutRequest]) -> Iterator[tuple[ChunkKey, bytearray, int, bool]]:
-    """The chunks of one Put stream, checked piece by piece."""
-    head: pb.PutHeader | None = None
-    buf, filled, total = bytearray(), 0, 0
-    for req in requests:
-        part = req.WhichOneof("part")
-        if part == "header":
-            if head is not None:
-                yield _whole(head, buf, filled)
-            head = req.header
-            if head.length > wire.MAX_CHUNK_BYTES:
-                raise InvalidRequest(f"chunk of {head.length} bytes exceeds {wire.MAX_CHUNK_BYTES}")
-            total += head.length
-            if total > wire.MAX_PUT_BYTES:
-                raise InvalidRequest(f"one Put carries at most {wire.MAX_PUT_BYTES} bytes")
-            buf, filled = bytearray(head.length), 0
-        elif part == "data":
-            n = len(req.data)
-            if head is None:
-                raise InvalidRequest("chunk data before any header")
-            if n > MAX_PIECE_BYTES or filled + n > len(buf):
-                raise InvalidRequest(f"chunk data overruns its {len(buf)} bytes or the piece limit")
-            buf[filled:filled + n] = req.data
-            filled += n
-        else:
-            raise InvalidRequest("a PutRequest must carry a header or data")
-    if head is not None:
-        yield _whole(head, buf, filled)
-
-
-def _whole(head: pb.PutHeader, buf: bytearray, filled: int) -> tuple[ChunkKey, bytearray, int, bool]:
-    if filled != len(buf):
-        raise InvalidRequest(f"chunk ended after {filled} of {len(buf)} bytes")
-    return wire.key_from_pb(head.key), buf, head.xxh3, head.touch

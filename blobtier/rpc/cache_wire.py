@@ -22,10 +22,8 @@ from blobtier.rpc.gen import flash_pb2 as pb
 from blobtier.rpc.server import MAX_PIECE_BYTES
 
 BLOB_ID_BYTES = 16
-MAX_CHUNK_BYTES = 64 << 20  # the largest chunk size a client may configure
 MAX_ITEMS = 4096  # chunks per Get or Prefetch request
 MAX_RECORDS = 4096  # encoded records per request
-MAX_PUT_BYTES = 128 << 20  # what one Put stream may carry
 
 
 def key_to_pb(key: ChunkKey) -> pb.ChunkId:
@@ -36,16 +34,6 @@ def key_from_pb(msg: pb.ChunkId) -> ChunkKey:
     if len(msg.blob_id) != BLOB_ID_BYTES:
         raise InvalidRequest(f"a blob id is {BLOB_ID_BYTES} bytes, got {len(msg.blob_id)}")
     return ChunkKey(msg.blob_id, msg.version, msg.index)
-
-
-def pieces(data: Buffer) -> Iterator[bytes]:
-    """``data`` in pieces of at most ``MAX_PIECE_BYTES`` (one empty piece for no bytes)."""
-    view = memoryview(data).cast("B")
-    if len(view) <= MAX_PIECE_BYTES:
-        yield bytes(view)
-        return
-    for pos in range(0, len(view), MAX_PIECE_BYTES):
-        yield bytes(view[pos:pos + MAX_PIECE_BYTES])
 
 
 SERVICE = "blobtier.flash.v1.CacheService"

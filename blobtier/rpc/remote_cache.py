@@ -32,7 +32,7 @@ from blobtier.errors import ChecksumError, InvalidRequest, TierUnavailable
 from blobtier.flash_l3.local_reads import RegionReader
 from blobtier.metadata.schema import encode
 from blobtier.rpc import cache_wire as wire
-from blobtier.rpc import status
+from blobtier.rpc import put_stream, status
 from blobtier.rpc.cache_service import boot_id
 from blobtier.rpc.channel import LazyChannel
 from blobtier.rpc.gen import flash_pb2 as pb
@@ -230,9 +230,11 @@ class RemoteChunkCache:
     def put_many(self, items: Sequence[tuple[ChunkKey, Buffer]], touch: bool = True) -> tuple[int, int]:
         """Offer chunks; returns (admitted, rejected) as the node decided."""
         admitted = rejected = 0
-        for batch in _put_batches(items):
+        for batch in put_stream.batches(items, put_stream.MAX_PUT_BYTES):
+            chunks = ((pb.PutHeader(key=wire.key_to_pb(key), xxh3=xxh3(data), touch=touch), data)
+                      for key, data in batch)  # hashed as it is sent
             with _calling(self.where):
-                reply = self._stub().Put(_put_stream(batch, touch), timeout=self.timeout_s)
+                reply = self._stub().Put(put_stream.requests(pb.PutRequest, chunks), timeout=self.timeout_s)
             admitted += reply.admitted
             rejected += reply.rejected
         return admitted, rejected
@@ -413,25 +415,3 @@ def _finish(found: dict, key: ChunkKey | None, buf: np.ndarray | None, filled: i
         raise TierUnavailable(f"{where}: chunk {key} ended after {filled} of {len(buf)} bytes")
     found[key] = memoryview(buf).toreadonly()
 
-
-def _put_batches(items: Sequence[tuple[ChunkKey, Buffer]]) -> Iterator[list]:
-    batch: list[tuple[ChunkKey, Buffer]] = []
-    size = 0
-    for item in items:
-        n = len(item[1])
-        if batch and size + n > wire.MAX_PUT_BYTES:
-            yield batch
-            batch, size = [], 0
-        batch.append(item)
-        size += n
-    if batch:
-        yield batch
-
-
-def _put_stream(items: Sequence[tuple[ChunkKey, Buffer]], touch: bool) -> Iterator[pb.PutRequest]:
-    for key, data in items:
-        view = memoryview(data).cast("B")
-        yield pb.PutRequest(header=pb.PutHeader(key=wire.key_to_pb(key), length=len(view),
-                                                xxh3=xxh3(view), touch=touch))
-        for piece in wire.pieces(view):
-            yield pb.PutRequest(data=piece)
