@@ -375,7 +375,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "services.stop_timeout_s": (0.001, 3600.0),
 }
 # The most entries of every list.
-MAX_ITEMS = {"metadata.endpoints": 999, "metadata.redis": 999, "block.endpoints": 999, "flash.endpoints": 4096, "services.block_ports": 999,
+MAX_ITEMS = {"metadata.endpoints": 999, "metadata.redis": 999,
+             "block.endpoints": 999, "flash.endpoints": 4096, "services.block_ports": 999,
              "services.flash_ports": 999, "services.daemon_peers": 4096}
 MAX_TEXT = 4096  # characters of any string (a Linux path is at most 4096 bytes)
 # BLOBTIER_* environment variables that are documented and are not config fields.
