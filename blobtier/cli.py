@@ -171,36 +171,30 @@ def _add_fault_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_flash_serve(args: argparse.Namespace) -> None:
     import signal
+    from contextlib import ExitStack
 
-    from blobtier.config import parse_size
-    from blobtier.flash_l3.admission import make_policy
+    from blobtier.config import FlashNodeConfig, parse_size
     from blobtier.flash_l3.service import FlashNode
 
-    source = _flash_source(args)
-    origins, metadata = _flash_origins(args)
-    try:
-        node = FlashNode(args.dir, parse_size(args.capacity, "--capacity"), source,
-                         addr=f"{args.host}:{args.port}", node_id=args.id,
-                         region_size=parse_size(args.region_size, "--region-size"),
-                         admission=make_policy(args.admission), reinsert_hits=args.reinsert_hits,
-                         metrics_port=args.metrics_port, auth=_token_table(args), origins=origins)
-    except BaseException:
-        source.close()
+    config = FlashNodeConfig(args.dir, parse_size(args.capacity, "--capacity"),
+                             region_bytes=parse_size(args.region_size, "--region-size"),
+                             admission=args.admission, reinsert_hits=args.reinsert_hits,
+                             addr=f"{args.host}:{args.port}", node_id=args.id,
+                             metrics_port=args.metrics_port)
+    with ExitStack() as stack:  # closed in reverse: the node first, then what it read from
+        source = _flash_source(args)
+        stack.callback(source.close)
+        origins, metadata = _flash_origins(args)
         if metadata is not None:
-            metadata.close()
-        raise
-    signal.signal(signal.SIGTERM, lambda *_: node.server.stop(STOP_GRACE_S))
-    stats = node.cache.stats()
-    extra = f", metrics on 127.0.0.1:{node.metrics_port}" if node.metrics_port is not None else ""
-    print(f"flash node {args.id} serving {args.dir} ({int(stats['entries'])} entries from "
-          f"{node.cache.recovered_from}) on {node.address}{extra}", flush=True)
-    try:
+            stack.callback(metadata.close)
+        node = FlashNode(config, source, auth=_token_table(args), origins=origins)
+        stack.callback(node.stop, STOP_GRACE_S)  # writes the index snapshot: the next start is warm
+        signal.signal(signal.SIGTERM, lambda *_: node.server.stop(STOP_GRACE_S))
+        stats = node.cache.stats()
+        extra = f", metrics on 127.0.0.1:{node.metrics_port}" if node.metrics_port is not None else ""
+        print(f"flash node {args.id} serving {args.dir} ({int(stats['entries'])} entries from "
+              f"{node.cache.recovered_from}) on {node.address}{extra}", flush=True)
         node.wait()
-    finally:
-        node.stop(STOP_GRACE_S)  # writes the index snapshot: the next start is warm and fast
-        source.close()
-        if metadata is not None:
-            metadata.close()
 
 
 def _flash_origins(args: argparse.Namespace):

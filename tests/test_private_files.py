@@ -24,6 +24,7 @@ import pytest
 
 import blobtier
 from blobtier import cli
+from blobtier.config import FlashNodeConfig
 from blobtier.flash_l3.service import FlashNode
 from blobtier.fsutil import open_private, private_dir, private_file
 from blobtier.region import state, supervisor
@@ -60,7 +61,8 @@ def build_region(root: str) -> None:
     args = argparse.Namespace(flash_region=root, region=None, block_endpoints=None,
                               hedge_after_ms=0.0, origin=[])
     source = cli._flash_source(args)
-    node = FlashNode(os.path.join(root, "flash", "000"), 8 << 20, source, region_size=1 << 20)
+    node = FlashNode(FlashNodeConfig(os.path.join(root, "flash", "000"), 8 << 20, region_bytes=1 << 20),
+                     source)
     try:
         node.readthrough.read([(rec, i) for rec in records for i in range(rec.n_chunks)])
     finally:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from blobtier.blockstore_sim import wire
 from blobtier.blockstore_sim.faults import NO_FAULTS, FaultInjector, FaultProfile, flip_byte
@@ -26,7 +25,7 @@ from blobtier.rpc import put_stream
 from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.gen import block_pb2 as pb
 from blobtier.rpc.gen import block_pb2_grpc as pb_grpc
-from blobtier.rpc.server import Service, health_servicer
+from blobtier.rpc.server import Service
 from blobtier.rpc.status import answering
 from blobtier.rpc.tls import Tls
 
@@ -180,6 +179,9 @@ class ChunkServer(Service):
         workers: requests served at once (each in-flight request holds a thread).
         metrics_port: serve Prometheus series on 127.0.0.1:PORT (0 picks one; None: off).
         auth: the tokens calls must present (None: none needed).
+
+    Raises:
+        TierUnavailable: ``addr`` cannot be listened on (nothing is left open or bound).
     """
 
     def __init__(self, root: str, *, addr: str = "127.0.0.1:0", server_id: int = 0,
@@ -188,29 +190,20 @@ class ChunkServer(Service):
                  auth: TokenTable | None = None) -> None:
         self.root = root
         self.server_id = server_id
-        self.store = VolumeStore(root, writable=True)
-        self._health, health = health_servicer(SERVICES)
-        self.faults = FaultInjector(faults, seed=seed, on_change=self._set_health)
-        self.metrics = ChunkServerMetrics(self.faults)
-        self._set_health(faults)
-        try:
+        with ExitStack() as owned:
+            self.store = VolumeStore(root, writable=True)
+            owned.callback(self.store.close)  # the disk, once no call is left
+            self.faults = FaultInjector(faults, seed=seed, on_change=self._set_health)
+            self.metrics = ChunkServerMetrics(self.faults)
             self._start([(pb_grpc.add_ChunkServiceServicer_to_server,
                           ChunkServicer(self.store, self.faults, self.metrics)),
-                         (pb_grpc.add_ChunkAdminServicer_to_server, AdminServicer(server_id, self.faults)),
-                         health], addr, tls, workers=workers, auth=auth, metrics_port=metrics_port,
-                        registry=self.metrics.registry)
-        except BaseException:
-            self.store.close()
-            raise
+                         (pb_grpc.add_ChunkAdminServicer_to_server, AdminServicer(server_id, self.faults))],
+                        addr, tls, workers=workers, auth=auth, metrics_port=metrics_port,
+                        registry=self.metrics.registry, services=SERVICES, serving=not faults.down,
+                        owned=owned.pop_all())
 
     def _set_health(self, profile: FaultProfile) -> None:
-        state = (health_pb2.HealthCheckResponse.NOT_SERVING if profile.down
-                 else health_pb2.HealthCheckResponse.SERVING)
-        for name in ("", *SERVICES):
-            self._health.set(name, state)
-
-    def _close(self) -> None:
-        self.store.close()  # the disk, once no call is left
+        self.set_serving(not profile.down)  # NOT_SERVING while down
 
     def __repr__(self) -> str:
         return f"<ChunkServer {self.server_id} {self.address} root={self.root!r}>"

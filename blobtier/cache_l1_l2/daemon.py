@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -137,26 +138,33 @@ class HostDaemon:
                  namespace_policies: Mapping[str, str] | None = None) -> None:
         self.socket_path = socket_path or default_socket()
         check_socket_dir(os.path.dirname(self.socket_path) or ".")  # a clear refusal, first
+        if listen is None and peers:
+            raise InvalidRequest("a daemon with peers must --listen for them")
         if find_daemon(self.socket_path):
             raise TierUnavailable(f"a daemon already serves {self.socket_path}")
-        self.owner = ArenaOwner(memory, policy, namespace_policies=namespace_policies)
-        self.server = OwnerServer(self.owner, self.socket_path)
-        self.peer_server: PeerServer | None = None
-        if listen is not None:
-            from blobtier.cache_l1_l2.peers import PeerServer, cluster
+        # Each part is undone in reverse when a later one fails to start (a peer port in
+        # use...) and by stop(): no socket file, arena or port outlives the daemon.
+        with ExitStack() as running:
+            self.owner = ArenaOwner(memory, policy, namespace_policies=namespace_policies)
+            running.callback(self.owner.close)
+            self.server = OwnerServer(self.owner, self.socket_path)
+            running.callback(self.server.close)
+            self.peer_server: PeerServer | None = None
+            if listen is not None:
+                from blobtier.cache_l1_l2.peers import PeerServer, cluster
 
-            self.peer_server = PeerServer(self.owner, listen, tls, auth=auth)
-            self.server.info = {"peer": self.peer_server.address,
-                                "peers": cluster(self.peer_server.address, peers)}
-        elif peers:
-            raise InvalidRequest("a daemon with peers must --listen for them")
-        self.metrics_port = None
-        self._http = None
-        if metrics_port is not None:
-            registry = CollectorRegistry()
-            registry.register(ArenaCollector(self.owner, self.peer_server))
-            self._http = serve_metrics(metrics_port, registry)
-            self.metrics_port = self._http.server_port
+                self.peer_server = PeerServer(self.owner, listen, tls, auth=auth)
+                running.callback(self.peer_server.stop, 1)
+                self.server.info = {"peer": self.peer_server.address,
+                                    "peers": cluster(self.peer_server.address, peers)}
+            self.metrics_port = None
+            if metrics_port is not None:
+                registry = CollectorRegistry()
+                registry.register(ArenaCollector(self.owner, self.peer_server))
+                http = serve_metrics(metrics_port, registry)
+                running.callback(stop_metrics, http)
+                self.metrics_port = http.server_port
+            self._running = running.pop_all()
         self._stopped = threading.Event()
 
     def wait(self) -> None:
@@ -165,12 +173,7 @@ class HostDaemon:
     def stop(self) -> None:
         if self._stopped.is_set():
             return
-        self.server.close()
-        if self.peer_server is not None:
-            self.peer_server.stop(1)
-        self.owner.close()
-        if self._http is not None:
-            stop_metrics(self._http)
+        self._running.close()  # metrics, peers, the socket, then the arena
         self._stopped.set()
 
     def serve_until_signalled(self, ready: Callable[[], None] | None = None) -> None:

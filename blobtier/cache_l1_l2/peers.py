@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from contextlib import ExitStack
 
 import grpc
 
@@ -34,7 +35,7 @@ from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.cache_service import CacheServicer
 from blobtier.rpc.gen import flash_pb2 as pb
 from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
-from blobtier.rpc.server import health_servicer, serve
+from blobtier.rpc.server import Service
 from blobtier.rpc.status import answering
 from blobtier.rpc.tls import Tls
 
@@ -98,21 +99,21 @@ class _Admin(pb_grpc.CacheAdminServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "a host daemon's arena is sized at start")
 
 
-class PeerServer:
-    """The daemon's gRPC face to its peers (CacheService, CacheAdmin, health)."""
+class PeerServer(Service):
+    """The daemon's gRPC face to its peers (CacheService, CacheAdmin, health).
+
+    Raises:
+        TierUnavailable: ``addr`` cannot be listened on (nothing is left open or bound).
+    """
 
     def __init__(self, owner: ArenaOwner, addr: str, tls: Tls | None = None, workers: int = 16,
                  auth: TokenTable | None = None) -> None:
-        self.cache = ArenaPeerCache(owner)
-        _, health = health_servicer(SERVICES)
-        self.server, port = serve([(wire.add_cache_service, CacheServicer(self.cache)),
-                                   (pb_grpc.add_CacheAdminServicer_to_server, _Admin(self.cache)),
-                                   health], addr, tls, max_workers=workers, auth=auth)
-        self.address = f"{addr.rsplit(':', 1)[0]}:{port}"
-
-    def stop(self, grace_s: float | None = None) -> None:
-        self.server.stop(grace_s).wait()
-        self.cache.close()
+        with ExitStack() as owned:
+            self.cache = ArenaPeerCache(owner)
+            owned.callback(self.cache.close)
+            self._start([(wire.add_cache_service, CacheServicer(self.cache)),
+                         (pb_grpc.add_CacheAdminServicer_to_server, _Admin(self.cache))],
+                        addr, tls, workers=workers, auth=auth, services=SERVICES, owned=owned.pop_all())
 
 
 def cluster(own: str | None, peers: tuple[str, ...] | list[str]) -> list[str]:

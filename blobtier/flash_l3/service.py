@@ -1,14 +1,14 @@
 """A flash cache node: a ``FlashCache`` behind gRPC, reading misses through from the block layer.
 
-``FlashNode(root, capacity, source)`` starts serving at once (loopback, a free port unless
-told) and runs until ``stop()``, which writes the index snapshot. It serves
-``CacheService`` (streamed, ranged, batched Get; Put; Prefetch), ``CacheAdmin`` (Stats,
-Drop, Resize) and the standard ``grpc.health.v1`` service; optionally its Prometheus
-series on ``127.0.0.1:metrics_port``. The node is handed its ``ChunkSource`` (the block
-layer) by whoever starts it, so this package never imports the block layer. A bad request
-gets its status code and the node keeps serving. A request whose records name a place the
-node does not read from (another origin, chunk servers it was not given) is refused with
-PERMISSION_DENIED (``readthrough.py``).
+``FlashNode(FlashNodeConfig(root, capacity_bytes), source)`` starts serving at once
+(loopback, a free port unless told) and runs until ``stop()``, which writes the index
+snapshot. It serves ``CacheService`` (streamed, ranged, batched Get; Put; Prefetch),
+``CacheAdmin`` (Stats, Drop, Resize) and the standard ``grpc.health.v1`` service;
+optionally its Prometheus series on ``127.0.0.1:metrics_port``. The node is handed its
+``ChunkSource`` (the block layer) by whoever starts it, so this package never imports the
+block layer. A bad request gets its status code and the node keeps serving. A request
+whose records name a place the node does not read from (another origin, chunk servers it
+was not given) is refused with PERMISSION_DENIED (``readthrough.py``).
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 
 import grpc
 from prometheus_client import CollectorRegistry
 
 from blobtier.chunks import ChunkSource
-from blobtier.config import RANGES
+from blobtier.config import RANGES, FlashNodeConfig
 from blobtier.errors import InvalidRequest
-from blobtier.flash_l3.admission import AdmissionPolicy
-from blobtier.flash_l3.cache import DEFAULT_REGION_SIZE, FlashCache
+from blobtier.flash_l3.admission import make_policy
+from blobtier.flash_l3.cache import FlashCache
 from blobtier.flash_l3.device import DeviceFaults
 from blobtier.flash_l3.metrics import FlashMetrics
 from blobtier.flash_l3.readthrough import ReadThrough
@@ -34,7 +35,7 @@ from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.cache_service import CacheServicer
 from blobtier.rpc.gen import flash_pb2 as pb
 from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
-from blobtier.rpc.server import Service, health_servicer
+from blobtier.rpc.server import Service
 from blobtier.rpc.status import answering
 from blobtier.rpc.tls import Tls
 
@@ -89,55 +90,46 @@ class TimedCacheServicer(CacheServicer):
 
 
 class FlashNode(Service):
-    """A running flash cache node over the directory ``root``.
+    """A running flash cache node over the directory ``config.root``.
 
     Args:
-        root: the node's cache directory (created if missing); a warm restart reopens it.
-        capacity: most bytes of region files.
+        config: what to serve and how (``FlashNodeConfig``: directory, capacity, regions,
+            admission, address, workers, metrics port).
         source: where misses are read from (the block layer); the caller closes it.
-        addr: where to listen; loopback and a free port by default.
-        node_id: reported by Stats and in logs.
-        region_size: bytes per region file.
-        admission: which offered chunks are written (default: all).
-        reinsert_hits: keep entries read this often when their region is reclaimed (0: off).
         tls: serve TLS with these certificates.
-        workers: requests served at once.
-        metrics_port: serve Prometheus series on 127.0.0.1:PORT (0 picks one; None: off).
         registry: where the series go (default: a registry of this node's own).
         faults: failures to inject into the device (fault tests).
         auth: the tokens calls must present (None: none needed).
         origins: the origin locations it may read blobs registered by reference from
             (None: none; their records are refused).
+
+    Raises:
+        InvalidRequest: an unknown admission policy.
+        TierUnavailable: ``config.addr`` cannot be listened on (nothing is left open or bound).
     """
 
-    def __init__(self, root: str, capacity: int, source: ChunkSource, *, addr: str = "127.0.0.1:0",
-                 node_id: int = 0, region_size: int = DEFAULT_REGION_SIZE,
-                 admission: AdmissionPolicy | None = None, reinsert_hits: int = 0,
-                 tls: Tls | None = None, workers: int = 32, metrics_port: int | None = None,
+    def __init__(self, config: FlashNodeConfig, source: ChunkSource, *, tls: Tls | None = None,
                  registry: CollectorRegistry | None = None, faults: DeviceFaults | None = None,
                  auth: TokenTable | None = None, origins: OriginAllowList | None = None) -> None:
-        self.root = root
-        self.node_id = node_id
-        self.cache = FlashCache(root, capacity, region_size=region_size, admission=admission,
-                                reinsert_hits=reinsert_hits, faults=faults)
-        self.metrics = FlashMetrics(self.cache, registry if registry is not None else CollectorRegistry())
-        self.readthrough = ReadThrough(self.cache, source, on_fill=self.metrics.observe_fill,
-                                       origins=origins)
-        self.metrics.track(self.readthrough)
-        _, health = health_servicer(SERVICES)
-        try:
+        self.config = config
+        self.root = config.root
+        self.node_id = config.node_id
+        with ExitStack() as owned:
+            self.cache = FlashCache(config.root, config.capacity_bytes, region_size=config.region_bytes,
+                                    admission=make_policy(config.admission),
+                                    reinsert_hits=config.reinsert_hits, faults=faults)
+            owned.callback(self.cache.close)  # writes the index snapshot: the next start is warm
+            self.metrics = FlashMetrics(self.cache, registry if registry is not None else CollectorRegistry())
+            self.readthrough = ReadThrough(self.cache, source, on_fill=self.metrics.observe_fill,
+                                           origins=origins)
+            self.metrics.track(self.readthrough)
             self._start([(wire.add_cache_service, TimedCacheServicer(self.cache, self.readthrough,
                                                                      self.metrics.observe_get)),
-                         (pb_grpc.add_CacheAdminServicer_to_server, AdminServicer(node_id, self.cache,
-                                                                                  self.readthrough)),
-                         health], addr, tls, workers=workers, auth=auth, metrics_port=metrics_port,
-                        registry=self.metrics.registry)
-        except BaseException:
-            self.cache.close()
-            raise
-
-    def _close(self) -> None:
-        self.cache.close()  # writes the index snapshot: the next start is warm
+                         (pb_grpc.add_CacheAdminServicer_to_server,
+                          AdminServicer(config.node_id, self.cache, self.readthrough))],
+                        config.addr, tls, workers=config.workers, auth=auth,
+                        metrics_port=config.metrics_port, registry=self.metrics.registry,
+                        services=SERVICES, owned=owned.pop_all())
 
     def __repr__(self) -> str:
         return f"<FlashNode {self.node_id} {self.address} root={self.root!r}>"

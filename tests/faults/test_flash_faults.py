@@ -19,6 +19,7 @@ import pytest
 
 import blobtier
 from blobtier.chunks import ChunkKey
+from blobtier.config import FlashNodeConfig
 from blobtier.flash_l3.cache import FlashCache
 from blobtier.flash_l3.device import DeviceFaults
 from blobtier.flash_l3.regions import ENTRY_HEADER
@@ -114,7 +115,8 @@ def test_warm_restart_after_sigkill_and_after_sigterm(tmp_path, region, dataset)
 def node_with_faults(tmp_path):
     source = MemorySource()
     faults = DeviceFaults()
-    node = FlashNode(str(tmp_path / "flash"), 8 * REGION, source, region_size=REGION, faults=faults)
+    node = FlashNode(FlashNodeConfig(str(tmp_path / "flash"), 8 * REGION, region_bytes=REGION), source,
+                     faults=faults)
     remote = RemoteChunkCache(node.address, timeout_s=10)
     yield node, source, faults, remote
     remote.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from blobtier.config import FlashNodeConfig
 from blobtier.errors import InvalidRequest
 from blobtier.flash_l3.service import FlashNode
 from blobtier.rpc.gen import flash_pb2 as pb
@@ -18,7 +19,7 @@ REGION = 1 << 20
 
 @pytest.fixture
 def node(tmp_path):
-    n = FlashNode(str(tmp_path / "flash"), 8 * REGION, MemorySource(), region_size=REGION)
+    n = FlashNode(FlashNodeConfig(str(tmp_path / "flash"), 8 * REGION, region_bytes=REGION), MemorySource())
     yield n
     n.stop(0)
 

@@ -9,6 +9,7 @@ import pytest
 import blobtier
 from blobtier.blockstore_sim.replicated import ReplicatedBlockStore
 from blobtier.blockstore_sim.volume import VolumeStore
+from blobtier.config import FlashNodeConfig
 from blobtier.flash_l3.cache import FlashCache
 from blobtier.flash_l3.local_reads import RegionReader
 from blobtier.flash_l3.service import FlashNode
@@ -23,7 +24,7 @@ REGION = 1 << 20
 
 @pytest.fixture
 def node(tmp_path):
-    n = FlashNode(str(tmp_path / "flash"), 8 * REGION, MemorySource(), region_size=REGION)
+    n = FlashNode(FlashNodeConfig(str(tmp_path / "flash"), 8 * REGION, region_bytes=REGION), MemorySource())
     yield n
     n.stop(0)
 
@@ -111,7 +112,7 @@ def test_a_flipped_byte_read_locally_is_refetched_and_dropped(tmp_path):
     blocks = os.path.join(region, "blocks")
     servers = {int(n): VolumeStore(os.path.join(blocks, n)) for n in os.listdir(blocks) if n.isdigit()}
     source = RoutingSource(ReplicatedBlockStore(servers, 1, writable_ids=()))
-    node = FlashNode(str(tmp_path / "flash"), 8 * REGION, source, region_size=REGION)
+    node = FlashNode(FlashNodeConfig(str(tmp_path / "flash"), 8 * REGION, region_bytes=REGION), source)
     try:
         opts = {"cache": {"daemon": "off", "l1_bytes": 0}, "flash": {"endpoints": [node.address]}}
         with blobtier.connect(region, **opts) as c:

@@ -19,6 +19,7 @@ import blobtier
 from blobtier import cli
 from blobtier.blockstore_sim.origin import object_tag
 from blobtier.checksum import xxh3
+from blobtier.config import FlashNodeConfig
 from blobtier.errors import Forbidden
 from blobtier.flash_l3.service import FlashNode
 from blobtier.metadata.schema import BlobRecord, encode, new_blob_id
@@ -73,7 +74,7 @@ def node(tmp_path, world):
                               hedge_after_ms=0.0, origin=[], token_file=str(tokens))
     source = cli._flash_source(args)
     origins, metadata = cli._flash_origins(args)
-    n = FlashNode(str(tmp_path / "flash"), 8 << 20, source, region_size=1 << 20,
+    n = FlashNode(FlashNodeConfig(str(tmp_path / "flash"), 8 << 20, region_bytes=1 << 20), source,
                   auth=TokenTable.load(str(tokens)), origins=origins)
     yield n
     n.stop(0)
@@ -217,7 +218,8 @@ def test_a_node_without_origins_refuses_every_origin_record(tmp_path, world):
         ref = c._metadata.get("ds/ref/a.bin")
     args.flash_region = region
     source = cli._flash_source(args)
-    node = FlashNode(str(tmp_path / "bare"), 8 << 20, source, region_size=1 << 20, origins=origins)
+    node = FlashNode(FlashNodeConfig(str(tmp_path / "bare"), 8 << 20, region_bytes=1 << 20), source,
+                     origins=origins)
     try:
         for rec in (ref, forged(f"file://{secret}")):
             with pytest.raises(grpc.RpcError) as err:

@@ -10,6 +10,7 @@ import pytest
 
 from blobtier.checksum import xxh3
 from blobtier.chunks import ChunkCache, ChunkKey
+from blobtier.config import FlashNodeConfig
 from blobtier.errors import TierUnavailable
 from blobtier.flash_l3.service import FlashNode
 from blobtier.metadata.schema import encode, new_blob_id
@@ -29,7 +30,7 @@ def source():
 
 @pytest.fixture
 def node(tmp_path, source):
-    n = FlashNode(str(tmp_path / "flash"), 8 * REGION, source, region_size=REGION)
+    n = FlashNode(FlashNodeConfig(str(tmp_path / "flash"), 8 * REGION, region_bytes=REGION), source)
     yield n
     n.stop(0)
 
@@ -153,7 +154,8 @@ def test_admin_stats_drop_resize_and_health(remote, source, node):
 
 def test_metrics_endpoint_serves_the_flash_series(tmp_path, source):
     rec, _ = source.add(100_000)
-    with FlashNode(str(tmp_path / "m"), 2 * REGION, source, region_size=REGION, metrics_port=0) as node:
+    with FlashNode(FlashNodeConfig(str(tmp_path / "m"), 2 * REGION, region_bytes=REGION, metrics_port=0),
+                   source) as node:
         remote = RemoteChunkCache(node.address, timeout_s=10)
         remote.get_many([rec.chunk_key(0)], refs=[(rec, 0)])
         remote.get_many([rec.chunk_key(0)])

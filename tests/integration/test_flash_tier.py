@@ -20,6 +20,7 @@ import blobtier
 from blobtier.blockstore_sim.chunk_server import ChunkServer
 from blobtier.blockstore_sim.remote import RemoteChunkStore
 from blobtier.blockstore_sim.replicated import ReadPolicy, ReplicatedBlockStore
+from blobtier.config import FlashNodeConfig
 from blobtier.flash_l3.service import FlashNode
 from blobtier.sdk.routing import RoutingSource
 
@@ -47,8 +48,8 @@ def chunk_servers(tmp_path):
 def flash_nodes(tmp_path, chunk_servers):
     endpoints = [s.address for s in chunk_servers]
     sources = [node_source(endpoints) for _ in range(3)]
-    nodes = [FlashNode(str(tmp_path / f"flash{i}"), 64 << 20, src, node_id=i, region_size=4 << 20)
-             for i, src in enumerate(sources)]
+    nodes = [FlashNode(FlashNodeConfig(str(tmp_path / f"flash{i}"), 64 << 20, region_bytes=4 << 20,
+                                       node_id=i), src) for i, src in enumerate(sources)]
     yield nodes
     for node, src in zip(nodes, sources):
         node.stop(0)

@@ -13,6 +13,7 @@ from blobtier.blockstore_sim.chunk_server import ChunkServer
 from blobtier.blockstore_sim.faults import FaultProfile
 from blobtier.blockstore_sim.remote import RemoteChunkStore
 from blobtier.checksum import xxh3
+from blobtier.config import FlashNodeConfig
 from blobtier.errors import Forbidden, InvalidRequest
 from blobtier.flash_l3.service import FlashNode
 from blobtier.rpc.auth import TokenTable, digest, right_of
@@ -96,7 +97,7 @@ def test_chunk_server_checks_the_right_of_every_call(server):
 
 
 def test_flash_node_checks_tokens(tmp_path):
-    node = FlashNode(str(tmp_path / "f"), 8 << 20, MemorySource(), region_size=1 << 20,
+    node = FlashNode(FlashNodeConfig(str(tmp_path / "f"), 8 << 20, region_bytes=1 << 20), MemorySource(),
                      auth=TokenTable.load(table_file(tmp_path)))
     chunks = keys_and_data(3)
     for key, data in chunks.items():
