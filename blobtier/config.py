@@ -68,6 +68,10 @@ def default_home() -> str:
     return os.environ.get("BLOBTIER_HOME") or os.path.join(os.path.expanduser("~"), ".blobtier")
 
 
+METADATA_BACKENDS = ("embedded", "redis-cluster")  # metadata.backend
+REDIS_MASTERS = 3  # the masters of the Redis Cluster `blobtier up` runs
+
+
 @dataclass(frozen=True)
 class MetadataConfig:
     block_cache_bytes: int = 64 * MiB  # RocksDB block cache, per process
@@ -83,6 +87,15 @@ class MetadataConfig:
     # again (staleness: another host's commit may stay unseen this long); 0: no cache. Only
     # over endpoints/redis: embedded readers catch up every client.metadata_staleness_s.
     record_ttl_s: float = 1.0
+    # What `blobtier up` keeps the region's metadata in: "embedded" (RocksDB under root) or
+    # "redis-cluster" (3 masters on loopback, served by services.meta_servers metadata servers).
+    backend: str = "embedded"
+    replicas: int = 0  # redis-cluster: replicas per master (1: a master's death loses nothing)
+
+    @property
+    def redis_nodes(self) -> int:
+        """The redis-server processes `blobtier up` runs (0 unless backend is redis-cluster)."""
+        return REDIS_MASTERS * (1 + self.replicas) if self.backend == "redis-cluster" else 0
 
     @property
     def remote(self) -> str | None:
@@ -90,6 +103,8 @@ class MetadataConfig:
         return "metadata.endpoints" if self.endpoints else "metadata.redis" if self.redis else None
 
     def validate(self) -> None:
+        _check(self.backend in METADATA_BACKENDS, "metadata.backend",
+               f"must be one of {', '.join(METADATA_BACKENDS)}, not {_shown(self.backend)}")
         _check_addresses("metadata.endpoints", self.endpoints)
         _check_addresses("metadata.redis", self.redis)
         _check(not (self.endpoints and self.redis), "metadata.redis",
@@ -192,6 +207,9 @@ class FlashConfig:
         _check(len(set(addrs)) == len(addrs), "flash.endpoints", "lists a node twice")
 
 
+REDIS_BUS_OFFSET = 10000  # a Redis node's cluster bus port is its port + this (Redis's default)
+
+
 def _check_port(port: int, name: str) -> None:
     _check(0 < port < 65536, name, f"port {port} is not between 1 and 65535")
 
@@ -202,7 +220,10 @@ class ServicesConfig:
 
     Chunk server ``i`` serves ``<root>/blocks/NNN`` (``i`` zero-padded), the same directory
     an embedded client writes, so data moves freely between the two modes; there is one
-    per ``block.servers``. Metadata stays embedded in every client (RocksDB under root).
+    per ``block.servers``. Metadata stays embedded in every client (RocksDB under root)
+    unless ``meta_servers`` metadata servers run: over that RocksDB (at most one, its one
+    writer) or, with ``metadata.backend = "redis-cluster"``, over the Redis Cluster that
+    ``up`` runs under ``<root>/redis`` (``region/redis.py``).
     Ports are fixed, so that restarts keep every chunk on the same flash node.
     """
 
@@ -210,6 +231,11 @@ class ServicesConfig:
     base_port: int = 7400  # chunk server i: base_port + i; flash node j: next after the chunk servers
     block_ports: tuple[int, ...] = ()  # explicit ports of chunk servers 0.. (instead of base_port)
     flash_ports: tuple[int, ...] = ()  # explicit ports of flash nodes 0..
+    meta_servers: int = 0  # metadata servers (blobtier meta serve); 0: clients open the metadata
+    meta_ports: tuple[int, ...] = ()  # explicit ports of metadata servers 0.. (default: after flash)
+    # Explicit client ports of the Redis nodes 0.. (default: after the metadata servers); a
+    # node's cluster bus listens REDIS_BUS_OFFSET above its port, as Redis does by default.
+    redis_ports: tuple[int, ...] = ()
     metrics: bool = True  # a Prometheus endpoint on every service
     metrics_base_port: int = 0  # chunk servers, flash nodes, then the daemon from here; 0: base_port + 100
     flash_nodes: int = 1  # flash cache nodes (L3); 0: none
@@ -228,18 +254,24 @@ class ServicesConfig:
     start_timeout_s: float = 60.0  # how long `up` waits for a service to answer its health check
     stop_timeout_s: float = 20.0  # how long `down` waits after SIGTERM before SIGKILL
 
-    def ports(self, servers: int) -> dict[str, tuple[int | None, int | None]]:
-        """Service name -> (gRPC port, metrics port); the daemon's is its L2 port, if any."""
+    def ports(self, servers: int, redis_nodes: int = 0) -> dict[str, tuple[int | None, int | None]]:
+        """Service name -> (gRPC port, metrics port); the daemon's is its L2 port, if any, a
+        Redis node's its client port (no metrics). ``redis_nodes``: ``metadata.redis_nodes``."""
         names = [f"block-{i}" for i in range(servers)] + [f"flash-{j}" for j in range(self.flash_nodes)]
         grpc_ports = (list(self.block_ports) or [self.base_port + i for i in range(servers)]) + \
             (list(self.flash_ports) or [self.base_port + servers + j for j in range(self.flash_nodes)])
         names += ["daemon"] if self.daemon else []
         grpc_ports += [self.daemon_peer_port or None] if self.daemon else []
+        after = self.base_port + servers + self.flash_nodes
+        names += [f"meta-{i}" for i in range(self.meta_servers)]
+        grpc_ports += list(self.meta_ports) or [after + i for i in range(self.meta_servers)]
+        names += [f"redis-{n}" for n in range(redis_nodes)]
+        grpc_ports += list(self.redis_ports) or [after + self.meta_servers + n for n in range(redis_nodes)]
         base = self.metrics_base_port or self.base_port + 100
-        return {name: (port, base + k if self.metrics else None)
+        return {name: (port, base + k if self.metrics and not name.startswith("redis-") else None)
                 for k, (name, port) in enumerate(zip(names, grpc_ports))}
 
-    def validate(self, servers: int) -> None:
+    def validate(self, servers: int, redis_nodes: int = 0) -> None:
         from blobtier.eviction import POLICIES
         from blobtier.flash_l3.admission import POLICIES as ADMISSION
 
@@ -252,7 +284,13 @@ class ServicesConfig:
         _check(not self.flash_ports or len(self.flash_ports) == self.flash_nodes, "services.flash_ports",
                f"lists {len(self.flash_ports)} ports for {self.flash_nodes} flash nodes "
                "(services.flash_nodes)")
-        self._check_clashes(servers)
+        _check(not self.meta_ports or len(self.meta_ports) == self.meta_servers, "services.meta_ports",
+               f"lists {len(self.meta_ports)} ports for {self.meta_servers} metadata servers "
+               "(services.meta_servers)")
+        _check(not self.redis_ports or len(self.redis_ports) == redis_nodes, "services.redis_ports",
+               f"lists {len(self.redis_ports)} ports for {redis_nodes} Redis nodes ({REDIS_MASTERS} "
+               "masters with metadata.replicas each, when metadata.backend is redis-cluster)")
+        self._check_clashes(servers, redis_nodes)
         _check(self.flash_capacity_bytes >= 2 * self.flash_region_bytes, "services.flash_capacity_bytes",
                "must hold at least two regions (services.flash_region_bytes)")
         _check(self.flash_admission in ADMISSION, "services.flash_admission",
@@ -266,23 +304,27 @@ class ServicesConfig:
         _check(not self.daemon_peers or bool(self.daemon_peer_port), "services.daemon_peers",
                "needs services.daemon_peer_port: a daemon with peers must listen for them")
 
-    def _check_clashes(self, servers: int) -> None:
+    def _check_clashes(self, servers: int, redis_nodes: int = 0) -> None:
         """Every port in range and used once; an error names the field the port came from."""
+        explicit = {"block-": self.block_ports, "flash-": self.flash_ports, "meta-": self.meta_ports,
+                    "redis-": self.redis_ports}
+
         def source(name: str, metrics: bool) -> str:
             if metrics:
                 return "services.metrics_base_port" if self.metrics_base_port else "services.base_port"
-            if name.startswith("block-") and self.block_ports:
-                return "services.block_ports"
-            if name.startswith("flash-") and self.flash_ports:
-                return "services.flash_ports"
+            kind = name.split("-")[0] + "-"
+            if explicit.get(kind):
+                return f"services.{kind[:-1]}_ports"
             if name == "daemon":
                 return "services.daemon_peer_port"
             return "services.base_port"
 
         owner: dict[int, str] = {}
-        plan = self.ports(servers).items()
+        plan = self.ports(servers, redis_nodes).items()
         # gRPC ports first: a metrics port that lands on one is the metrics setting's fault.
         ports = [(port, name, source(name, False)) for name, (port, _) in plan] + \
+            [(port + REDIS_BUS_OFFSET, f"{name} cluster bus", source(name, False))
+             for name, (port, _) in plan if name.startswith("redis-")] + \
             [(m, f"{name} metrics", source(name, True)) for name, (_, m) in plan]
         for p, what, field_name in ports:
             if p is None:
@@ -361,7 +403,11 @@ class RegionConfig:
         self.cache.validate()
         self.client.validate()
         self.flash.validate()
-        self.services.validate(self.block.servers)
+        self.services.validate(self.block.servers, self.metadata.redis_nodes)
+        _check(self.metadata.backend != "embedded" or self.services.meta_servers <= 1,
+               "services.meta_servers", f"is {self.services.meta_servers}, but over the embedded "
+               "RocksDB (metadata.backend) one metadata server is its one writer; "
+               "metadata.backend = \"redis-cluster\" runs several")
         self.auth.validate()
         return self
 
@@ -379,6 +425,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "metadata.block_cache_bytes": (0, TiB),
     "metadata.row_cache_bytes": (0, TiB),
     "metadata.record_ttl_s": (0.0, 3600.0),
+    "metadata.replicas": (0, 1),  # per master of the Redis Cluster
     "block.servers": (1, 999),  # blocks/NNN
     "block.replicas": (1, 255),  # one byte in a record
     "block.volume_bytes": (MiB, TiB),
@@ -402,6 +449,9 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "services.flash_ports": (1, 65535),
     "services.metrics_base_port": (0, 65535),  # 0: base_port + 100
     "services.flash_nodes": (0, 999),  # flash/NNN
+    "services.meta_servers": (0, 64),
+    "services.meta_ports": (1, 65535),
+    "services.redis_ports": (1, 65535),
     "services.flash_capacity_bytes": (2 * MiB, PiB),
     "services.flash_region_bytes": (MiB, 4 * GiB),
     "services.daemon_memory_bytes": (MiB, 4 * TiB),
@@ -418,7 +468,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 # The most entries of every list.
 MAX_ITEMS = {"metadata.endpoints": 999, "metadata.redis": 999,
              "block.endpoints": 999, "flash.endpoints": 4096, "services.block_ports": 999,
-             "services.flash_ports": 999, "services.daemon_peers": 4096}
+             "services.flash_ports": 999, "services.daemon_peers": 4096, "services.meta_ports": 64,
+             "services.redis_ports": 64}
 MAX_TEXT = 4096  # characters of any string (a Linux path is at most 4096 bytes)
 # BLOBTIER_* environment variables that are documented and are not config fields.
 ENV_NOT_FIELDS = frozenset({"BLOBTIER_HOME"})

@@ -108,8 +108,9 @@ def add_commands(add: Add) -> None:
         p.add_argument("-c", "--config", default=None, metavar="TOML_OR_DIR",
                        help="the region's config (default: --region, else $BLOBTIER_HOME)")
 
-    p = add("up", cmd_up, "start the region's services (chunk servers, flash nodes, host daemon) "
-                          "and wait until they are healthy")
+    p = add("up", cmd_up, "start the region's services (a Redis Cluster and metadata servers if "
+                          "configured, chunk servers, flash nodes, host daemon) and wait until they "
+                          "are healthy")
     config_flag(p)
     p = add("down", cmd_down, "stop the region's services (SIGTERM, then SIGKILL after a timeout)")
     config_flag(p)
@@ -119,7 +120,7 @@ def add_commands(add: Add) -> None:
                                     "that died): the ones named, else every one that is not answering")
     config_flag(p)
     p.add_argument("services", nargs="*", metavar="SERVICE",
-                   help="block-N, flash-N or daemon, as `blobtier status` names them")
+                   help="redis-N, meta-N, block-N, flash-N or daemon, as `blobtier status` names them")
     p = add("status", cmd_status, "each service of the region: pid, address, health, uptime")
     config_flag(p)
     p = add("top", cmd_top, "a live view of the region's tiers: hit ratios, throughput, latency, "

@@ -1,4 +1,5 @@
-"""Is a service answering? The standard gRPC health service, or the daemon's socket."""
+"""Is a service answering? The standard gRPC health service, the daemon's socket, or a
+Redis node's PING (and, in ``status``, its view of the cluster)."""
 
 from __future__ import annotations
 
@@ -34,14 +35,35 @@ def daemon_health(socket_path: str, pid: int) -> str:
     return SERVING if info.get("pid") == pid else f"pid {info.get('pid')} holds its socket"
 
 
+def redis_health(address: str, timeout_s: float = 1.0) -> str:
+    """``SERVING`` if the node answers and sees its cluster serving every slot; else what
+    it says of the cluster (``cluster fail``), or ``unreachable``."""
+    from blobtier.region import redis
+
+    if not redis.ping(int(address.rpartition(":")[2]), timeout_s):
+        return UNREACHABLE
+    try:
+        state = redis.cluster_info(address)["cluster_state"]
+    except Exception:  # noqa: BLE001 - a node that cannot say is not serving
+        return UNREACHABLE
+    return SERVING if state == "ok" else f"cluster {state}"
+
+
 def health(kind: str, pid: int, address: str | None, socket_path: str | None,
            timeout_s: float = 1.0) -> str:
+    """Whether a starting service answers (a Redis node: PING; it joins its cluster after)."""
     if kind == "daemon":
         return daemon_health(socket_path or "", pid)
+    if kind == "redis":
+        from blobtier.region import redis
+
+        return SERVING if redis.ping(int((address or ":0").rpartition(":")[2]), timeout_s) else UNREACHABLE
     return grpc_health(address or "", timeout_s)
 
 
 def service_health(record: ServiceRecord) -> str:
     if not pid_alive(record.pid):
         return DEAD
+    if record.kind == "redis":
+        return redis_health(record.address or "")
     return health(record.kind, record.pid, record.address, record.socket)

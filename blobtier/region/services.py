@@ -4,10 +4,12 @@ Layout under the region root (beside the embedded region's ``metadata/`` and ``b
 
     blocks/NNN/     chunk server NNN's volumes (the directories an embedded client writes)
     flash/NNN/      flash node NNN's regions and index snapshot (``services.flash_dir``)
+    redis/NNN/      Redis node NNN's nodes.conf and AOF (metadata.backend redis-cluster; redis.py)
     logs/<name>.log each service's stdout and stderr
     run/region.json the state file (``state.py``); run/daemon.sock the daemon's socket
 
-Every service is ``python -m blobtier.cli ...`` with the same interpreter as ``up``.
+Every service is ``python -m blobtier.cli ...`` with the same interpreter as ``up``, but
+the Redis nodes (``redis-server``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last a NUL
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    name: str  # block-0, flash-0, daemon
-    kind: str  # block, flash, daemon
+    name: str  # redis-0, meta-0, block-0, flash-0, daemon
+    kind: str  # redis, meta, block, flash, daemon
     argv: list[str]
     address: str | None  # host:port it serves gRPC on
     metrics_port: int | None
@@ -61,16 +63,25 @@ def block_dir(root: str, sid: int) -> str:
     return os.path.join(root, "blocks", f"{sid:03d}")
 
 
+def redis_root(config: RegionConfig) -> str:
+    return os.path.join(config.root, "redis")
+
+
+def redis_dir(config: RegionConfig, n: int) -> str:
+    return os.path.join(redis_root(config), f"{n:03d}")
+
+
 def specs(config: RegionConfig) -> list[ServiceSpec]:
-    """The region's services: chunk servers in id order, flash nodes, the daemon."""
+    """The region's services in start order: the Redis nodes, the metadata servers, chunk
+    servers in id order, flash nodes, the daemon."""
     sc, root = config.services, config.root
     cli = [sys.executable, "-m", "blobtier.cli"]
     logs = os.path.join(root, "logs")
-    ports = sc.ports(config.block.servers)
+    ports = sc.ports(config.block.servers, config.metadata.redis_nodes)
     # Every server checks the token file; a flash node reads chunk servers with auth.token.
     auth = ["--token-file", config.auth.token_file] if config.auth.token_file else []
     token_env = {"BLOBTIER_AUTH_TOKEN": config.auth.token} if config.auth.token else {}
-    out = []
+    out = _metadata_specs(config, ports, cli + ["meta", "serve"], auth)
     endpoints = []
     for i in range(config.block.servers):
         port, metrics = ports[f"block-{i}"]
@@ -99,6 +110,35 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
                 argv += ["--peers", ",".join(sc.daemon_peers)]
         out.append(ServiceSpec("daemon", "daemon", argv, None, metrics, sock,
                                os.path.join(logs, "daemon.log")))
+    return out
+
+
+def _metadata_specs(config: RegionConfig, ports: dict[str, tuple[int | None, int | None]],
+                    serve: list[str], auth: list[str]) -> list[ServiceSpec]:
+    """The Redis nodes (``metadata.backend`` redis-cluster) and the metadata servers over
+    them, or over the region's RocksDB (``<root>/metadata``, as embedded clients open it)."""
+    from blobtier.region import redis
+
+    sc, logs = config.services, os.path.join(config.root, "logs")
+    out = []
+    nodes = [f"redis-{n}" for n in range(config.metadata.redis_nodes)]
+    if nodes:
+        server = redis.redis_server()
+        for n, name in enumerate(nodes):
+            port = ports[name][0]
+            out.append(ServiceSpec(name, "redis", redis.server_argv(server, port, redis_dir(config, n)),
+                                   f"{redis.HOST}:{port}", None, None, os.path.join(logs, f"{name}.log")))
+        # Any node leads a client to the others; with replicas, every commit waits for one.
+        backend = "redis://" + ",".join(s.address for s in out)
+        backend += f"?wait_replicas={config.metadata.replicas}" if config.metadata.replicas else ""
+    else:
+        backend = "rocksdb:" + os.path.join(config.root, "metadata")
+    for i in range(sc.meta_servers):
+        port, metrics = ports[f"meta-{i}"]
+        argv = [*serve, "--backend", backend, "--host", sc.host, "--port", str(port),
+                *_metrics_flag(metrics), *auth]
+        out.append(ServiceSpec(f"meta-{i}", "meta", argv, f"{sc.host}:{port}", metrics, None,
+                               os.path.join(logs, f"meta-{i}.log")))
     return out
 
 

@@ -10,10 +10,12 @@
 
 Chunk servers are listed in id order (a blob record names its replicas by server id =
 position in ``block.endpoints``). The rule clients follow (``attach``): while any process
-of the file is alive, every client of that root reads through the running services; fields
-the config sets explicitly (``block.endpoints``, ``flash.endpoints``, a ``cache.daemon``
-other than ``auto``) win. With no state file, or only dead processes in it, the region is
-opened embedded: the same chunk directories, read and written directly.
+of the file is alive, every client of that root reads through the running services (its
+metadata through the metadata servers, ``metadata.endpoints``, or without them through the
+region's Redis nodes, ``metadata.redis``); fields the config sets explicitly
+(``block.endpoints``, ``flash.endpoints``, ``metadata.endpoints`` or ``metadata.redis``, a
+``cache.daemon`` other than ``auto``) win. With no state file, or only dead processes in
+it, the region is opened embedded: the same chunk directories, read and written directly.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from blobtier.config import RegionConfig
+from blobtier.config import MetadataConfig, RegionConfig
 from blobtier.fsutil import private_dir
 
 VERSION = 1
@@ -32,8 +34,8 @@ VERSION = 1
 
 @dataclass(frozen=True)
 class ServiceRecord:
-    name: str  # block-0, flash-0, daemon
-    kind: str  # block, flash, daemon
+    name: str  # redis-0, meta-0, block-0, flash-0, daemon
+    kind: str  # redis, meta, block, flash, daemon
     pid: int
     address: str | None  # host:port of a gRPC service
     metrics_port: int | None
@@ -134,6 +136,20 @@ def attach(config: RegionConfig) -> RegionConfig:
     daemons = state.of_kind("daemon")
     if cache.daemon == "auto" and daemons and daemons[0].socket:
         cache = replace(cache, daemon=daemons[0].socket)
-    if (block, flash, cache) == (config.block, config.flash, config.cache):
+    metadata = _metadata(config, state)
+    if (block, flash, cache, metadata) == (config.block, config.flash, config.cache, config.metadata):
         return config
-    return replace(config, block=block, flash=flash, cache=cache).validate()
+    return replace(config, block=block, flash=flash, cache=cache, metadata=metadata).validate()
+
+
+def _metadata(config: RegionConfig, state: RegionState) -> MetadataConfig:
+    """The region's metadata servers as ``metadata.endpoints``, else its Redis nodes as
+    ``metadata.redis``, unless the config names remote metadata itself."""
+    md = config.metadata
+    if md.remote:
+        return md
+    if state.of_kind("meta"):
+        return replace(md, endpoints=tuple(s.address for s in state.of_kind("meta")))
+    if state.of_kind("redis"):
+        return replace(md, redis=tuple(s.address for s in state.of_kind("redis")))
+    return md

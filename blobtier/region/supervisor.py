@@ -10,6 +10,10 @@ snapshot, so the next ``up`` is warm), waits, and escalates to SIGKILL after
 in a running region, on the same ports, and records its new pid; ``down`` stops every pid
 the state file records, then any blobtier process of ours still listening on one of the
 region's ports (a service restarted by hand), so no port stays bound.
+
+With ``metadata.backend = "redis-cluster"`` the Redis nodes start first and are formed
+into one cluster (``redis.py``) before the rest start (a metadata server connects to it as
+it starts); ``down`` stops them last and keeps their data for the next ``up``.
 """
 
 from __future__ import annotations
@@ -22,12 +26,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from blobtier.config import RegionConfig
+from blobtier.config import REDIS_BUS_OFFSET, REDIS_MASTERS, RegionConfig
 from blobtier.errors import InvalidRequest, RegionLocked, TierUnavailable
 from blobtier.fsutil import private_dir, private_file
 from blobtier.lockfile import LockFile
-from blobtier.region import ports, probe, state
-from blobtier.region.services import ServiceSpec, check_directories, flash_dir, specs
+from blobtier.region import ports, probe, redis, state
+from blobtier.region.services import (
+    ServiceSpec,
+    check_directories,
+    flash_dir,
+    redis_dir,
+    redis_root,
+    specs,
+)
 from blobtier.region.state import RegionState, ServiceRecord, pid_alive
 
 LOG_TAIL_LINES = 20
@@ -63,18 +74,14 @@ def up(config: RegionConfig, say: Say = print) -> RegionState:
         _refuse_if_embedded_writer(root)
         todo = specs(config)
         _check_ports_free(config.services.host, todo)
+        _check_metadata_data(config, todo)
         for d in ("logs", "run", *(os.path.join("blocks", f"{i:03d}") for i in range(config.block.servers))):
             private_dir(os.path.join(root, d))
         for j in range(config.services.flash_nodes):
             private_dir(os.path.join(flash_dir(config), f"{j:03d}"))
-        started: list[_Started] = []
-        try:
-            for spec in todo:
-                started.append(_launch(spec))
-            _wait_healthy(started, config.services.start_timeout_s)
-        except BaseException:
-            _stop([s.record() for s in started], 5.0, lambda _: None)
-            raise
+        for n in range(config.metadata.redis_nodes):
+            private_dir(redis_dir(config, n))
+        started = _start(config, todo, say)
         region = RegionState(root, services=[s.record() for s in started])
         state.write(region)
         for s in region.services:
@@ -83,6 +90,69 @@ def up(config: RegionConfig, say: Say = print) -> RegionState:
         return region
     finally:
         lock.release()
+
+
+def _start(config: RegionConfig, todo: list[ServiceSpec], say: Say,
+           launched: Callable[[list[_Started]], None] = lambda _: None) -> list[_Started]:
+    """Start ``todo`` and wait until each is healthy: the Redis nodes first, formed into one
+    cluster, then the rest (a metadata server connects to the cluster as it starts).
+    ``launched`` sees the processes started so far after each launch. If one fails,
+    every process this call started is stopped."""
+    started: list[_Started] = []
+    try:
+        for phase in ([s for s in todo if s.kind == "redis"], [s for s in todo if s.kind != "redis"]):
+            if not phase:
+                continue
+            batch = [_launch(spec) for spec in phase]
+            started += batch
+            launched(started)
+            _wait_healthy(batch, config.services.start_timeout_s)
+            if phase[0].kind == "redis":
+                _form_cluster(config, say)
+    except BaseException:
+        _stop([s.record() for s in started], 5.0, lambda _: None)
+        raise
+    return started
+
+
+def _form_cluster(config: RegionConfig, say: Say) -> None:
+    """The region's Redis nodes, all answering, as one healthy cluster with every replica
+    in sync (a metadata server that WAITs for replicas refuses to start without them)."""
+    nodes = [s.address for s in specs(config) if s.kind == "redis"]
+    timeout = config.services.start_timeout_s
+    if not os.path.exists(redis.layout_path(redis_root(config))):
+        redis.reset_unused(nodes)  # an `up` stopped while it joined them: they never served
+    if redis.form(nodes, REDIS_MASTERS, timeout):
+        redis.write_layout(redis_root(config), [int(a.rpartition(":")[2]) for a in nodes],
+                           config.metadata.replicas)
+        say(f"formed a Redis Cluster of {REDIS_MASTERS} masters with {config.metadata.replicas} "
+            f"replicas each under {redis_root(config)}")
+    redis.wait_replicas(nodes, config.metadata.replicas, timeout)
+
+
+def _check_metadata_data(config: RegionConfig, todo: list[ServiceSpec]) -> None:
+    """Before starting Redis nodes: they go where the region's cluster ran, and a first
+    cluster does not hide the records of the region's embedded metadata."""
+    nodes = [s for s in todo if s.kind == "redis"]
+    if not nodes:
+        return
+    data = redis_root(config)
+    redis.check_layout(data, [int(s.address.rpartition(":")[2]) for s in nodes], config.metadata.replicas)
+    embedded = os.path.join(config.root, "metadata")
+    if os.path.exists(redis.layout_path(data)) or not os.path.isdir(embedded):
+        return
+    from blobtier.metadata.rocksdb_store import RocksDBStore
+
+    store = RocksDBStore(embedded, scratch_dir=os.path.join(config.root, "run"))
+    try:
+        holds = bool(store.scan("", None, 1))
+    finally:
+        store.close()
+    if holds:
+        raise InvalidRequest(f"config field metadata.backend is redis-cluster, but the region's blobs "
+                             f"are recorded in its embedded metadata ({embedded}); a new cluster "
+                             "would not know them (and gc would reclaim their chunks). Moving them "
+                             "is not supported: keep backend embedded for this region")
 
 
 def _refuse_if_running(root: str, say: Say) -> None:
@@ -118,13 +188,17 @@ def _check_ports_free(host: str, todo: list[ServiceSpec]) -> None:
     for spec in todo:
         ports = [(spec.address.rsplit(":", 1)[1], "")] if spec.address else []
         ports += [(str(spec.metrics_port), " metrics")] if spec.metrics_port else []
+        where = host
+        if spec.kind == "redis":  # on loopback, whatever services.host says
+            where = redis.HOST
+            ports.append((str(int(ports[0][0]) + REDIS_BUS_OFFSET), " cluster bus"))
         for port, what in ports:
-            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            with socket.socket(socket.AF_INET6 if ":" in where else socket.AF_INET) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
                 try:
-                    s.bind((host, int(port)))
+                    s.bind((where, int(port)))
                 except OSError as exc:
-                    raise InvalidRequest(f"port {port} for {spec.name}{what} on {host} is not free "
+                    raise InvalidRequest(f"port {port} for {spec.name}{what} on {where} is not free "
                                          f"({exc.strerror}); change services.base_port or the "
                                          "explicit ports") from None
 
@@ -137,8 +211,10 @@ def _launch(spec: ServiceSpec) -> _Started:
         log.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1", **spec.env)
         # A session of its own: the service outlives `up` and ignores the terminal's Ctrl-C.
+        # Redis creates its files with the umask; blobtier's services make theirs private.
         proc = subprocess.Popen(spec.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, env=env)
+                                start_new_session=True, close_fds=True, env=env,
+                                umask=0o077 if spec.kind == "redis" else -1)
     return _Started(spec, proc, time.time(), offset)
 
 
@@ -324,15 +400,14 @@ def restart(config: RegionConfig, names: Sequence[str] = (), say: Say = print) -
         _remove_sockets(todo)  # a daemon killed by SIGKILL leaves its socket file
         for record, spec in zip(todo, todo_specs):
             _check_port_free_for(config, record, spec)
-        started = [_launch(spec) for spec in todo_specs]
-        for record, s in zip(todo, started):
-            region.services[region.services.index(record)] = s.record()
-        state.write(region)  # before waiting: a service that hangs while starting is still ours to stop
-        try:
-            _wait_healthy(started, config.services.start_timeout_s)
-        except BaseException:
-            _stop([s.record() for s in started], 5.0, lambda _: None)
-            raise
+        at = {spec.name: region.services.index(record) for record, spec in zip(todo, todo_specs)}
+
+        def record(started: list[_Started]) -> None:
+            for s in started:
+                region.services[at[s.spec.name]] = s.record()
+            state.write(region)  # before waiting: a service that hangs while starting is still ours
+
+        started = _start(config, todo_specs, say, record)
         for s in started:
             say(f"restarted {s.spec.name:<8} pid {s.proc.pid:<7} {s.spec.address or s.spec.socket}")
         return [s.record() for s in started]
