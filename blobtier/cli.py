@@ -303,7 +303,7 @@ def cmd_daemon(args: argparse.Namespace) -> None:
 
 def cmd_gc(args: argparse.Namespace) -> None:
     with _connect(args) as client:
-        report = client.gc(args.grace)
+        report = client.gc(args.grace, force=args.force)
         print(f"live chunks {report.live_chunks}, deleted {report.deleted_chunks} replicas, "
               f"spared {report.spared_young} younger than the grace period, "
               f"{report.reclaimed_bytes:,} bytes of disk given back")
@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("gc", cmd_gc, "reclaim chunks no blob references any more")
     p.add_argument("--grace", type=float, default=None,
                    help="spare chunks younger than this many seconds (default: config)")
+    p.add_argument("--force", action="store_true",
+                   help="collect even when the metadata lists no blob while chunk servers hold "
+                        "chunks (refused by default: lost metadata looks like that)")
     p = add("scrub", cmd_scrub, "read every replica of the blobs under PREFIX and verify it; "
                                 "--repair writes good copies back (exit 1 unless all are good)")
     p.add_argument("prefix", nargs="?", default="")

@@ -73,6 +73,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from blobtier import region_id
 from blobtier.checksum import crc32c, xxh3
 from blobtier.errors import BlobNotFound, InvalidRequest, OutOfRange, StorageFull, TierUnavailable
 from blobtier.fsutil import open_private, private_dir
@@ -856,6 +857,21 @@ class VolumeStore:
         _fsync_dir(self.root)
 
     # -- maintenance -----------------------------------------------------------------
+    def bound_region(self) -> str | None:
+        """The id of the region these chunks belong to (``blobtier.region_id``); None for a
+        store no gc has bound yet.
+
+        Raises:
+            MetadataCorrupt: the directory's marker is not an id.
+        """
+        return region_id.read(self.root)
+
+    def bind_region(self, rid: str) -> None:
+        """Record that this store's chunks belong to region ``rid`` (a writer; once)."""
+        self._check_writable()
+        if region_id.read(self.root) is None:
+            region_id.write(self.root, rid)
+
     def digests(self) -> list[tuple[bytes, int]]:
         """(digest, written unix seconds) of every stored chunk."""
         if not self.writable:

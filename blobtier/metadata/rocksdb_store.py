@@ -17,6 +17,13 @@ what it was opened on, and opens a fresh secondary when either moved or the catc
 failed. A reader therefore never sees a torn record and sees any committed record within
 ``catch_up_s`` whatever the writers do (tests/sdk/test_reader_catchup.py).
 
+Damage is never an empty region. A secondary skips table files that are missing, so after
+every (re-)open a reader checks each live table file exists with its listed size. With
+``region_root`` the store checks the region's identity (``blobtier.region_id``): a region
+whose marker exists while its metadata is missing, of another region or not a directory
+raises ``MetadataCorrupt`` for readers and the writer alike; the writer never creates a
+fresh database in its place.
+
 Commits use group commit: concurrent ``_cas_many`` callers queue; one leader checks all
 of their compare-and-sets against the current values and writes them in one synced
 ``WriteBatch``.
@@ -54,7 +61,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-from blobtier import forks
+from blobtier import forks, region_id
 from blobtier.errors import (
     BlobtierError,
     MetadataCorrupt,
@@ -63,6 +70,7 @@ from blobtier.errors import (
     TierUnavailable,
 )
 from blobtier.fsutil import private_dir
+from blobtier.metadata.schema import REGION_ID_KEY
 from blobtier.metadata.store import MetadataStore, version_matches
 
 log = logging.getLogger(__name__)
@@ -110,6 +118,9 @@ class RocksDBStore(MetadataStore):
         scratch_dir: where a secondary keeps its own small log directory.
         catch_up_s: how stale a secondary may be before a lookup catches up (seconds).
         block_cache_bytes, row_cache_bytes: RocksDB's caches (per process).
+        region_root: the region whose metadata this is: its identity is checked (and a
+            new or older region's created) as ``blobtier.region_id`` says; None: no identity
+            (a metadata service's own database).
 
     Raises (from any method): ``StorageFull`` (no space), ``MetadataCorrupt`` (a corrupt
     file or an I/O error), ``RegionLocked`` (another primary has the database open),
@@ -118,8 +129,10 @@ class RocksDBStore(MetadataStore):
 
     def __init__(self, path: str, *, writable: bool = False, scratch_dir: str | None = None,
                  catch_up_s: float = 0.5, block_cache_bytes: int = 64 << 20,
-                 row_cache_bytes: int = 128 << 20) -> None:
+                 row_cache_bytes: int = 128 << 20, region_root: str | None = None) -> None:
         self.path = path
+        self.region_root = region_root
+        self.region_id: str | None = None  # the region's identity, once known
         self.where = f"metadata store {path}"
         self._cache_sizes = (block_cache_bytes, row_cache_bytes)
         self._opts: Options | None = None  # built once per process: its caches outlive a re-open
@@ -138,11 +151,18 @@ class RocksDBStore(MetadataStore):
         self._sync = WriteOptions()
         self._sync.sync = True
         if writable:
+            marker = self._check_exists()
             private_dir(path, tighten=True)  # RocksDB's own files are private through it
             try:
                 self._db = Rdict(path, self._options())
             except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exceptions
                 raise self._error(exc, "opening as the writer") from exc
+            try:
+                self._identify(marker)
+            except BaseException:
+                self._db.close()
+                self._db = None
+                raise
         else:
             self._open_secondary()
         forks.register(self)
@@ -184,10 +204,82 @@ class RocksDBStore(MetadataStore):
             return MetadataCorrupt(f"{where}: {text}")
         return TierUnavailable(f"{where}: {text}")
 
+    # -- identity and damage -------------------------------------------------------------
+    def _check_exists(self) -> str | None:
+        """The region's marker id; raises ``MetadataCorrupt`` when the region has one (it
+        was created) but no database, or the metadata path is not a directory."""
+        if os.path.lexists(self.path) and not os.path.isdir(self.path):
+            raise MetadataCorrupt(f"{self.where}: {self.path} is not a directory")
+        marker = region_id.read(self.region_root) if self.region_root else None
+        if marker is not None and not os.path.exists(os.path.join(self.path, "CURRENT")):
+            raise MetadataCorrupt(
+                f"{self.where}: the region {self.region_root} exists ({region_id.MARKER} {marker}) "
+                f"but its metadata is missing ({self.path}/CURRENT): restore the metadata directory; "
+                "nothing is created in its place")
+        return marker
+
+    def _identify(self, marker: str | None) -> None:
+        """Writer: check the metadata's id against the marker; give a new (or older)
+        region its id, in the metadata first, then the marker."""
+        if self.region_root is None:
+            return
+        stored = region_id.decode(self._current(self._db, REGION_ID_KEY), self.where)
+        if marker is not None:
+            self._check_same(marker, stored)
+            self.region_id = marker
+            return
+        if stored is None:
+            stored = region_id.new_id()
+            try:
+                self._db.put(REGION_ID_KEY, stored.encode(), self._sync)
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exceptions
+                raise self._error(exc, "recording the region id") from exc
+        region_id.write(self.region_root, stored)
+        self.region_id = stored
+
+    def _check_same(self, marker: str, stored: str | None) -> None:
+        if stored != marker:
+            raise MetadataCorrupt(
+                f"{self.where}: this is not the metadata of region {self.region_root}: "
+                f"{region_id.MARKER} says {marker}, the metadata "
+                f"{'has no region id' if stored is None else 'says ' + stored}")
+
+    def _verify(self, db: Rdict) -> None:
+        """Reader: every live table file is there with its size (a secondary skips missing
+        ones and would answer as if their keys did not exist), and the region is ours.
+        A secondary that meets a missing file drops every file of that version, so a table
+        file on disk that it does not list is checked by a read-only open, which fails on
+        any missing or damaged file (one the primary just made obsolete passes)."""
+        files = db.live_files()
+        live = {os.path.basename(f["name"]) for f in files}
+        if any(n.endswith(".sst") and n not in live for n in os.listdir(self.path)):
+            try:
+                Rdict(self.path, Options(raw_mode=True), access_type=AccessType.read_only()).close()
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exceptions
+                raise self._error(exc, "checking its table files") from exc
+        for f in files:
+            name = os.path.join(self.path, f["name"].lstrip("/"))
+            try:
+                size = os.stat(name).st_size
+            except OSError as exc:
+                raise MetadataCorrupt(f"{self.where}: table file {name} is unreadable: {exc}") from exc
+            if size != f["size"]:
+                raise MetadataCorrupt(f"{self.where}: table file {name} is {size} bytes, "
+                                      f"the metadata lists {f['size']}")
+        if self.region_root:
+            marker = region_id.read(self.region_root)
+            stored = region_id.decode(db.get(REGION_ID_KEY), self.where)
+            if marker is not None:
+                self._check_same(marker, stored)
+            self.region_id = stored
+
     # -- secondaries ---------------------------------------------------------------------
     def _open_secondary(self) -> Rdict | None:
         """Open lazily: a region nobody has written to yet has no database to follow."""
-        if self._db is None and os.path.exists(os.path.join(self.path, "CURRENT")):
+        if self._db is None:
+            self._check_exists()
+            if not os.path.exists(os.path.join(self.path, "CURRENT")):
+                return None
             with self._reopen_lock:
                 if self._db is None:
                     self._install(self._new_secondary())
@@ -209,10 +301,16 @@ class RocksDBStore(MetadataStore):
             # catch-up (one re-open too many at worst, never one too few).
             current = self._primary_state()
             directory = tempfile.mkdtemp(prefix=f"secondary-{os.getpid()}-", dir=scratch)
+            db = None
             try:
                 db = Rdict(self.path, self._options(), access_type=AccessType.secondary(directory))
+                # A file missing now may be one the primary's compaction removed after
+                # this open read the MANIFEST: only a damage that stays is an error.
+                self._verify(db)
                 return db, directory, (current, db.property_int_value(_MIN_LOG) or 0)
             except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exceptions
+                if db is not None:
+                    db.close()
                 shutil.rmtree(directory, ignore_errors=True)
                 if attempt == _OPEN_ATTEMPTS - 1:
                     raise self._error(exc, "opening a reader (secondary)") from exc

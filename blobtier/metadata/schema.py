@@ -6,6 +6,7 @@ Key layout in every metadata store (one ordered key space, one byte of prefix pe
                                                       ls(prefix) = ordered scan of b"R"+prefix
     b"O" + utf8(url)   ->  b""                       an origin prefix registered by reference:
                                                       cache nodes read through only under these
+    b"I"               ->  ascii(region id)          the region's identity (``blobtier.region_id``)
 
 A key is ``namespace/path/inside``: UTF-8, at most ``MAX_KEY_BYTES`` bytes, at least two
 segments, no empty, ``.`` or ``..`` segment, no NUL, no leading ``/``. The namespace (first
@@ -52,6 +53,7 @@ _CRC_FROM = 7  # the crc32c covers the record from the flags on; magic and forma
 _MAGIC = b"BT"
 RECORD_PREFIX = b"R"
 ORIGIN_PREFIX = b"O"
+REGION_ID_KEY = b"I"
 
 
 def validate_key(key: str) -> str:

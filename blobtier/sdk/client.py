@@ -314,11 +314,15 @@ class Client:
         if writer.metadata.delete(key) is None:
             raise BlobNotFound(f"no such blob: {key}")
 
-    def gc(self, grace_s: float | None = None) -> gc.GcReport:
-        """Delete chunks no committed record references (and older than the grace period)."""
+    def gc(self, grace_s: float | None = None, *, force: bool = False) -> gc.GcReport:
+        """Delete chunks no committed record references (and older than the grace period).
+        ``force``: collect even when the metadata lists no blob while chunk servers hold
+        chunks (a region emptied on purpose); ``MetadataCorrupt`` otherwise, and when the
+        metadata is not the chunk stores' region: nothing is deleted then."""
         writer = self._write_path()
         grace = self.config.client.gc_grace_s if grace_s is None else grace_s
-        return gc.collect(writer.metadata, self._blocks.servers, grace, writer.inflight_digests)
+        return gc.collect(writer.metadata, self._blocks.servers, grace, writer.inflight_digests,
+                          force=force)
 
     def scrub(self, prefix: str = "", *, repair: bool = False, progress: Progress | None = None,
               threads: int = 8, metrics: ScrubMetrics | None = None) -> ScrubReport:

@@ -67,7 +67,8 @@ class EmbeddedRegion:
                                 scratch_dir=os.path.join(self.root, "tmp"),
                                 catch_up_s=self.config.client.metadata_staleness_s,
                                 block_cache_bytes=self.config.metadata.block_cache_bytes,
-                                row_cache_bytes=self.config.metadata.row_cache_bytes)
+                                row_cache_bytes=self.config.metadata.row_cache_bytes,
+                                region_root=self.root)
         try:
             return metadata, self._block_layer(writable, stats)
         except BaseException:

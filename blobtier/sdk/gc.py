@@ -21,6 +21,14 @@ all. Write times therefore only serve the grace period: with ``grace_s=0`` every
 unreferenced chunk listed is collected, however young; otherwise a chunk is collected
 once its write time, rounded up to the next second (stores keep whole seconds), is
 ``grace_s`` old, so never early.
+
+Nothing is deleted on another region's view either. An empty listing of lost metadata
+would make every chunk garbage, so the metadata and the chunk stores carry the region's id
+(``blobtier.region_id``): gc refuses when a store is bound to another region than the
+metadata's, and binds the embedded stores not bound yet. Chunk servers know no region (one
+may serve several), so for a store with no id gc refuses when the complete listing is empty
+while the store holds chunks, unless ``force`` (a region emptied on purpose): that is the
+one view lost metadata gives, and a region that still lists blobs cannot have lost them.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from blobtier.chunks import ChunkStore
-from blobtier.errors import TierUnavailable
+from blobtier.errors import MetadataCorrupt, TierUnavailable
 from blobtier.metadata.store import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -60,16 +68,22 @@ def live_digests(metadata: MetadataStore) -> set[bytes]:
 
 
 def collect(metadata: MetadataStore, servers: Mapping[int, ChunkStore], grace_s: float,
-            inflight: Callable[[], set[bytes]]) -> GcReport:
+            inflight: Callable[[], set[bytes]], *, force: bool = False) -> GcReport:
     """Delete unreferenced chunks older than ``grace_s`` seconds (0: any age).
 
+    ``force``: collect even when the metadata lists nothing while stores that know no
+    region hold chunks (the region was emptied on purpose).
+
     Raises:
-        MetadataCorrupt: the metadata could not be listed in full; nothing was deleted.
+        MetadataCorrupt: the metadata could not be listed in full, a store belongs to
+            another region, or (without ``force``) the metadata lists nothing while stores
+            hold chunks; nothing was deleted.
     """
     now = time.time()
     stored, skipped = _stored(servers)  # first: see the module docstring
     spare = inflight()
     live = live_digests(metadata) | spare
+    _check_region(metadata, servers, stored, live, force)
     deleted = young = reclaimed = 0
     for sid, entries in stored.items():
         store = servers[sid]
@@ -91,6 +105,33 @@ def collect(metadata: MetadataStore, servers: Mapping[int, ChunkStore], grace_s:
         reclaimed += _compact(sid, store)
     return GcReport(live_chunks=len(live), deleted_chunks=deleted, spared_young=young,
                     skipped_servers=tuple(skipped), reclaimed_bytes=reclaimed)
+
+
+def _check_region(metadata: MetadataStore, servers: Mapping[int, ChunkStore],
+                  stored: Mapping[int, Sequence[tuple[bytes, float]]], live: set[bytes],
+                  force: bool) -> None:
+    """Refuse a gc whose metadata may not be the region's (module docstring); bind the
+    stores that can record a region to the metadata's."""
+    rid = getattr(metadata, "region_id", None)
+    unbound = []
+    for sid, store in servers.items():
+        bound = store.bound_region() if hasattr(store, "bound_region") else None
+        if bound is None:
+            unbound.append(sid)
+        elif bound != rid:
+            raise MetadataCorrupt(
+                f"gc refused: chunk server {sid} holds the chunks of region {bound}, but the "
+                f"metadata is {'of region ' + rid if rid else 'of no region'}; nothing was deleted")
+    holding = [sid for sid in unbound if stored.get(sid)]
+    if holding and not live and not force:
+        raise MetadataCorrupt(
+            f"gc refused: the metadata lists no blob, but chunk servers {holding} hold chunks; if "
+            "the metadata was lost or replaced, gc would delete all of them. Nothing was deleted; "
+            "if the region is empty on purpose, run gc with force (blobtier gc --force)")
+    for sid in unbound:
+        bind = getattr(servers[sid], "bind_region", None)
+        if rid and bind is not None:
+            bind(rid)
 
 
 def _stored(servers: Mapping[int, ChunkStore]) -> tuple[dict[int, Sequence[tuple[bytes, float]]], list[int]]:
