@@ -31,7 +31,7 @@ from blobtier.errors import InvalidRequest
 KiB, MiB, GiB, TiB, PiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40, 1 << 50
 _UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 10**6, "mib": MiB,
           "g": GiB, "gb": 10**9, "gib": GiB, "t": TiB, "tb": 10**12, "tib": TiB}
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", re.ASCII)  # ASCII digits only
 
 
 def parse_size(value: int | str, what: str = "size") -> int:
@@ -176,12 +176,12 @@ def parse_endpoint(entry: str, field_name: str = "endpoint") -> tuple[str, float
     """``"host:port"`` or ``"host:port@weight"`` -> (``"host:port"``, weight)."""
     addr, at, weight = entry.partition("@")
     host, _, port = addr.rpartition(":")
-    _check(bool(host) and port.isdigit() and 0 < int(port) < 65536, field_name,
+    _check(bool(host) and _digits(port) and 0 < int(port) < 65536, field_name,
            f"entry {entry!r} is not host:port or host:port@weight")
     if not at:
         return addr, 1.0
     try:
-        w = float(weight)
+        w = float(_ascii(weight))
     except ValueError:
         w = -1.0
     _check(w > 0 and w != float("inf"), field_name, f"entry {entry!r}: the weight must be a positive number")
@@ -365,7 +365,7 @@ class FlashNodeConfig:
                f"must hold at least two regions of {_amount('flash_node.region_bytes', self.region_bytes)} "
                f"(flash_node.region_bytes), got {_amount('flash_node.capacity_bytes', self.capacity_bytes)}")
         host, _, port = self.addr.rpartition(":")
-        _check(bool(host) and port.isdigit() and int(port) < 65536, "flash_node.addr",
+        _check(bool(host) and _digits(port) and int(port) < 65536, "flash_node.addr",
                f"{_shown(self.addr)} is not host:port (port 0: any free one)")
 
 
@@ -484,7 +484,7 @@ def _check_addresses(name: str, entries: tuple[str, ...]) -> None:
     """Every entry "host:port", none twice."""
     for addr in entries:
         host, _, port = addr.rpartition(":")
-        _check(bool(host) and port.isdigit() and 0 < int(port) < 65536, name,
+        _check(bool(host) and _digits(port) and 0 < int(port) < 65536, name,
                f"entry {addr!r} is not host:port")
     _check(len(set(entries)) == len(entries), name, "lists a server twice")
 
@@ -566,15 +566,15 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
         if kind == "tuple[str, ...]":
             return _str_tuple(value)
         if kind == "tuple[int, ...]":
-            return tuple(int(v) for v in _int_list(value))
+            return tuple(int(_ascii(v)) for v in _int_list(value))
         if kind == "bool":
             return _bool(value)
         if kind == "int" and not isinstance(value, bool):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            return int(value)
+            return int(_ascii(value))
         if kind == "float" and not isinstance(value, bool):
-            return float(value)
+            return float(_ascii(value))
         if kind == "str":
             return _text(value)
     except InvalidRequest:
@@ -585,6 +585,19 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
         if kind not in _KINDS:
             return value
     raise InvalidRequest(f"config field {name}: {_shown(value)} is not a valid {kind}")
+
+
+def _ascii(value: Any) -> Any:
+    """``value``, unless it is a string with non-ASCII characters: int() and float() take
+    any Unicode digit ("１" or "٣"), which no config number should be written in."""
+    if isinstance(value, str) and not value.isascii():
+        raise ValueError(value)
+    return value
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` takes any Unicode digit)."""
+    return text.isascii() and text.isdigit()
 
 
 def _text(value: Any) -> str:
