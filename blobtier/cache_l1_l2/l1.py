@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 
 from blobtier import checksum as checksums
@@ -348,9 +349,15 @@ class OwnedArena:
         self.owner = ArenaOwner(capacity, policy, namespace_policies=namespace_policies)
         # A directory of its own, new and 0700: no other user can have made it first (a
         # well-known one can be squatted), so nobody can keep this process from its L1.
-        self._dir = tempfile.mkdtemp(prefix="blobtier-l1-")
+        # Its name carries the owner's pid, so directories of owners that died without
+        # closing (SIGKILL) are found and removed by the next arena made on the host.
+        _sweep_dead_arena_dirs()
+        self._dir = tempfile.mkdtemp(prefix=f"{_ARENA_DIR}{os.getpid()}-")
         self.socket_path = os.path.join(self._dir, "owner.sock")
         self.server = OwnerServer(self.owner, self.socket_path)
+        # A process that exits without close() still removes its directory (the owning
+        # process only: a forked child's exit never touches the parent's socket).
+        self._finalizer = weakref.finalize(self, _remove_arena_dir, self._dir, os.getpid())
 
     def close(self) -> None:
         self.server.close()
@@ -359,3 +366,42 @@ class OwnedArena:
             os.rmdir(self._dir)
         except OSError:
             pass  # a forked child's close: the socket, and so the directory, is the parent's
+        else:
+            self._finalizer.detach()
+
+
+_ARENA_DIR = "blobtier-l1-"
+
+
+def _remove_arena_dir(path: str, pid: int) -> None:
+    if os.getpid() != pid:
+        return
+    for name in ("owner.sock",):
+        try:
+            os.unlink(os.path.join(path, name))
+        except OSError:
+            pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _sweep_dead_arena_dirs() -> None:
+    """Remove arena directories of this user whose owner process no longer exists."""
+    tmp = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(tmp) if n.startswith(_ARENA_DIR)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_ARENA_DIR):].split("-", 1)[0]
+        path = os.path.join(tmp, name)
+        try:
+            if not pid.isdigit() or os.lstat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove_arena_dir(path, os.getpid())
+        except OSError:
+            continue  # alive under another user (EPERM), or gone already
