@@ -397,6 +397,10 @@ class RedisStore(MetadataStore):
             self._execute(cas, wait=True)
             return self._cas_results(items, cas, seqs)
         finally:
+            # A seq of its own: a listing that read a directory after INDEX_ADD (and found no
+            # record yet) must not see its seq unchanged after the commit landed, or its repair
+            # would remove the entries of a committed key.
+            token = os.urandom(8).hex()
             done = [_script(_INDEX_DONE, _dir_keys(self._p, d), [token, *names], idempotent=False)
                     for (d, names), add in zip(writes.items(), adds) if add.result == 1]
             self._best_effort(done)

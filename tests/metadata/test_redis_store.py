@@ -139,6 +139,38 @@ def test_an_entry_is_not_removed_when_its_commit_lands_during_the_check(store):
     assert names(store.list_dir("ns/")) == ["ns/late"]
 
 
+def test_a_listing_during_a_commit_never_drops_its_entries(store):
+    """The same race through the store's own commit: a listing reads the directories
+    between the commit's index entries and its compare-and-set (no record yet, and the
+    subdirectory's own index not always written: each level is another slot), then
+    repairs after the commit finished. The commit's end must change every directory's
+    seq from what its start set, or the repair removes the entries of a landed commit
+    (the key, or its whole subdirectory, would be unlisted: gc would then reclaim it)."""
+    from blobtier.metadata.redis_store import _CAS, _INDEX_ADD, _SHA, _Stale
+
+    stale, real = _Stale(), store._execute
+
+    def execute(cmds, *, wait=False):
+        if any(c.args[:2] == ["EVALSHA", _SHA[_CAS]] for c in cmds):  # the commit point is next
+            assert list(store._rows(b"Rns/", b"Rns/", 16, stale)) == []  # entries, no record
+        if any(c.args[:2] == ["EVALSHA", _SHA[_INDEX_ADD]] for c in cmds):
+            # The subdirectory's own entry arrives after its parent's was read: "sub/" is empty.
+            parent = [c for c in cmds if c.key.endswith(b"DRns/")]
+            real(parent)
+            seq, found = store._page(b"Rns/", b"-", b"+", 10)
+            assert found == [b"sub/"] and store._resolve(b"Rns/", [(seq, b"sub/")], stale) == []
+            cmds = [c for c in cmds if c not in parent]
+        real(cmds, wait=wait)
+
+    store._execute = execute
+    store.commit("ns/sub/late", make_record(1), ABSENT)
+    store._execute = real
+    store._prune(stale)  # the listing's repair, after the commit finished
+    assert names(store.scan("ns/")) == ["ns/sub/late"]
+    assert names(store.list_dir("ns/")) == ["ns/sub/"]
+    assert names(store.list_dir("ns/sub/")) == ["ns/sub/late"]
+
+
 def test_index_matches_records_after_racing_writers_deleters_and_listers(store):
     """Writers commit and delete a small set of keys while listers repair the index: at
     the end every key with a record is listed, and nothing else."""
