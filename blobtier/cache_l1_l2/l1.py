@@ -68,7 +68,8 @@ class _Pin:
 
 
 class SharedL1Cache:
-    """A ``ChunkCache`` over an arena.
+    """A ``ChunkCache`` over an arena; also a ``ClaimingCache``, ``RecordedFills``,
+    ``ReportsCorrupt`` and ``SampledVerify`` (``blobtier.chunks``).
 
     Args:
         owner: the ``ArenaOwner`` when this process owns the arena, or
@@ -78,9 +79,7 @@ class SharedL1Cache:
     """
 
     name = "l1"
-    trusted = True
-    namespaced = True  # claim, put and announce file chunks under a namespace (owner.py)
-    checks_fills = True  # put takes checksum=(algorithm, value) of the chunk (chunks.py)
+    trusted = True  # but the chain samples its hits (``verify_rate``: chunks.SampledVerify)
 
     def __init__(self, owner: ArenaOwner | None = None, socket_path: str | None = None,
                  verify: str = "sampled") -> None:
@@ -240,8 +239,14 @@ class SharedL1Cache:
                 log.debug("L1 claims not given back: %s", exc)
 
     def put(self, key: ChunkKey, data: Buffer, touch: bool = True, namespace: str = "",
-            checksum: tuple[str, int] | None = None) -> None:
-        """Fill ``key`` (claimed before, or claimed now under ``namespace``).
+            checksum: tuple[str, int] | None = None) -> bool:
+        """``fill`` (``ChunkCache.put``, with its options)."""
+        return self.fill(key, data, touch=touch, namespace=namespace, checksum=checksum)
+
+    def fill(self, key: ChunkKey, data: Buffer, *, touch: bool = True, namespace: str = "",
+             checksum: tuple[str, int] | None = None) -> bool:
+        """Fill ``key`` (claimed before, or claimed now under ``namespace``); True if it
+        is cached now (or was already, or another reader is filling it).
 
         ``checksum``: (algorithm, value) of ``data`` from the chunk's record. An owner in
         another process checks the slot holds exactly these bytes before it publishes
@@ -252,15 +257,18 @@ class SharedL1Cache:
         with self._lock:
             claim = self._claims.pop(key, None)
         if claim is None:
-            if not size or not self.claim([(key, size, namespace)])[0]:
-                return
+            if not size:
+                return False
+            claimed, busy = self.claim([(key, size, namespace)])
+            if not claimed:
+                return key in busy  # held already, or being filled by another reader
             with self._lock:
                 claim = self._claims.pop(key)
         offset, generation = claim
         digest = key.digest()
         segment, attached = self._attach()
         if attached != generation:
-            return  # claimed from an owner that is gone: its slot is not in this segment
+            return False  # claimed from an owner that is gone: its slot is not in this segment
         try:
             segment.view[offset:offset + size] = data
         except ValueError as exc:  # another thread closed it: the owner restarted
@@ -269,13 +277,14 @@ class SharedL1Cache:
             self._abort([digest], generation)
             raise
         if self._owner is not None:  # written by this very call: nothing to check
-            self._owner.commit(digest, self._session, accessed=touch)
-            return
+            return self._owner.commit(digest, self._session, accessed=touch)
         algo, value = checksum or ("xxh3", checksums.xxh3(data))
         try:
             self._client.commit([(digest, size, algo, value)], accessed=touch, generation=generation)
         except Refused as exc:
             log.warning("L1 fill of chunk %s not cached: %s", key, exc)
+            return False
+        return True
 
     def report_corrupt(self, keys: Sequence[ChunkKey]) -> None:
         """These chunks failed their checksum on a hit: the owner forgets them (a slot

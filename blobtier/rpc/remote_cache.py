@@ -5,7 +5,7 @@ and the peer daemons of L2, which serve the same ``CacheService``; the tier's na
 given by whoever builds it. The node is not trusted (``trusted = False``): the chain
 verifies every chunk it returns.
 
-It is a read-through tier (``read_through = True``, see ``blobtier.chunks``): given the
+It is a read-through tier (``ReadThroughCache``, see ``blobtier.chunks``): given the
 chunks' records, the node reads what it misses from the block layer itself, once however
 many clients ask, and answers with it. Any failure of a call (node down, timeout, a status
 the client does not expect) raises ``TierUnavailable``, which the chain treats as a miss.
@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from blobtier import checksum, forks
 from blobtier.checksum import xxh3
-from blobtier.chunks import Buffer, ChunkKey, ChunkRef
+from blobtier.chunks import Buffer, ChunkKey, ChunkRef, Lookup
 from blobtier.errors import ChecksumError, InvalidRequest, TierUnavailable
 from blobtier.flash_l3.local_reads import RegionReader
 from blobtier.metadata.schema import encode
@@ -43,17 +43,6 @@ log = logging.getLogger(__name__)
 CALL_BYTES = 32 << 20  # chunk bytes per Get call: a larger batch becomes parallel calls
 CALL_ITEMS = 256  # chunks per Get call when their sizes are unknown (no records)
 COUNTERS = ("hits", "local_hits", "filled", "misses", "failed", "errors", "corrupt")
-
-
-class Found(dict):
-    """The chunks a node answered with; ``filled`` of them it read through from the block
-    layer for this call (a miss of the tier, though the tier served it); ``verified``:
-    those already checked against their record here (the chain skips them), ``corrupt``:
-    how many failed that check (and were fetched again)."""
-
-    filled = 0
-    corrupt = 0
-    verified: frozenset[ChunkKey] | set[ChunkKey] = frozenset()
 
 
 @contextmanager
@@ -83,7 +72,6 @@ class RemoteChunkCache:
     """
 
     trusted = False
-    read_through = True
 
     def __init__(self, addr: str, *, name: str = "l3", tls: Tls | None = None, timeout_s: float = 10.0,
                  parallel: int = 2, local_reads: bool = False, token: str | None = None) -> None:
@@ -107,29 +95,38 @@ class RemoteChunkCache:
         return pb_grpc.CacheAdminStub(self._channel.get())
 
     # -- ChunkCache ------------------------------------------------------------------
-    def get_many(self, keys: Sequence[ChunkKey], touch: bool = True,
-                 refs: Sequence[ChunkRef] | None = None) -> dict[ChunkKey, memoryview]:
-        """The chunks the node has; with ``refs`` (the record and index of each key), also
-        those it reads through from the block layer."""
+    def get_many(self, keys: Sequence[ChunkKey], touch: bool = True) -> dict[ChunkKey, memoryview]:
+        """The chunks the node has."""
+        return self._lookup(keys, None, touch).found
+
+    def read_through(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef],
+                     touch: bool = True) -> Lookup:
+        """The chunks the node has, and those it reads through from the block layer
+        (``refs``: the record and index of each key; ``InvalidRequest`` if they differ
+        in number)."""
+        if len(refs) != len(keys):
+            raise InvalidRequest(f"{len(keys)} keys but {len(refs)} refs")
+        return self._lookup(keys, refs, touch)
+
+    def _lookup(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None, touch: bool) -> Lookup:
         if not keys:
-            return {}
-        local = Found()
+            return Lookup()
+        local = Lookup()
         if self.local_reads:
             keys, refs = self._read_local(keys, refs, touch, local)
             if not keys:
                 return local
         found = self._get_remote(keys, refs, touch)
-        found.update(local)
-        found.verified, found.corrupt = local.verified, local.corrupt
+        found.merge(local)
         return found
 
     def _read_local(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None, touch: bool,
-                    found: Found) -> tuple[Sequence[ChunkKey], Sequence[ChunkRef] | None]:
-        """Read what the node locates in its region files; return the keys (and refs) left
-        for a Get. Turns itself off for good when the node is elsewhere or says no."""
+                    found: Lookup) -> tuple[Sequence[ChunkKey], Sequence[ChunkRef] | None]:
+        """Read what the node locates in its region files into ``found``; return the keys
+        (and refs) left for a Get. Turns itself off for good when the node is elsewhere or
+        says no."""
         left: list[int] = []
         bad: list[ChunkKey] = []
-        found.verified = set()
         for start in range(0, len(keys), CALL_ITEMS):
             part = keys[start:start + CALL_ITEMS]
             request = pb.LocateRequest(keys=[wire.key_to_pb(k) for k in part], touch=touch)
@@ -171,7 +168,7 @@ class RemoteChunkCache:
                 if view is None:
                     left.append(i)
                 else:
-                    found[key] = view
+                    found.found[key] = view
             if not self.local_reads:
                 break
         if bad:  # the node forgets them before the Get below reads them through again
@@ -180,28 +177,26 @@ class RemoteChunkCache:
             except TierUnavailable as exc:
                 log.debug("%s not told of corrupt chunks: %s", self.where, exc)
         found.corrupt += len(bad)
-        self._tally({"hits": len(found), "local_hits": len(found), "corrupt": len(bad)})
+        self._tally({"hits": len(found.found), "local_hits": len(found.found), "corrupt": len(bad)})
         return [keys[i] for i in left], None if refs is None else [refs[i] for i in left]
 
     def _get_remote(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None,
-                    touch: bool) -> Found:
+                    touch: bool) -> Lookup:
         calls = list(_split(keys, refs))
         if len(calls) == 1:
             return self._get(calls[0][0], calls[0][1], touch)
-        found = Found()
+        found = Lookup()
         for part in self._pool.get().map(lambda c: self._get(c[0], c[1], touch), calls):
-            found.update(part)
-            found.filled += part.filled
+            found.merge(part)
         return found
 
     def get_range(self, key: ChunkKey, offset: int, length: int) -> memoryview | None:
         """``length`` bytes of a cached chunk from ``offset``, or None if it is not cached.
         The bytes are not verified (a range has no checksum of its own)."""
         item = pb.GetItem(key=wire.key_to_pb(key), offset=offset, length=length)
-        return self._call(pb.GetRequest(items=[item], touch=True), [key]).get(key)
+        return self._call(pb.GetRequest(items=[item], touch=True), [key]).found.get(key)
 
-    def _get(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None,
-             touch: bool) -> dict[ChunkKey, memoryview]:
+    def _get(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None, touch: bool) -> Lookup:
         request = pb.GetRequest(touch=touch)
         if refs is None:
             request.items.extend(pb.GetItem(key=wire.key_to_pb(k)) for k in keys)
@@ -210,22 +205,21 @@ class RemoteChunkCache:
             request.items.extend(pb.GetItem(key=wire.key_to_pb(k), record=r) for k, r in zip(keys, at))
         return self._call(request, keys)
 
-    def _call(self, request: pb.GetRequest, keys: Sequence[ChunkKey]) -> dict[ChunkKey, memoryview]:
+    def _call(self, request: pb.GetRequest, keys: Sequence[ChunkKey]) -> Lookup:
         try:
             with _calling(self.where):
-                found, tally = _collect(wire.get_call(self._channel.get())(request, timeout=self.timeout_s),
-                                        keys, self.where)
+                found, failed = _collect(wire.get_call(self._channel.get())(request, timeout=self.timeout_s),
+                                         keys, self.where)
         except TierUnavailable:
             self._tally({"errors": 1})
             raise
-        tally["misses"] = len(keys) - len(found)
-        self._tally(tally)
-        out = Found(found)
-        out.filled = tally["filled"]
-        return out
+        self._tally({"hits": len(found.found) - len(found.filled), "filled": len(found.filled),
+                     "failed": failed, "misses": len(keys) - len(found.found)})
+        return found
 
-    def put(self, key: ChunkKey, data: Buffer, touch: bool = True) -> None:
-        self.put_many([(key, data)], touch)
+    def put(self, key: ChunkKey, data: Buffer, touch: bool = True) -> bool:
+        """Offer a chunk; True if the node admitted it."""
+        return self.put_many([(key, data)], touch)[0] > 0
 
     def put_many(self, items: Sequence[tuple[ChunkKey, Buffer]], touch: bool = True) -> tuple[int, int]:
         """Offer chunks; returns (admitted, rejected) as the node decided."""
@@ -366,11 +360,11 @@ def _split(keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None):
     yield keys[start:], refs[start:] if refs is not None else None
 
 
-def _collect(replies: Iterator[bytes], keys: Sequence[ChunkKey],
-             where: str) -> tuple[dict[ChunkKey, memoryview], dict[str, int]]:
-    """Assemble the chunks of one Get stream (zero-copy when a chunk came in one piece)."""
-    found: dict[ChunkKey, memoryview] = {}
-    tally = {"hits": 0, "filled": 0, "failed": 0}
+def _collect(replies: Iterator[bytes], keys: Sequence[ChunkKey], where: str) -> tuple[Lookup, int]:
+    """Assemble the chunks of one Get stream (zero-copy when a chunk came in one piece);
+    returns them with how many the node failed to read through."""
+    answer = Lookup()
+    found, failed = answer.found, 0
     key: ChunkKey | None = None
     buf: np.ndarray | None = None
     filled = 0
@@ -381,10 +375,11 @@ def _collect(replies: Iterator[bytes], keys: Sequence[ChunkKey],
             if reply.item >= len(keys):
                 raise TierUnavailable(f"{where}: answer for item {reply.item} of {len(keys)}")
             if reply.outcome == pb.FAILED:
-                tally["failed"] += 1
+                failed += 1
             if reply.outcome not in (pb.HIT, pb.FILLED):
                 continue
-            tally["hits" if reply.outcome == pb.HIT else "filled"] += 1
+            if reply.outcome == pb.FILLED:
+                answer.filled.add(keys[reply.item])
             if len(reply.data) == reply.length:
                 found[keys[reply.item]] = reply.data.toreadonly()
                 continue
@@ -397,7 +392,7 @@ def _collect(replies: Iterator[bytes], keys: Sequence[ChunkKey],
         else:
             raise TierUnavailable(f"{where}: data with no chunk to go to")
     _finish(found, key, buf, filled, where)
-    return found, tally
+    return answer, failed
 
 
 def _replies(messages: Iterator[bytes], where: str) -> Iterator[wire.Reply]:

@@ -9,7 +9,8 @@ answers again it takes its chunks back. Losing one node of N moves only the chun
 home to (about 1/N); the others keep their homes and their cached copies.
 
 A chunk whose every candidate is skipped is a miss: the chain reads it from the block
-layer itself.
+layer itself. ``ShardedReadThroughCache`` is the same over nodes that read their misses
+through from the block layer (flash nodes; L2 peer daemons do not).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from blobtier import placement
-from blobtier.chunks import Buffer, ChunkKey, ChunkRef
+from blobtier.chunks import Buffer, ChunkCache, ChunkKey, ChunkRef, Lookup, ReportsCorrupt
 from blobtier.errors import InvalidRequest, TierUnavailable
-from blobtier.rpc.remote_cache import Found, ProcessLocalPool, RemoteChunkCache
+from blobtier.rpc.remote_cache import ProcessLocalPool, RemoteChunkCache
 from blobtier.rpc.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -69,21 +70,17 @@ class ShardedChunkCache:
             must be the same in every client (its address).
         name: the tier's name ("l3", "l2").
         health: which nodes are skipped (default: 1 s backoff doubling to 60 s).
-        read_through: the nodes read misses through from the block layer (flash nodes do,
-            L2 peer daemons do not).
         local: the node that is this host's own (an L2 client's daemon, whose arena is
             the L1 above): chunks homed there are neither asked for nor offered.
     """
 
     trusted = False
 
-    def __init__(self, nodes: Sequence[tuple[str, float, RemoteChunkCache]], *, name: str = "l3",
-                 health: NodeHealth | None = None, read_through: bool = True,
-                 local: str | None = None) -> None:
+    def __init__(self, nodes: Sequence[tuple[str, float, ChunkCache]], *, name: str = "l3",
+                 health: NodeHealth | None = None, local: str | None = None) -> None:
         if not nodes:
             raise InvalidRequest("a sharded cache needs at least one node")
         self.name = name
-        self.read_through = read_through
         self.local = local
         self.ids = [n for n, _, _ in nodes]
         self.weights = [w for _, w, _ in nodes]
@@ -96,11 +93,12 @@ class ShardedChunkCache:
                 timeout_s: float = 10.0, retry_after_s: float = 1.0, read_through: bool = True,
                 local: str | None = None, local_reads: bool = False,
                 token: str | None = None) -> ShardedChunkCache:
-        """Over gRPC nodes given as (``host:port``, weight)."""
-        return cls([(addr, w, RemoteChunkCache(addr, name=name, tls=tls, timeout_s=timeout_s,
-                                               local_reads=local_reads, token=token))
-                    for addr, w in endpoints], name=name, health=NodeHealth(retry_after_s),
-                   read_through=read_through, local=local)
+        """Over gRPC nodes given as (``host:port``, weight); ``read_through``: the nodes
+        read misses through from the block layer (a ``ShardedReadThroughCache``)."""
+        kind = ShardedReadThroughCache if read_through else ShardedChunkCache
+        return kind([(addr, w, RemoteChunkCache(addr, name=name, tls=tls, timeout_s=timeout_s,
+                                                local_reads=local_reads, token=token))
+                     for addr, w in endpoints], name=name, health=NodeHealth(retry_after_s), local=local)
 
     def rank(self, key: ChunkKey) -> list[str]:
         """Every node, best home first, for ``key``."""
@@ -114,12 +112,14 @@ class ShardedChunkCache:
         return None
 
     # -- ChunkCache ------------------------------------------------------------------
-    def get_many(self, keys: Sequence[ChunkKey], touch: bool = True,
-                 refs: Sequence[ChunkRef] | None = None) -> dict[ChunkKey, memoryview]:
+    def get_many(self, keys: Sequence[ChunkKey], touch: bool = True) -> dict[ChunkKey, memoryview]:
         """Ask each key's home node; the keys of a node that fails go to their next
         candidate once, then count as misses."""
-        ref_of = dict(zip(keys, refs)) if refs is not None else None
-        found = Found()
+        return self._lookup(keys, touch, None).found
+
+    def _lookup(self, keys: Sequence[ChunkKey], touch: bool,
+                ref_of: dict[ChunkKey, ChunkRef] | None) -> Lookup:
+        found = Lookup()
         failed: frozenset[str] = frozenset()
         todo = list(keys)
         for _ in range(2):
@@ -136,22 +136,19 @@ class ShardedChunkCache:
                     failed |= {node}
                     todo += sub
                 else:
-                    found.update(got)
-                    found.filled += getattr(got, "filled", 0)
-                    if getattr(got, "verified", None):
-                        found.verified = {*found.verified, *got.verified}
-                    found.corrupt += getattr(got, "corrupt", 0)
+                    found.merge(got)
             if not todo:
                 break
         return found
 
     def _ask(self, groups: dict[str, list[ChunkKey]], touch: bool, ref_of: dict | None):
-        def call(node: str, sub: list[ChunkKey]) -> dict[ChunkKey, memoryview] | None:
+        def call(node: str, sub: list[ChunkKey]) -> Lookup | None:
             try:
+                member = self.members[node]
                 if ref_of is None:
-                    got = self.members[node].get_many(sub, touch=touch)
+                    got = Lookup(member.get_many(sub, touch=touch))
                 else:
-                    got = self.members[node].get_many(sub, touch=touch, refs=[ref_of[k] for k in sub])
+                    got = member.read_through(sub, [ref_of[k] for k in sub], touch)
             except (TierUnavailable, OSError) as exc:
                 self._failed(node, exc)
                 return None
@@ -169,14 +166,16 @@ class ShardedChunkCache:
             log.warning("%s node %s skipped for now: %s", self.name, node, exc)
         self.health.failed(node)
 
-    def put(self, key: ChunkKey, data: Buffer, touch: bool = True) -> None:
+    def put(self, key: ChunkKey, data: Buffer, touch: bool = True) -> bool:
+        """Offer a chunk to its home; True if it took it (False for this host's own node:
+        its arena is the L1 above). ``TierUnavailable`` when every node is skipped."""
         node = self.home(key)
         if node is None:
             raise TierUnavailable(f"every {self.name} node is skipped for now")
         if node == self.local:
-            return
+            return False
         try:
-            self.members[node].put(key, data, touch)
+            return self.members[node].put(key, data, touch)
         except (TierUnavailable, OSError) as exc:
             self._failed(node, exc)
             raise
@@ -190,11 +189,11 @@ class ShardedChunkCache:
             if node is not None and node != self.local:
                 groups.setdefault(node, []).append(key)
         for node, sub in groups.items():
-            report = getattr(self.members[node], "report_corrupt", None)
-            if report is None:
+            member = self.members[node]
+            if not isinstance(member, ReportsCorrupt):
                 continue
             try:
-                report(sub)
+                member.report_corrupt(sub)
             except (TierUnavailable, OSError) as exc:
                 self._failed(node, exc)
 
@@ -215,3 +214,16 @@ class ShardedChunkCache:
 
     def __repr__(self) -> str:
         return f"<ShardedChunkCache {self.name} {self.ids}>"
+
+
+class ShardedReadThroughCache(ShardedChunkCache):
+    """A ``ShardedChunkCache`` over nodes that read their misses through from the block
+    layer: every node a ``ReadThroughCache``, and so is the whole."""
+
+    def read_through(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef],
+                     touch: bool = True) -> Lookup:
+        """``get_many``, where each key's home reads it through when it misses; ``refs``:
+        the record and index of each key."""
+        if len(refs) != len(keys):
+            raise InvalidRequest(f"{len(keys)} keys but {len(refs)} refs")
+        return self._lookup(keys, touch, dict(zip(keys, refs)))

@@ -18,13 +18,57 @@ import random
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from blobtier import checksum
-from blobtier.chunks import ChunkCache, ChunkKey, ChunkRef, ChunkSource
+from blobtier.chunks import (
+    ChunkCache,
+    ChunkKey,
+    ChunkRef,
+    ChunkSource,
+    ClaimingCache,
+    ReadThroughCache,
+    RecordedFills,
+    ReportsCorrupt,
+    SampledVerify,
+)
 from blobtier.errors import ChecksumError, TierUnavailable
 from blobtier.metrics import TierStats
 
 log = logging.getLogger(__name__)
+_NONE: frozenset[ChunkKey] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class _Tier:
+    """One tier and the capabilities it has (``chunks.py``), found once when the chain is
+    built, so that a read never probes a tier for them."""
+
+    cache: ChunkCache
+    depth: int
+    through: ReadThroughCache | None
+    claims: ClaimingCache | None
+    fills: RecordedFills | None
+    reports: ReportsCorrupt | None
+    sampled: SampledVerify | None
+
+    @classmethod
+    def of(cls, cache: ChunkCache, depth: int) -> _Tier:
+        def able(kind: type) -> object | None:
+            return cache if isinstance(cache, kind) else None
+
+        return cls(cache, depth, able(ReadThroughCache), able(ClaimingCache), able(RecordedFills),
+                   able(ReportsCorrupt), able(SampledVerify) if cache.trusted else None)
+
+    @property
+    def name(self) -> str:
+        return self.cache.name
+
+    def verify_rate(self) -> float:
+        """The share of this tier's hits the chain checks: every one of an untrusted tier."""
+        if not self.cache.trusted:
+            return 1.0
+        return self.sampled.verify_rate if self.sampled is not None else 0.0
 
 
 class TierChain:
@@ -38,6 +82,7 @@ class TierChain:
 
     def __init__(self, tiers: Sequence[ChunkCache], source: ChunkSource, stats: TierStats) -> None:
         self.tiers = list(tiers)
+        self._tiers = [_Tier.of(t, depth) for depth, t in enumerate(self.tiers)]
         self.source = source
         self.stats = stats
         self._inflight: dict[ChunkKey, Future] = {}
@@ -48,7 +93,8 @@ class TierChain:
         """Verified bytes of each (record, index), in order.
 
         ``touch=False`` reads ahead of the reader: the caches' eviction policies do not
-        count it as a use.
+        count it as a use. Raises what the source raises for a chunk no tier holds
+        (``BlobNotFound``, ``ChecksumError``, ``TierUnavailable``).
         """
         keys = [rec.chunk_key(index) for rec, index in refs]
         found = self._read(refs, touch, warm=False)
@@ -66,20 +112,19 @@ class TierChain:
             ref_of[rec.chunk_key(index)] = (rec, index)
         found: dict[ChunkKey, memoryview] = {}
         missing = list(ref_of)
-        claims: list[tuple[ChunkCache, set[ChunkKey]]] = []
+        claims: list[tuple[_Tier, set[ChunkKey]]] = []
         rejected: set[ChunkKey] = set()  # found corrupt in this read: never taken from a tier again
         try:
-            for depth, tier in enumerate(self.tiers):
+            for tier in self._tiers:
                 if not missing:
                     break
                 got = self._lookup(tier, missing, ref_of, touch, rejected=rejected)
                 if got:
                     found.update(got)
-                    self._fill(self.tiers[:depth], got, touch, ref_of)
+                    self._fill(self._tiers[:tier.depth], got, touch, ref_of)
                     missing = [k for k in missing if k not in got]
-                if missing and hasattr(tier, "claim"):
-                    missing = self._claim(tier, depth, missing, ref_of, found, claims, touch, warm,
-                                          rejected)
+                if missing and tier.claims is not None:
+                    missing = self._claim(tier, missing, ref_of, found, claims, touch, warm, rejected)
             if missing:
                 found.update(self._from_source(missing, ref_of, touch))
         finally:
@@ -87,19 +132,19 @@ class TierChain:
                 self._unclaim(tier, claimed)
         return found
 
-    def _unclaim(self, tier: ChunkCache, claimed: set[ChunkKey]) -> None:
+    def _unclaim(self, tier: _Tier, claimed: set[ChunkKey]) -> None:
         """Give back the claims a failure left unfilled (the tier forgets the filled ones).
         A tier that died meanwhile took its claims with it: nothing to give back, and
         nothing the read must fail for."""
         try:
-            tier.unclaim(list(claimed))
+            tier.claims.unclaim(list(claimed))
         except (TierUnavailable, OSError) as exc:
             log.debug("tier %s: claims not given back: %s", tier.name, exc)
             self.stats.add(tier.name, errors=1)
 
-    def _claim(self, tier: ChunkCache, depth: int, missing: list[ChunkKey],
-               ref_of: dict[ChunkKey, ChunkRef], found: dict[ChunkKey, memoryview],
-               claims: list, touch: bool, warm: bool, rejected: set[ChunkKey]) -> list[ChunkKey]:
+    def _claim(self, tier: _Tier, missing: list[ChunkKey], ref_of: dict[ChunkKey, ChunkRef],
+               found: dict[ChunkKey, memoryview], claims: list, touch: bool, warm: bool,
+               rejected: set[ChunkKey]) -> list[ChunkKey]:
         """Claim ``tier``'s slots for the misses; wait for those another process is filling
         (not for a chunk found corrupt: a tier that could not drop it holds it still).
 
@@ -107,8 +152,8 @@ class TierChain:
         """
         try:
             # Each claim names its blob's namespace, whose eviction policy then rules the chunk.
-            claimed, busy = tier.claim([(k, ref_of[k][0].chunk_range(ref_of[k][1])[1], ref_of[k][0].namespace)
-                                        for k in missing])
+            claimed, busy = tier.claims.claim([(k, ref_of[k][0].chunk_range(ref_of[k][1])[1],
+                                                ref_of[k][0].namespace) for k in missing])
         except (TierUnavailable, OSError) as exc:
             log.debug("tier %s skipped: %s", tier.name, exc)
             return missing
@@ -123,46 +168,49 @@ class TierChain:
             self.stats.add(tier.name, hits=len(waited), misses=-len(waited),
                            nbytes=sum(len(v) for v in waited.values()))
             found.update(waited)
-            self._fill(self.tiers[:depth], waited, touch, ref_of)
+            self._fill(self._tiers[:tier.depth], waited, touch, ref_of)
         return [k for k in missing if k not in waited]
 
-    def _lookup(self, tier: ChunkCache, keys: list[ChunkKey], ref_of: dict[ChunkKey, ChunkRef],
+    def _lookup(self, tier: _Tier, keys: list[ChunkKey], ref_of: dict[ChunkKey, ChunkRef],
                 touch: bool = True, count: bool = True,
                 rejected: set[ChunkKey] | None = None) -> dict[ChunkKey, memoryview]:
         """``tier``'s verified hits among ``keys``; the corrupt ones are added to ``rejected``."""
+        filled: set[ChunkKey] | frozenset[ChunkKey] = _NONE
+        verified: set[ChunkKey] | frozenset[ChunkKey] = _NONE
+        corrupt = 0
         try:
-            if getattr(tier, "read_through", False):  # it fetches its misses itself (chunks.py)
-                got = tier.get_many(keys, touch=touch, refs=[ref_of[k] for k in keys])
+            if tier.through is not None:  # it fetches its misses itself
+                answer = tier.through.read_through(keys, [ref_of[k] for k in keys], touch)
+                got, filled, verified, corrupt = answer.found, answer.filled, answer.verified, answer.corrupt
             else:
-                got = tier.get_many(keys, touch=touch)
+                got = tier.cache.get_many(keys, touch=touch)
         except (TierUnavailable, OSError) as exc:
             log.debug("tier %s skipped: %s", tier.name, exc)
             self.stats.add(tier.name, misses=len(keys) if count else 0, errors=1)
             return {}
-        bad = self._verify(tier, got, ref_of)
+        bad = self._verify(tier, got, ref_of, verified)
         if rejected is not None:
             rejected.update(bad)
-        if bad and hasattr(tier, "report_corrupt"):  # so that it drops them, not serves them again
+        if bad and tier.reports is not None:  # so that it drops them, not serves them again
             try:
-                tier.report_corrupt(bad)
+                tier.reports.report_corrupt(bad)
             except (TierUnavailable, OSError) as exc:
                 log.debug("tier %s not told of corrupt chunks: %s", tier.name, exc)
-        corrupt = len(bad) + getattr(got, "corrupt", 0)  # the tier's own checks too
         if count:  # chunks a read-through tier fetched from below for us were its misses
-            filled = min(getattr(got, "filled", 0), len(got))
-            self.stats.add(tier.name, hits=len(got) - filled, misses=len(keys) - len(got) + filled,
-                           nbytes=sum(len(v) for v in got.values()), corrupt=corrupt)
+            n_filled = len(filled.intersection(got)) if filled else 0
+            self.stats.add(tier.name, hits=len(got) - n_filled, misses=len(keys) - len(got) + n_filled,
+                           nbytes=sum(len(v) for v in got.values()), corrupt=len(bad) + corrupt)
         return got
 
-    def _verify(self, tier: ChunkCache, got: dict[ChunkKey, memoryview],
-                ref_of: dict[ChunkKey, ChunkRef]) -> list[ChunkKey]:
+    def _verify(self, tier: _Tier, got: dict[ChunkKey, memoryview], ref_of: dict[ChunkKey, ChunkRef],
+                verified: set[ChunkKey] | frozenset[ChunkKey] | tuple[()]) -> list[ChunkKey]:
         """Check ``got`` against the records: every chunk of an untrusted tier, the share
-        ``verify_rate`` (drawn at random) of a trusted one's. Corrupt chunks leave ``got``
-        and are returned."""
-        rate = getattr(tier, "verify_rate", 0.0) if tier.trusted else 1.0
+        ``verify_rate`` (drawn at random) of a trusted one's, none the tier ``verified``
+        itself. Corrupt chunks leave ``got`` and are returned."""
+        rate = tier.verify_rate()
         if not rate or not got:
             return []
-        verified = getattr(got, "verified", ())  # checked against the record by the tier
+        verified = verified or ()  # no hashing of every key when the tier checked none
         bad = []
         for key in list(got):
             if key in verified or (rate < 1.0 and random.random() >= rate):
@@ -198,7 +246,7 @@ class TierChain:
                 raise
             got = dict(zip(own, views))
             self.stats.add("origin", hits=len(own), nbytes=sum(len(v) for v in views))
-            self._fill(self.tiers, got, touch, ref_of)
+            self._fill(self._tiers, got, touch, ref_of)
             self._settle(own, got, None)
         for key, fut in waits:
             got[key] = fut.result()
@@ -213,10 +261,10 @@ class TierChain:
             else:
                 fut.set_result(got[key])
 
-    def _fill(self, tiers: Sequence[ChunkCache], chunks: dict[ChunkKey, memoryview],
+    def _fill(self, tiers: Sequence[_Tier], chunks: dict[ChunkKey, memoryview],
               touch: bool = True, ref_of: dict[ChunkKey, ChunkRef] | None = None) -> None:
         for tier in tiers:
-            if tier.trusted:
+            if tier.cache.trusted:
                 self._put_all(tier, chunks, touch, ref_of)
             else:
                 with self._lock:  # two first fills at once must not make two pools
@@ -225,20 +273,20 @@ class TierChain:
                     pool = self._fill_pool
                 pool.submit(self._put_all, tier, dict(chunks), touch)
 
-    def _put_all(self, tier: ChunkCache, chunks: dict[ChunkKey, memoryview], touch: bool,
+    def _put_all(self, tier: _Tier, chunks: dict[ChunkKey, memoryview], touch: bool,
                  ref_of: dict[ChunkKey, ChunkRef] | None = None) -> None:
-        """Offer ``chunks`` to ``tier``, with what it takes of their records (chunks.py)."""
-        namespaced = ref_of is not None and getattr(tier, "namespaced", False)
-        checked = ref_of is not None and getattr(tier, "checks_fills", False)
+        """Offer ``chunks`` to ``tier``, with what it takes of their records (``RecordedFills``)."""
         try:
-            for key, view in chunks.items():
-                extra = {}
-                if namespaced:
-                    extra["namespace"] = ref_of[key][0].namespace
-                if checked:
+            if tier.fills is not None and ref_of is not None:
+                fill = tier.fills.fill
+                for key, view in chunks.items():
                     rec, index = ref_of[key]
-                    extra["checksum"] = (rec.checksum_algo, rec.checksums[index])
-                tier.put(key, view, touch=touch, **extra)
+                    fill(key, view, touch=touch, namespace=rec.namespace,
+                         checksum=(rec.checksum_algo, rec.checksums[index]))
+            else:
+                put = tier.cache.put
+                for key, view in chunks.items():
+                    put(key, view, touch)
         except (TierUnavailable, OSError) as exc:
             log.debug("fill of tier %s failed: %s", tier.name, exc)
             self.stats.add(tier.name, errors=1)

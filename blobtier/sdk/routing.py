@@ -61,6 +61,6 @@ class RoutingSource:
         self.blocks.delete_chunks(placed)
 
     def close(self) -> None:
-        if self._origin is not None and hasattr(self._origin, "close"):
+        if self._origin is not None:
             self._origin.close()
         self.blocks.close()

@@ -70,7 +70,7 @@ def test_warm_restart_after_sigkill_and_after_sigterm(tmp_path, region, dataset)
             for start in range(0, len(refs), 8):
                 batch = refs[start:start + 8]
                 try:
-                    got = remote.get_many([r.chunk_key(i) for r, i in batch], refs=batch)
+                    got = remote.read_through([r.chunk_key(i) for r, i in batch], batch).found
                 except blobtier.TierUnavailable:
                     return
                 written.extend(got)  # answered FILLED: the node wrote them before answering
@@ -90,7 +90,7 @@ def test_warm_restart_after_sigkill_and_after_sigterm(tmp_path, region, dataset)
         back = remote.get_many(written)  # no records: only what the cache itself holds
         assert len(back) >= 0.95 * len(written)
         assert all(bytes(v) == expected[k] for k, v in back.items())
-        remote.get_many([r.chunk_key(i) for r, i in refs], refs=refs)  # fill the rest
+        remote.read_through([r.chunk_key(i) for r, i in refs], refs)  # fill the rest
         remote.close()
         stop(proc, signal.SIGTERM)  # a clean stop leaves a snapshot
         assert proc.returncode == 0 and os.path.exists(os.path.join(root, "index.snap"))
@@ -125,7 +125,7 @@ def node_with_faults(tmp_path):
 
 def read_all(remote: RemoteChunkCache, rec) -> bytes:
     refs = [(rec, i) for i in range(rec.n_chunks)]
-    got = remote.get_many([rec.chunk_key(i) for i in range(rec.n_chunks)], refs=refs)
+    got = remote.read_through([rec.chunk_key(i) for i in range(rec.n_chunks)], refs).found
     return b"".join(bytes(got[rec.chunk_key(i)]) for i in range(rec.n_chunks))
 
 

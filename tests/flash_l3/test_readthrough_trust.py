@@ -198,7 +198,7 @@ def test_registered_origins_and_the_block_layer_still_read_through(world, node):
     try:
         for rec, want in ((ref, (tree / "a.bin").read_bytes()), (stored, None)):
             keys = [rec.chunk_key(i) for i in range(rec.n_chunks)]
-            got = remote.get_many(keys, refs=[(rec, i) for i in range(rec.n_chunks)])
+            got = remote.read_through(keys, [(rec, i) for i in range(rec.n_chunks)]).found
             assert sorted(got) == sorted(keys)
             if want is not None:
                 assert b"".join(bytes(got[k]) for k in keys) == want

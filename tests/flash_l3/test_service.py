@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from blobtier.checksum import xxh3
-from blobtier.chunks import ChunkCache, ChunkKey
+from blobtier.chunks import ChunkCache, ChunkKey, ReadThroughCache, ReportsCorrupt
 from blobtier.config import FlashNodeConfig
 from blobtier.errors import TierUnavailable
 from blobtier.flash_l3.service import FlashNode
@@ -44,7 +44,8 @@ def remote(node):
 
 def test_remote_cache_is_an_untrusted_read_through_chunk_cache(remote):
     assert isinstance(remote, ChunkCache)
-    assert remote.trusted is False and remote.read_through is True and remote.name == "l3"
+    assert isinstance(remote, ReadThroughCache) and isinstance(remote, ReportsCorrupt)
+    assert remote.trusted is False and remote.name == "l3"
     assert RemoteChunkCache("127.0.0.1:1", name="l2").name == "l2"
 
 
@@ -53,10 +54,10 @@ def test_read_through_then_hits_with_multi_piece_chunks(remote, source, node):
     refs = [(rec, i) for i in range(rec.n_chunks)]
     keys = [rec.chunk_key(i) for i in range(rec.n_chunks)]
     assert remote.get_many(keys) == {}  # no records: a miss is a miss
-    first = remote.get_many(keys, refs=refs)
+    first = remote.read_through(keys, refs).found
     assert b"".join(bytes(first[k]) for k in keys) == data
     assert remote.counters["filled"] == 3
-    second = remote.get_many(keys, touch=False, refs=refs)
+    second = remote.read_through(keys, refs, touch=False).found
     assert b"".join(bytes(second[k]) for k in keys) == data
     assert remote.counters["hits"] == 3 and source.total_reads() == 3
     assert node.cache.stats()["entries"] == 3
@@ -65,13 +66,13 @@ def test_read_through_then_hits_with_multi_piece_chunks(remote, source, node):
 def test_large_batches_become_parallel_calls(remote, source):
     rec, data = source.add(40 << 20, chunk=1 << 20)
     refs = [(rec, i) for i in range(rec.n_chunks)]
-    got = remote.get_many([rec.chunk_key(i) for i in range(rec.n_chunks)], refs=refs)
+    got = remote.read_through([rec.chunk_key(i) for i in range(rec.n_chunks)], refs).found
     assert b"".join(bytes(got[rec.chunk_key(i)]) for i in range(rec.n_chunks)) == data
 
 
 def test_ranged_get(remote, source):
     rec, data = source.add(3 << 20, chunk=3 << 20)
-    remote.get_many([rec.chunk_key(0)], refs=[(rec, 0)])
+    remote.read_through([rec.chunk_key(0)], [(rec, 0)])
     assert bytes(remote.get_range(rec.chunk_key(0), 1_500_000, 1_200_000)) == data[1_500_000:2_700_000]
     assert bytes(remote.get_range(rec.chunk_key(0), 10, 0)) == b""
     assert remote.get_range(ChunkKey(new_blob_id(), 1, 0), 0, 10) is None
@@ -104,7 +105,7 @@ def test_failed_read_through_is_a_miss_for_that_chunk_only(remote, source):
     rec, data = source.add(200_000)
     source.broken.add(rec.chunk_key(1))
     keys = [rec.chunk_key(i) for i in range(rec.n_chunks)]
-    got = remote.get_many(keys, refs=[(rec, i) for i in range(rec.n_chunks)])
+    got = remote.read_through(keys, [(rec, i) for i in range(rec.n_chunks)]).found
     assert sorted(k.index for k in got) == [0, 2, 3]
     assert bytes(got[keys[2]]) == chunk_of(rec, data, 2)
     assert remote.counters["failed"] == 1
@@ -135,13 +136,13 @@ def test_bad_requests_get_clear_codes_and_the_node_keeps_serving(node, remote, s
             with pytest.raises(grpc.RpcError) as err:
                 list(stub.Get(request, timeout=10))
             assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DATA_LOSS)
-    assert bytes(remote.get_many([rec.chunk_key(0)], refs=[(rec, 0)])[rec.chunk_key(0)]) == data[:65536]
+    assert bytes(remote.read_through([rec.chunk_key(0)], [(rec, 0)]).found[rec.chunk_key(0)]) == data[:65536]
 
 
 def test_admin_stats_drop_resize_and_health(remote, source, node):
     rec, _ = source.add(300_000)
     keys = [rec.chunk_key(i) for i in range(rec.n_chunks)]
-    remote.get_many(keys, refs=[(rec, i) for i in range(rec.n_chunks)])
+    remote.read_through(keys, [(rec, i) for i in range(rec.n_chunks)])
     stats = remote.stats()
     assert stats["entries"] == 5 and stats["fills"] == 5 and stats["capacity"] == 8 * REGION
     assert remote.drop(keys[:2]) == 2
@@ -157,7 +158,7 @@ def test_metrics_endpoint_serves_the_flash_series(tmp_path, source):
     with FlashNode(FlashNodeConfig(str(tmp_path / "m"), 2 * REGION, region_bytes=REGION, metrics_port=0),
                    source) as node:
         remote = RemoteChunkCache(node.address, timeout_s=10)
-        remote.get_many([rec.chunk_key(0)], refs=[(rec, 0)])
+        remote.read_through([rec.chunk_key(0)], [(rec, 0)])
         remote.get_many([rec.chunk_key(0)])
         remote.close()
         with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=10) as resp:
@@ -187,7 +188,7 @@ def test_the_node_imports_without_torch():
 
 
 def _read_in_child(cache, keys, refs, out) -> None:
-    got = cache.get_many(keys, refs=refs)
+    got = cache.read_through(keys, refs).found
     out.send(b"".join(bytes(got[k]) for k in keys))
 
 
@@ -201,7 +202,7 @@ def test_a_forked_child_reads_through_the_parents_sharded_cache(node, source):
     refs = [(rec, i) for i in range(rec.n_chunks)]
     cache = ShardedChunkCache.connect([(node.address, 1.0)])
     try:
-        assert len(cache.get_many(keys[:2], refs=refs[:2])) == 2  # channel and pool open here
+        assert len(cache.read_through(keys[:2], refs[:2]).found) == 2  # channel and pool open here
         ctx = multiprocessing.get_context("fork")
         recv, send = ctx.Pipe(duplex=False)
         child = ctx.Process(target=_read_in_child, args=(cache, keys, refs, send))
@@ -210,7 +211,7 @@ def test_a_forked_child_reads_through_the_parents_sharded_cache(node, source):
         assert recv.recv() == data
         child.join(30)
         assert child.exitcode == 0
-        assert len(cache.get_many(keys, refs=refs)) == rec.n_chunks  # the parent's still work
+        assert len(cache.read_through(keys, refs).found) == rec.n_chunks  # the parent's still work
     finally:
         cache.close()
 

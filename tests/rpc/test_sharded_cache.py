@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from blobtier.chunks import ChunkKey
+from blobtier.chunks import ChunkKey, Lookup
 from blobtier.errors import InvalidRequest, TierUnavailable
 from blobtier.metadata.schema import new_blob_id
-from blobtier.rpc.sharded_cache import NodeHealth, ShardedChunkCache
+from blobtier.rpc.sharded_cache import NodeHealth, ShardedChunkCache, ShardedReadThroughCache
 
 
 class FakeNode:
@@ -22,19 +22,25 @@ class FakeNode:
         self.asked: list[ChunkKey] = []
         self.closed = False
 
-    def get_many(self, keys, touch=True, refs=None):
+    trusted = False
+
+    def get_many(self, keys, touch=True):
         if self.down:
             raise TierUnavailable(f"{self.name} is down")
         self.asked += keys
-        if refs is not None:
-            for key, (data, _) in zip(keys, refs):
-                self.store.setdefault(key, data)
         return {k: memoryview(self.store[k]) for k in keys if k in self.store}
+
+    def read_through(self, keys, refs, touch=True):
+        for key, (data, _) in zip(keys, refs):
+            if not self.down:
+                self.store.setdefault(key, data)
+        return Lookup(self.get_many(keys, touch))
 
     def put(self, key, data, touch=True):
         if self.down:
             raise TierUnavailable(f"{self.name} is down")
         self.store[key] = bytes(data)
+        return True
 
     def contains(self, key):
         if self.down:
@@ -62,8 +68,8 @@ class Clock:
 def sharded(n: int = 3, weights=None, clock=None):
     nodes = [FakeNode(f"n{i}") for i in range(n)]
     ws = weights or [1.0] * n
-    cache = ShardedChunkCache([(node.name, w, node) for node, w in zip(nodes, ws)],
-                              health=NodeHealth(1.0, 8.0, clock or Clock()))
+    cache = ShardedReadThroughCache([(node.name, w, node) for node, w in zip(nodes, ws)],
+                                    health=NodeHealth(1.0, 8.0, clock or Clock()))
     return cache, nodes
 
 
@@ -75,7 +81,7 @@ def test_every_key_goes_to_its_rendezvous_home():
     cache, nodes = sharded()
     ks = keys(300)
     refs = [(os.urandom(8), 0) for _ in ks]
-    got = cache.get_many(ks, refs=refs)
+    got = cache.read_through(ks, refs).found
     assert len(got) == 300
     for node in nodes:
         assert node.asked and all(cache.rank(k)[0] == node.name for k in node.asked)
@@ -107,15 +113,15 @@ def test_a_failing_node_is_skipped_its_keys_go_to_the_next_candidate_and_it_come
     ks = keys(200)
     refs = [(b"x", 0)] * len(ks)
     nodes[1].down = True
-    got = cache.get_many(ks, refs=refs)
+    got = cache.read_through(ks, refs).found
     assert len(got) == 200  # nothing lost: the failed node's keys were asked of their next node
     assert cache.health.benched() == ["n1"]
     nodes[1].asked.clear()
-    cache.get_many(ks, refs=refs)
+    cache.read_through(ks, refs)
     assert nodes[1].asked == []  # skipped while benched: no time wasted on it
     nodes[1].down = False
     clock.now += 1.5  # past its backoff
-    cache.get_many(ks, refs=refs)
+    cache.read_through(ks, refs)
     assert nodes[1].asked and cache.health.benched() == []
     assert all(cache.rank(k)[0] == "n1" for k in nodes[1].asked)
 
@@ -124,7 +130,7 @@ def test_when_every_candidate_fails_the_keys_are_misses():
     cache, nodes = sharded(2)
     for node in nodes:
         node.down = True
-    assert cache.get_many(keys(10), refs=[(b"x", 0)] * 10) == {}
+    assert cache.read_through(keys(10), [(b"x", 0)] * 10).found == {}
     assert cache.get_many(keys(10)) == {}  # every node benched: not even asked
     assert not cache.contains(keys(1)[0])
     with pytest.raises(TierUnavailable):
