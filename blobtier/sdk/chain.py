@@ -241,13 +241,17 @@ class TierChain:
         if own:
             try:
                 views = self.source.read_many([ref_of[k] for k in own])
+                if len(views) != len(own):
+                    raise TierUnavailable(f"the source answered {len(views)} of {len(own)} chunks")
             except BaseException as exc:
                 self._settle(own, None, exc)
                 raise
             got = dict(zip(own, views))
-            self.stats.add("origin", hits=len(own), nbytes=sum(len(v) for v in views))
-            self._fill(self._tiers, got, touch, ref_of)
-            self._settle(own, got, None)
+            try:
+                self.stats.add("origin", hits=len(own), nbytes=sum(len(v) for v in views))
+                self._fill(self._tiers, got, touch, ref_of)
+            finally:  # whatever a fill raised, the chunks were read: their waiters get them
+                self._settle(own, got, None)
         for key, fut in waits:
             got[key] = fut.result()
         return got
