@@ -57,6 +57,13 @@ def fsspec_error(exc: BaseException, what: str) -> BlobtierError:
     it) about ``what`` (e.g. ``"origin s3://b/k"``); the errno of an ``OSError`` is kept."""
     if isinstance(exc, BlobtierError):
         return exc
+    cause = exc.__cause__
+    if isinstance(exc, FileNotFoundError) and cause is not None and not isinstance(cause, FileNotFoundError):
+        # fsspec's HTTP ``info`` says "not found" whatever failed, a refused connection
+        # too: its cause tells (an unreachable origin must not read as a deleted object).
+        error = fsspec_error(cause, what)
+        if not isinstance(error, BlobNotFound):
+            return error
     code = _http_status(exc)
     number = exc.errno if isinstance(exc, OSError) and isinstance(exc.errno, int) else None
     if isinstance(exc, FileNotFoundError) or code in _NOT_FOUND:
@@ -148,10 +155,11 @@ class FsspecOrigin:
         fs, path = self._locate(url)
         try:
             return object_tag(fs.info(path))
-        except FileNotFoundError:
-            raise BlobNotFound(f"origin object {url} no longer exists") from None
         except Exception as exc:  # the store's own kinds too (module docstring)
-            raise fsspec_error(exc, f"origin {url}") from exc
+            error = fsspec_error(exc, f"origin {url}")
+            if isinstance(error, BlobNotFound):
+                raise BlobNotFound(f"origin object {url} no longer exists") from None
+            raise error from exc
 
     def _confirm(self, url: str, tag: str) -> None:
         """Raise OriginChanged if the object is no longer the registered version."""

@@ -75,7 +75,14 @@ from dataclasses import dataclass
 
 from blobtier import region_id
 from blobtier.checksum import crc32c, xxh3
-from blobtier.errors import BlobNotFound, InvalidRequest, OutOfRange, StorageFull, TierUnavailable
+from blobtier.errors import (
+    BlobNotFound,
+    ChecksumError,
+    InvalidRequest,
+    OutOfRange,
+    StorageFull,
+    TierUnavailable,
+)
 from blobtier.fsutil import open_private, private_dir
 
 log = logging.getLogger(__name__)
@@ -343,6 +350,8 @@ class VolumeStore:
         return self._ix.locs
 
     def _locate(self, digest: bytes) -> Loc:
+        if self._closed:  # its maps are gone: a read must not map its files again
+            raise TierUnavailable(f"chunk store {self.root} is closed")
         loc = self._ix.locs.get(digest)
         if loc is None and not self.writable:
             self._refresh()
@@ -361,6 +370,8 @@ class VolumeStore:
         return memoryview(m)[start:start + length].toreadonly()
 
     def _map(self, vol: int) -> mmap.mmap:
+        if self._closed:  # closed while this read looked the chunk up
+            raise TierUnavailable(f"chunk store {self.root} is closed")
         with open(self._path(vol, "dat"), "rb") as f:
             m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._maps[vol] = m  # an older, shorter map lives on while views of it exist
@@ -431,13 +442,23 @@ class VolumeStore:
 
     # -- writing ---------------------------------------------------------------------
     def put_many(self, items: Sequence[tuple[bytes, Buffer, int]]) -> None:
+        """Store (digest, bytes, xxh3) items; durable when this returns.
+
+        Raises:
+            ChecksumError: an item's bytes do not match its xxh3 (nothing is stored: an
+                entry whose bytes fail their own checksum would be dropped as damaged).
+            InvalidRequest: a chunk of 4 GiB or more.
+        """
+        for digest, data, h in items:  # before any append: a refused batch stores nothing
+            if len(data) >= 1 << 32:
+                raise InvalidRequest(f"chunk of {len(data)} bytes is too large for a volume entry")
+            if xxh3(data) != h:
+                raise ChecksumError(f"chunk {digest.hex()}: its bytes do not match the xxh3 given")
         now = _now()
         with self._lock:
             self._check_writable()
             for digest, data, h in items:
                 n = len(data)
-                if n >= 1 << 32:
-                    raise InvalidRequest(f"chunk of {n} bytes is too large for a volume entry")
                 vol, at = self._append([_pack_header(digest, PUT, n, h), data])
                 self._stage(vol, (digest, PUT, at + HEADER_SIZE, n, h, now))
             seq = self._bump()
@@ -873,7 +894,10 @@ class VolumeStore:
             region_id.write(self.root, rid)
 
     def digests(self) -> list[tuple[bytes, int]]:
-        """(digest, written unix seconds) of every stored chunk."""
+        """(digest, written unix seconds) of every stored chunk; ``TierUnavailable`` once
+        closed."""
+        if self._closed:
+            raise TierUnavailable(f"chunk store {self.root} is closed")
         if not self.writable:
             self._refresh()
         with self._lock:
