@@ -31,4 +31,24 @@ def client(region):
     c.close()
 
 
+@pytest.fixture
+def chunk_servers(tmp_path):
+    """3 chunk servers on loopback (``tests/chunk_servers.py``)."""
+    from tests.chunk_servers import Cluster
+
+    with Cluster(str(tmp_path / "chunk-servers"), 3) as c:
+        yield c
+
+
+@pytest.fixture
+def meta_service(tmp_path):
+    """A metadata service over a RocksDB of its own, on loopback."""
+    from blobtier.metadata.rocksdb_store import RocksDBStore
+    from blobtier.metadata.service import MetadataServer
+
+    s = MetadataServer(RocksDBStore(str(tmp_path / "meta-service"), writable=True))
+    yield s
+    s.stop(0)
+
+
 pytest.register_assert_rewrite("tests.contracts")

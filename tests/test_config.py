@@ -339,3 +339,60 @@ def test_cli_prints_one_line_and_exits_1(tmp_path, text, field):
                           env={k: v for k, v in os.environ.items() if not k.startswith("BLOBTIER_")})
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and field in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- where clients find the metadata (issue 13 item 3) ---------------------------------------
+def test_metadata_endpoints_and_redis_from_toml_and_env(tmp_path):
+    cfg = from_mapping({"root": str(tmp_path), "metadata": {"endpoints": ["10.0.0.1:7200", "h:7201"],
+                                                             "record_ttl_s": 0.5}}, env={})
+    assert cfg.metadata.endpoints == ("10.0.0.1:7200", "h:7201") and cfg.metadata.record_ttl_s == 0.5
+    assert cfg.metadata.remote == "metadata.endpoints"
+    cfg = from_mapping({"root": str(tmp_path)}, env={"BLOBTIER_METADATA_REDIS": "r1:6379, r2:6379"})
+    assert cfg.metadata.redis == ("r1:6379", "r2:6379") and cfg.metadata.remote == "metadata.redis"
+    cfg = from_mapping({"root": str(tmp_path)}, env={})
+    assert cfg.metadata.remote is None and cfg.metadata.record_ttl_s == 1.0
+
+
+@pytest.mark.parametrize("metadata, field, why", [
+    ({"endpoints": ["nohost"]}, "metadata.endpoints", "not host:port"),
+    ({"endpoints": ["h:0"]}, "metadata.endpoints", "not host:port"),
+    ({"redis": ["h:70000"]}, "metadata.redis", "not host:port"),
+    ({"redis": ["h:1", "h:1"]}, "metadata.redis", "twice"),
+    ({"endpoints": ["h:1"], "redis": ["h:2"]}, "metadata.redis", "not both"),
+    ({"endpoints": ["h:1"] * 1000}, "metadata.endpoints", "at most 999"),
+    ({"record_ttl_s": -1}, "metadata.record_ttl_s", "between 0.0 and 3600.0"),
+    ({"record_ttl_s": float("nan")}, "metadata.record_ttl_s", "finite"),
+    ({"record_ttl_s": 1e9}, "metadata.record_ttl_s", "3600"),
+])
+def test_bad_metadata_locations_are_refused_naming_the_field(tmp_path, metadata, field, why):
+    with pytest.raises(InvalidRequest, match=field) as info:
+        from_mapping({"root": str(tmp_path), "metadata": metadata}, env={})
+    assert why in str(info.value)
+
+
+def test_remote_metadata_with_embedded_block_storage_is_refused(tmp_path):
+    """Volume directories take one writing process; remote metadata lets many write."""
+    import blobtier
+
+    for field, value in (("endpoints", ["127.0.0.1:1"]), ("redis", ["127.0.0.1:1"])):
+        with pytest.raises(InvalidRequest, match=f"metadata.{field} needs block.endpoints"):
+            blobtier.connect(str(tmp_path), metadata={field: value})
+    assert not os.path.exists(tmp_path / "writer.lock") and not os.path.exists(tmp_path / "metadata")
+
+
+def test_metadata_redis_without_the_redis_extra_says_what_to_install(tmp_path):
+    """A host without the ``redis`` package gets one clear error naming the field and the
+    extra, not an ImportError from deep inside."""
+    code = f"""
+import sys
+sys.modules["redis"] = None  # as if the extra were not installed
+import blobtier
+try:
+    blobtier.connect({str(tmp_path)!r}, metadata={{"redis": ["127.0.0.1:1"]}},
+                     block={{"endpoints": ["127.0.0.1:2"], "replicas": 1}})
+except blobtier.errors.InvalidRequest as exc:
+    print("REFUSED", exc)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("REFUSED config field metadata.redis") and "blobtier[redis]" in done.stdout

@@ -17,24 +17,24 @@ import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from blobtier import forks
-from blobtier.cache_l1_l2.daemon import daemon_info
-from blobtier.cache_l1_l2.l1 import OwnedArena, SharedL1Cache
-from blobtier.chunks import Buffer, ChunkCache
+from blobtier.chunks import Buffer
 from blobtier.config import RegionConfig, resolve, with_overrides
 from blobtier.errors import BlobNotFound, BlobtierError, InvalidRequest
 from blobtier.metadata.schema import BlobRecord, validate_key, validate_prefix
 from blobtier.metrics import TierStats
 from blobtier.sdk import gc
-from blobtier.sdk.chain import TierChain
-from blobtier.sdk.embedded import EmbeddedRegion
 from blobtier.sdk.info import BlobInfo
+from blobtier.sdk.plans import ReadPlanCache
 from blobtier.sdk.prefetch import Prefetcher, PrefetchJob
 from blobtier.sdk.reader import BlobReader
 from blobtier.sdk.scrub import Progress, Scrubber, ScrubMetrics, ScrubReport, Stores
+from blobtier.sdk.wiring import ReadPath, Wiring
 from blobtier.sdk.writer import BlobWriter, Reference, WritePath
+
+_T = TypeVar("_T")
 
 
 def connect(target: str | os.PathLike | RegionConfig | None = None,
@@ -58,52 +58,24 @@ class Client:
     def __init__(self, config: RegionConfig) -> None:
         self.config = config
         self.tier_stats = TierStats()
-        self._region = EmbeddedRegion(config)
+        self._wiring = Wiring(config, self.tier_stats)  # builds every part (sdk/wiring.py)
         self._mutex = threading.RLock()
-        self._arena: OwnedArena | None = None
         self._prefetch: Prefetcher | None = None
-        self._l1, self._l2 = self._host_tiers()
         self._retired: list[object] = []
-        self._writer: WritePath | None = None
         self._pid = os.getpid()
         self._closed = False
-        self._open(writable=False)
+        self._use(self._wiring.build(writable=False))
         forks.register(self)
 
-    # -- wiring ----------------------------------------------------------------------
-    def _host_tiers(self) -> tuple[SharedL1Cache | None, ChunkCache | None]:
-        """This process's view of the host L1, and the L2 when the host daemon has peers.
+    # -- wiring (sdk/wiring.py builds the parts) ----------------------------------------
+    def _use(self, path: ReadPath) -> None:
+        self._path = path
+        self._metadata, self._blocks, self._chain, self._writer = path
 
-        L1 is the host daemon's arena when one runs, the parent's in a forked worker, else
-        an arena of its own (none when ``cache.l1_bytes`` is 0). L2 is the arenas of the
-        daemon's peers, each chunk at its home daemon (``cache_l1_l2/peers.py``).
-        """
-        daemon = daemon_info(self.config.cache.daemon)
-        verify = self.config.cache.verify_l1
-        if daemon is not None:
-            l2 = None
-            if daemon.get("peers"):
-                from blobtier.rpc.sharded_cache import ShardedChunkCache
-
-                l2 = ShardedChunkCache.connect([(p, 1.0) for p in daemon["peers"]], name="l2",
-                                               timeout_s=self.config.flash.request_timeout_s,
-                                               retry_after_s=self.config.flash.retry_after_s,
-                                               read_through=False, local=daemon["peer"],
-                                               token=self.config.auth.token or None)
-            return SharedL1Cache(socket_path=daemon["socket"], verify=verify), l2
-        if not self.config.cache.l1_bytes:
-            return None, None
-        if self._arena is not None:  # inherited: attach to the parent's
-            return SharedL1Cache(socket_path=self._arena.socket_path, verify=verify), None
-        self._arena = OwnedArena(self.config.cache.l1_bytes, self.config.cache.l1_policy)
-        self._arena_pid = os.getpid()
-        return SharedL1Cache(owner=self._arena.owner, verify=verify), None
-
-    def _open(self, writable: bool) -> None:
-        self._metadata, self._blocks = self._region.open(writable, self.tier_stats)
-        tiers = [t for t in (self._l1, self._l2, self._region.flash()) if t is not None]
-        self._chain = TierChain(tiers, self._blocks, self.tier_stats)
-        self._writer = WritePath(self._metadata, self._blocks, self.config.client) if writable else None
+    # This process's host tiers and the client's own arena (tests and tools look at them).
+    _l1 = property(lambda self: self._wiring.l1)
+    _l2 = property(lambda self: self._wiring.l2)
+    _arena = property(lambda self: self._wiring.arena)
 
     def _live(self) -> None:
         if self._closed:
@@ -116,8 +88,7 @@ class Client:
         with self._mutex:
             if self._pid == os.getpid():
                 return
-            self._l1, self._l2 = self._host_tiers()
-            self._open(writable=False)
+            self._use(self._wiring.build(writable=False))
             # Published last: ``_live`` reads it without the lock, and a thread that sees
             # this process's pid sees every handle stored above (the GIL orders the stores).
             self._pid = os.getpid()
@@ -127,10 +98,10 @@ class Client:
         no thread of the child can reach them (the parent's L1 owner above all: the child
         attaches to it through its socket). They are kept, not closed: closing a RocksDB
         handle or a channel is the parent's business."""
-        forks.keep_inherited(self._metadata, self._blocks, self._chain, self._l1, self._l2,
-                             self._writer, self._prefetch, *self._retired)
-        self._metadata = self._blocks = self._chain = self._l1 = self._l2 = None
-        self._writer = self._prefetch = None
+        forks.keep_inherited(self._metadata, self._blocks, self._chain, self._writer,
+                             self._prefetch, *self._retired)  # L1 and L2: the wiring drops its own
+        self._path = self._metadata = self._blocks = self._chain = self._writer = None
+        self._prefetch = None
         self._retired = []
         self._mutex = threading.RLock()  # another parent thread may have held it
         self._pid = -1  # the next use opens the child's own (``_after_fork``)
@@ -140,10 +111,10 @@ class Client:
         with self._mutex:
             if self._writer is None:
                 # Take the lock before dropping the reader handles: on RegionLocked the
-                # client simply stays a reader.
-                self._region.lock.acquire()
-                self._retired += [self._metadata, self._blocks, self._chain]
-                self._open(writable=True)
+                # client simply stays a reader. Over remote metadata there is no lock.
+                self._wiring.stores.take_writer_lock()
+                self._retired += self._path.handles()
+                self._use(self._wiring.build(writable=True))
             return self._writer
 
     # -- reading ---------------------------------------------------------------------
@@ -161,16 +132,53 @@ class Client:
         self._live()
         return self._metadata.get(key) is not None
 
-    def get(self, key: str) -> memoryview:
-        """The blob's bytes as a read-only buffer (zero-copy for single-chunk blobs)."""
+    def _reading(self, key: str, read: Callable[[BlobRecord], _T]) -> _T:
+        """``read(record)`` of the key's current record. When its chunks are gone and the
+        record came from the read-plan cache, the version may have been replaced and
+        collected since: the store is asked again, and a newer version read once."""
         rec = self._record(key)
+        try:
+            with _about(key):
+                return read(rec)
+        except BlobNotFound:
+            if not isinstance(self._metadata, ReadPlanCache):
+                raise
+            fresh = self._metadata.refresh(key)
+            if fresh is None:
+                raise BlobNotFound(f"no such blob: {key}") from None
+            if (fresh.blob_id, fresh.version) == (rec.blob_id, rec.version):
+                raise
         with _about(key):
-            return _join(rec, self._chain.read([(rec, i) for i in range(rec.n_chunks)]))
+            return read(fresh)
+
+    def get(self, key: str) -> memoryview:
+        """The blob's bytes as a read-only buffer (zero-copy for single-chunk blobs).
+
+        Raises: ``BlobNotFound`` (no such key, or no replica holds a chunk); ``InvalidKey``;
+        ``ChecksumError`` (no good copy of a chunk); ``TierUnavailable``.
+        """
+        return self._reading(key, self._whole)
+
+    def _whole(self, rec: BlobRecord) -> memoryview:
+        return _join(rec, self._chain.read([(rec, i) for i in range(rec.n_chunks)]))
 
     def get_many(self, keys: Sequence[str]) -> list[memoryview]:
-        """Several blobs with one metadata multi-get and one batched chunk fetch."""
+        """Several blobs with one metadata multi-get and one batched chunk fetch (raises
+        as ``get``; records of the read-plan cache whose chunks are gone as ``_reading``)."""
         self._live()
         records = self._metadata.get_many(keys)
+        try:
+            return self._fetch_many(keys, records)
+        except BlobNotFound:
+            if not isinstance(self._metadata, ReadPlanCache):
+                raise
+            fresh = self._metadata.refresh_many(keys)
+            if [(r.blob_id, r.version) if r else None for r in fresh] == \
+                    [(r.blob_id, r.version) if r else None for r in records]:
+                raise
+        return self._fetch_many(keys, fresh)
+
+    def _fetch_many(self, keys: Sequence[str], records: Sequence[BlobRecord | None]) -> list[memoryview]:
         refs = []
         for key, rec in zip(keys, records):
             if rec is None:
@@ -185,8 +193,14 @@ class Client:
         return out
 
     def read_range(self, key: str, offset: int, length: int) -> memoryview:
-        """``length`` bytes from ``offset`` (fewer at the end of the blob)."""
-        rec = self._record(key)
+        """``length`` bytes from byte ``offset`` (fewer at the end of the blob), read-only.
+
+        Raises: ``InvalidRequest`` for a negative range or an offset past the end; else as
+        ``get``.
+        """
+        return self._reading(key, lambda rec: self._range(key, rec, offset, length))
+
+    def _range(self, key: str, rec: BlobRecord, offset: int, length: int) -> memoryview:
         if offset < 0 or length < 0:
             raise InvalidRequest(f"{key}: negative range {offset}+{length}")
         if offset > rec.size:
@@ -206,7 +220,13 @@ class Client:
     def open(self, key: str, mode: str = "rb", *,
              attrs: Mapping[str, str] | None = None) -> BlobReader | BlobWriter:
         """A seekable reader of the current version (``rb``), or a writer that commits on
-        close (``wb``)."""
+        close (``wb``).
+
+        Raises: ``InvalidRequest`` for another mode; ``InvalidKey``; for ``rb``
+        ``BlobNotFound`` at once, and what ``get`` raises as it reads; for ``wb``
+        ``RegionLocked`` (another process holds an embedded region's writer lock) and, on
+        close, what ``put`` raises.
+        """
         if mode == "rb":
             return BlobReader(key, self._record(key), self._chain, self.config.client.readahead_chunks)
         if mode == "wb":
@@ -223,13 +243,32 @@ class Client:
         return out
 
     def iter_ls(self, prefix: str = "", page: int = 1000) -> Iterator[BlobInfo]:
-        self._live()
+        """Every blob whose key starts with ``prefix``, in key order, page by page."""
+        for key, rec in self._pages(lambda *at: self._metadata.scan(*at), prefix, page):
+            yield BlobInfo.from_record(key, rec)
+
+    def iter_dir(self, prefix: str = "", page: int = 1000) -> Iterator[BlobInfo | str]:
+        """One directory level under ``prefix``, in key order: a ``BlobInfo`` for each blob,
+        and for each subdirectory its name ending in "/" (``"ns/train/"``), once however
+        many keys lie below it. ``prefix`` names a directory (``"ns/"``) or the start of
+        names in one (``"ns/img_"``). A delimiter listing, page by page: what it reads is
+        the directory's entries, never the keys below its subdirectories.
+
+        Raises: ``InvalidKey`` for a bad prefix; ``MetadataCorrupt``/``TierUnavailable``
+        when the store cannot list (never a silently short listing).
+        """
+        for key, rec in self._pages(lambda *at: self._metadata.list_dir(*at), prefix, page):
+            yield key if rec is None else BlobInfo.from_record(key, rec)
+
+    def _pages(self, list_page: Callable[[str, str | None, int], list], prefix: str,
+               page: int) -> Iterator[tuple[str, BlobRecord | None]]:
+        """The rows of ``list_page(prefix, after, page)``, one page after another."""
+        self._live()  # before list_page reads self._metadata: a forked child opens its own
         validate_prefix(prefix)
         after = None
         while True:
-            rows = self._metadata.scan(prefix, after, page)
-            for key, rec in rows:
-                yield BlobInfo.from_record(key, rec)
+            rows = list_page(prefix, after, page)
+            yield from rows
             if len(rows) < page:
                 return
             after = rows[-1][0]
@@ -290,7 +329,14 @@ class Client:
 
     # -- writing ---------------------------------------------------------------------
     def put(self, key: str, data: Buffer | IO[bytes], *, attrs: Mapping[str, str] | None = None) -> BlobInfo:
-        """Store ``data`` (bytes-like or a binary file) as the new version of ``key``."""
+        """Store ``data`` (bytes-like or a binary file) as the new version of ``key``.
+
+        Raises: ``InvalidKey``; ``InvalidRequest`` (more bytes than ``client.max_blob_bytes``);
+        ``ValueError`` (attributes over 4 KiB encoded); ``RegionLocked``; ``TierUnavailable`` (fewer than
+        ``block.write_quorum`` replicas written); ``StorageFull`` (ENOSPC); ``TimedOut`` or
+        ``VersionConflict`` (nothing committed: other writers kept winning). On any of them
+        no new version is visible.
+        """
         validate_key(key)
         if hasattr(data, "read"):
             with self.open(key, "wb", attrs=attrs) as out:
@@ -315,14 +361,21 @@ class Client:
             raise BlobNotFound(f"no such blob: {key}")
 
     def gc(self, grace_s: float | None = None, *, force: bool = False) -> gc.GcReport:
-        """Delete chunks no committed record references (and older than the grace period).
-        ``force``: collect even when the metadata lists no blob while chunk servers hold
-        chunks (a region emptied on purpose); ``MetadataCorrupt`` otherwise, and when the
-        metadata is not the chunk stores' region: nothing is deleted then."""
+        """Delete chunks no committed record references (and older than the grace period,
+        ``client.gc_grace_s`` unless given, in seconds). Over a shared metadata store it
+        runs while other processes write (``sdk/gc.py``). ``force``: collect even when the
+        metadata lists no blob while chunk servers hold chunks (a region emptied on purpose).
+
+        Raises: ``InvalidRequest`` for a grace of 0 over a shared metadata store;
+        ``MetadataCorrupt`` or ``TierUnavailable`` when the metadata cannot be listed in
+        full, is not the chunk stores' region, or lists nothing while chunk servers hold
+        chunks (without ``force``): nothing is deleted then; ``RegionLocked`` when another process writes an
+        embedded region.
+        """
         writer = self._write_path()
         grace = self.config.client.gc_grace_s if grace_s is None else grace_s
         return gc.collect(writer.metadata, self._blocks.servers, grace, writer.inflight_digests,
-                          force=force)
+                          shared=self._wiring.stores.remote is not None, force=force)
 
     def scrub(self, prefix: str = "", *, repair: bool = False, progress: Progress | None = None,
               threads: int = 8, metrics: ScrubMetrics | None = None) -> ScrubReport:
@@ -369,15 +422,17 @@ class Client:
             # Every handle is closed and the writer lock released even when a close fails
             # (a full disk, an I/O error): the first failure is raised after all of it.
             failure: BaseException | None = None
-            arena = self._arena if self._arena is not None and self._arena_pid == os.getpid() else None
-            for handle in [self._prefetch, self._chain, self._l1, self._l2, self._metadata,
-                           self._blocks, *self._retired, arena, self._region]:
+            handles = [self._prefetch, *self._path.handles(), *self._retired, *self._wiring.handles()]
+            closed: set[int] = set()  # a remote metadata store serves both modes: close it once
+            for handle in handles:
+                if handle is None or id(handle) in closed:
+                    continue
+                closed.add(id(handle))
                 try:
-                    if handle is not None:
-                        handle.close()
+                    handle.close()
                 except Exception as exc:  # noqa: BLE001 - raised below, once the lock is free
                     failure = failure or exc
-            self._region.lock.release()
+            self._wiring.stores.release()
             if failure is not None:
                 raise failure
 

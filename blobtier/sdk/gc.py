@@ -4,7 +4,8 @@ Overwrites, deletes, lost compare-and-sets and crashed writes leave chunks no re
 points to. ``collect`` marks every chunk the committed records reference, then deletes
 from each chunk server the chunks that are unmarked, not part of a write in progress, and
 older than the grace period: a reader that opened an old version keeps reading it for at
-least that long. Only the writer may collect.
+least that long. In an embedded region only the writer may collect; with a shared metadata
+store (a metadata service or Redis) any client may, while others write (below).
 
 Nothing is deleted on a partial view. The marks come from one full listing of a consistent
 snapshot of the metadata (``MetadataStore.listing``); a listing that fails part way (a
@@ -21,6 +22,21 @@ all. Write times therefore only serve the grace period: with ``grace_s=0`` every
 unreferenced chunk listed is collected, however young; otherwise a chunk is collected
 once its write time, rounded up to the next second (stores keep whole seconds), is
 ``grace_s`` old, so never early.
+
+A shared metadata store (``shared``) has neither: other processes, on any host, commit
+while gc runs, its listing is pages with no snapshot, and their writes in progress are
+not known here. Two rules make that safe:
+
+- Grace period for chunks not yet committed: ``grace_s`` must be positive, and a writer
+  commits within it of storing its first chunk (a writer over shared metadata refuses to
+  commit a write older than half its ``client.gc_grace_s``, ``sdk/writer.py``; gc's grace
+  must not be shorter than the writers'). A chunk gc may delete was then stored more than
+  ``grace_s`` before gc began, so its write committed before the listing started, and a
+  listing without a snapshot still sees every key committed before it started (with that
+  version or a later one, whose chunks are new).
+- Two passes: the metadata is listed a second time after the first, and a chunk is
+  deleted only if neither listing references it, so a commit that landed during the
+  first listing (a slow writer's) keeps its chunks.
 
 Nothing is deleted on another region's view either. An empty listing of lost metadata
 would make every chunk garbage, so the metadata and the chunk stores carry the region's id
@@ -40,7 +56,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from blobtier.chunks import ChunkStore
-from blobtier.errors import MetadataCorrupt, TierUnavailable
+from blobtier.errors import InvalidRequest, MetadataCorrupt, TierUnavailable
 from blobtier.metadata.store import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -56,7 +72,8 @@ class GcReport:
 
 
 def live_digests(metadata: MetadataStore) -> set[bytes]:
-    """Every chunk a committed record references, from one full listing of a snapshot.
+    """Every chunk a committed record references, from one full listing (of a snapshot,
+    where the store has one).
 
     Raises:
         MetadataCorrupt: the listing failed part way (never a partial set).
@@ -68,40 +85,45 @@ def live_digests(metadata: MetadataStore) -> set[bytes]:
 
 
 def collect(metadata: MetadataStore, servers: Mapping[int, ChunkStore], grace_s: float,
-            inflight: Callable[[], set[bytes]], *, force: bool = False) -> GcReport:
+            inflight: Callable[[], set[bytes]], *, shared: bool = False,
+            force: bool = False) -> GcReport:
     """Delete unreferenced chunks older than ``grace_s`` seconds (0: any age).
 
+    ``shared``: other processes may commit to ``metadata`` meanwhile (a metadata service
+    or Redis); gc then lists it twice and deletes only what neither listing references.
     ``force``: collect even when the metadata lists nothing while stores that know no
     region hold chunks (the region was emptied on purpose).
 
     Raises:
+        InvalidRequest: ``shared`` with ``grace_s`` 0 (writes in progress elsewhere would
+            lose their chunks); nothing was deleted.
         MetadataCorrupt: the metadata could not be listed in full, a store belongs to
             another region, or (without ``force``) the metadata lists nothing while stores
             hold chunks; nothing was deleted.
     """
+    if shared and grace_s <= 0:
+        raise InvalidRequest("gc with a grace period of 0 is only safe in an embedded region: over "
+                             "a shared metadata store it would delete the chunks of writes other "
+                             "processes have not committed yet (client.gc_grace_s, --grace)")
     now = time.time()
     stored, skipped = _stored(servers)  # first: see the module docstring
-    spare = inflight()
-    live = live_digests(metadata) | spare
+    live = live_digests(metadata) | inflight()
     _check_region(metadata, servers, stored, live, force)
-    deleted = young = reclaimed = 0
-    for sid, entries in stored.items():
+    dead, young = _unreferenced(stored, live, grace_s, now)
+    if shared and any(dead.values()):  # the second pass: commits made during the first
+        again = live_digests(metadata) | inflight()
+        live |= again
+        dead = {sid: [d for d in digests if d not in again] for sid, digests in dead.items()}
+    deleted = reclaimed = 0
+    for sid, digests in dead.items():
         store = servers[sid]
-        dead = []
-        for digest, written in entries:
-            if digest in live:
-                continue
-            if grace_s > 0 and math.floor(written) + 1 > now - grace_s:
-                young += 1
-            else:
-                dead.append(digest)
         try:
-            store.delete_many(dead)
+            store.delete_many(digests)
         except (TierUnavailable, OSError) as exc:
             log.warning("gc could not delete on chunk server %s: %s", sid, exc)
             skipped.append(sid)
             continue
-        deleted += len(dead)
+        deleted += len(digests)
         reclaimed += _compact(sid, store)
     return GcReport(live_chunks=len(live), deleted_chunks=deleted, spared_young=young,
                     skipped_servers=tuple(skipped), reclaimed_bytes=reclaimed)
@@ -132,6 +154,24 @@ def _check_region(metadata: MetadataStore, servers: Mapping[int, ChunkStore],
         bind = getattr(servers[sid], "bind_region", None)
         if rid and bind is not None:
             bind(rid)
+
+
+def _unreferenced(stored: Mapping[int, Sequence[tuple[bytes, float]]], live: set[bytes], grace_s: float,
+                  now: float) -> tuple[dict[int, list[bytes]], int]:
+    """Per server, the chunks ``live`` does not hold that are ``grace_s`` old at ``now``;
+    and how many unreferenced ones were younger (spared)."""
+    dead: dict[int, list[bytes]] = {}
+    young = 0
+    for sid, entries in stored.items():
+        dead[sid] = []
+        for digest, written in entries:
+            if digest in live:
+                continue
+            if grace_s > 0 and math.floor(written) + 1 > now - grace_s:
+                young += 1
+            else:
+                dead[sid].append(digest)
+    return dead, young
 
 
 def _stored(servers: Mapping[int, ChunkStore]) -> tuple[dict[int, Sequence[tuple[bytes, float]]], list[int]]:

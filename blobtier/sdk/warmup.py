@@ -94,7 +94,7 @@ def _batches(chunks: list[int], per_batch: int) -> list[list[int]]:
 
 
 def _l3_warmer(client) -> Callable[[Sequence[ChunkRef]], dict[str, int]]:
-    flash = client._region.flash()
+    flash = client._wiring.l3
     if flash is None:
         raise InvalidRequest("this region has no L3: flash.endpoints is empty (`blobtier up` starts "
                              "flash nodes)")

@@ -8,6 +8,11 @@ attempts never share a name.
 
 Within one process, writes of the same key are serialised by striped locks, so the CAS
 only loses against other processes; it then retries with the newer version.
+
+Over a shared metadata store, ``gc`` in another process cannot see this one's writes in
+progress and spares them only by their age (``sdk/gc.py``). A write is therefore committed
+only within ``commit_within_s`` of its start (half of ``client.gc_grace_s``): an older one
+raises ``TimedOut`` and commits nothing, rather than a record whose chunks may be gone.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import TypeVar
 from blobtier import checksum
 from blobtier.chunks import BlockStore, Buffer, ChunkKey
 from blobtier.config import ClientConfig
-from blobtier.errors import InvalidRequest, VersionConflict
+from blobtier.errors import InvalidRequest, TimedOut, VersionConflict
 from blobtier.metadata.schema import BlobRecord, chunk_count, new_blob_id, validate_key
 from blobtier.metadata.store import ABSENT, MetadataStore
 
@@ -46,6 +51,7 @@ class _Pending:
     checksums: list[int] = field(default_factory=list)
     placement: list[tuple[int, ...]] = field(default_factory=list)
     origin: str = ""  # "url\ntag" of a blob registered by reference
+    started: float = field(default_factory=time.time)  # before any of its chunks was stored
 
     def record(self, chunk_size: int, algo: str) -> BlobRecord:
         return BlobRecord(self.blob_id, self.version, self.size, chunk_size, self.checksums,
@@ -67,10 +73,24 @@ class Reference:
 
 
 class WritePath:
-    def __init__(self, metadata: MetadataStore, blocks: BlockStore, config: ClientConfig) -> None:
+    """Writes blobs: chunks to ``blocks``, then the record to ``metadata``.
+
+    Args:
+        commit_within_s: commit no write that began longer ago than this (seconds;
+            ``TimedOut``); None: no limit (the embedded region, whose gc knows every write).
+        current: where a write reads the versions it replaces (default:
+            ``metadata.get_many``). Not a cache: a stale version costs a lost
+            compare-and-set and a second upload of every chunk.
+    """
+
+    def __init__(self, metadata: MetadataStore, blocks: BlockStore, config: ClientConfig, *,
+                 commit_within_s: float | None = None,
+                 current: Callable[[Sequence[str]], list[BlobRecord | None]] | None = None) -> None:
         self.metadata = metadata
+        self._current = current or metadata.get_many
         self.blocks = blocks
         self.config = config
+        self.commit_within_s = commit_within_s
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
         self._inflight: set[_Pending] = set()  # begun, not yet committed or aborted
         self._inflight_lock = threading.Lock()
@@ -156,7 +176,7 @@ class WritePath:
                                key=id))
 
     def _begin(self, keys_attrs: Sequence[tuple[str, Mapping[str, str]]]) -> list[_Pending]:
-        current = self.metadata.get_many([k for k, _ in keys_attrs])
+        current = self._current([k for k, _ in keys_attrs])
         out = []
         for (key, attrs), rec in zip(keys_attrs, current):
             p = _Pending(key, attrs)
@@ -192,10 +212,21 @@ class WritePath:
         left for ``gc``."""
         records = [p.record(self.config.chunk_size, self.config.checksum) for p in pending]
         try:
+            self._check_age(pending)
             oks = self.metadata.commit_many([(p.key, r, p.expected) for p, r in zip(pending, records)])
         finally:
             self._forget(pending)
         return list(zip(oks, records))
+
+    def _check_age(self, pending: Sequence[_Pending]) -> None:
+        if self.commit_within_s is None:
+            return
+        now = time.time()
+        for p in pending:
+            if now - p.started > self.commit_within_s:
+                raise TimedOut(f"{p.key}: not committed: the write began {now - p.started:.0f} s ago, "
+                               f"more than {self.commit_within_s:.0f} s (half of client.gc_grace_s), "
+                               "so another process's gc may have collected its chunks; write it again")
 
     def _forget(self, pending: Sequence[_Pending]) -> None:
         with self._inflight_lock:

@@ -187,7 +187,7 @@ def test_a_writer_whose_open_fails_releases_the_lock(region):
         try:
             with pytest.raises(blobtier.RegionLocked):
                 holder.put("ns/b", b"b")
-            assert not holder._region.lock.held
+            assert not holder._wiring.stores.lock.held
         finally:
             rogue.close()
         holder.put("ns/b", b"b")  # it can still become the writer later

@@ -71,7 +71,7 @@ def test_scrub_and_repair_over_grpc_while_readers_read(region, servers):
     try:
         with blobtier.connect(region, **settings) as c:
             fixed = c.scrub(repair=True)
-            assert not c._region.lock.held  # chunk servers take writes: no writer lock
+            assert not c._wiring.stores.lock.held  # chunk servers take writes: no writer lock
     finally:
         done.set()
         t.join()

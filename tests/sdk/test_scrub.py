@@ -55,7 +55,7 @@ def test_scrub_counts_exactly_then_repair_restores_every_replica(region, damaged
     metrics = ScrubMetrics(registry)
     with blobtier.connect(region, **SETTINGS) as c:
         report = c.scrub("ds/", metrics=metrics)
-        assert not c._region.lock.held  # reading took no lock
+        assert not c._wiring.stores.lock.held  # reading took no lock
     assert report.blobs == 6 and report.chunks == expected.chunks
     assert {sid: {"good": t.good, "missing": t.missing, "corrupt": t.corrupt}
             for sid, t in report.servers.items()} == expected.per_server
