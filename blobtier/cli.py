@@ -53,9 +53,14 @@ def cmd_get(args: argparse.Namespace) -> None:
 
 def cmd_ls(args: argparse.Namespace) -> None:
     with _connect(args) as client:
-        for info in client.iter_ls(args.prefix):
-            created = info.created.strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{info.size:>14} {info.version:>5}  {created}  {_shown(info.key)}")
+        # One directory level, printed page by page as the store answers (--recursive:
+        # every key below); a subdirectory is one line however many keys it holds.
+        for entry in client.iter_ls(args.prefix) if args.recursive else client.iter_dir(args.prefix):
+            if isinstance(entry, str):
+                print(f"{'dir':>14} {'':>5}  {'':19}  {_shown(entry)}")
+                continue
+            created = entry.created.strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{entry.size:>14} {entry.version:>5}  {created}  {_shown(entry.key)}")
 
 
 def cmd_stat(args: argparse.Namespace) -> None:
@@ -360,8 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("get", cmd_get, "write KEY's bytes to FILE (default stdout)")
     p.add_argument("key")
     p.add_argument("file", nargs="?")
-    p = add("ls", cmd_ls, "list blobs under PREFIX: size, version, created, key")
+    p = add("ls", cmd_ls, "list PREFIX's directory: blobs (size, version, created, key) and "
+                          "subdirectories (dir)")
     p.add_argument("prefix", nargs="?", default="")
+    p.add_argument("-r", "--recursive", action="store_true", help="every blob under PREFIX instead")
     p = add("stat", cmd_stat, "show one blob's metadata")
     p.add_argument("key")
     p = add("rm", cmd_rm, "delete blobs")

@@ -53,7 +53,7 @@ def test_ingest_directory_and_gc(cli, tmp_path):
         (root / rel).write_bytes(data)
     code, out, _ = cli("ingest", "--quiet", str(root), "ds/raw/")
     assert code == 0 and "ingested 3 files, 70010 bytes" in out
-    code, out, _ = cli("ls", "ds/")
+    code, out, _ = cli("ls", "-r", "ds/")
     assert [line.split()[-1] for line in out.splitlines()] == ["ds/raw/a.txt", "ds/raw/sub/b.bin",
                                                                "ds/raw/sub/c"]
     code, out, _ = cli("gc")
@@ -118,7 +118,7 @@ def test_ingest_reports_a_bad_file_name_and_stores_the_rest(cli, tmp_path, refer
     assert code == 1  # something was left out
     assert err.count("\n") == 1 and "skipped" in err and "bad-\\udcff.bin" in err and "UTF-8" in err
     assert "2 files, 3 bytes" in out and "(1 skipped)" in out
-    code, out, _ = cli("ls", "ds/")
+    code, out, _ = cli("ls", "-r", "ds/")
     assert [line.split()[-1] for line in out.splitlines()] == ["ds/r/a.txt", "ds/r/z.txt"]
 
 

@@ -201,19 +201,13 @@ class BlobtierFileSystem(AbstractFileSystem):
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Entry] | list[str]:
         """Entries directly under ``path``: blobs, and pseudo-directories for deeper keys.
-        Listing a blob gives the blob. Costs one scan of every key under ``path``."""
+        Listing a blob gives the blob. A delimiter listing: it reads the directory's own
+        entries, one per subdirectory, never the keys below those."""
         path = self._strip_protocol(path)
         _check_path(path)
         prefix = path + "/" if path else ""
-        entries: list[Entry] = []
-        last_dir = None
-        for info in self.client.iter_ls(prefix):
-            head, sep, _ = info.key[len(prefix):].partition("/")
-            if not sep:
-                entries.append(_file_entry(info))
-            elif prefix + head != last_dir:  # keys are ordered: a directory's keys are adjacent
-                last_dir = prefix + head
-                entries.append(_dir_entry(last_dir))
+        entries: list[Entry] = [_dir_entry(e[:-1]) if isinstance(e, str) else _file_entry(e)
+                                for e in self.client.iter_dir(prefix)]
         if not entries and "/" in path:
             entries = [_file_entry(self.client.stat(path))]
         elif not entries and path:
