@@ -21,28 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import xxhash
+from blobtier.records import ChunkKey
 
 if TYPE_CHECKING:
-    from blobtier.metadata.schema import BlobRecord
+    from blobtier.records import BlobRecord
 
 Buffer = bytes | bytearray | memoryview
-
-
-class ChunkKey(NamedTuple):
-    blob_id: bytes
-    version: int
-    index: int
-
-    def digest(self) -> bytes:
-        """16-byte name of the chunk on disk and on the wire; never derived from a user key."""
-        return xxhash.xxh3_128_digest(self.blob_id + self.version.to_bytes(8, "little")
-                                      + self.index.to_bytes(4, "little"))
-
-    def __str__(self) -> str:
-        return f"{self.blob_id.hex()}@{self.version}#{self.index}"
 
 
 ChunkRef = tuple["BlobRecord", int]

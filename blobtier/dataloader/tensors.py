@@ -33,11 +33,13 @@ MAP_FROM = 64 << 10
 
 def as_tensor(view: memoryview | bytes | bytearray, dtype: torch.dtype = torch.uint8,
               offset: int = 0, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-    """A tensor over ``view``'s bytes from byte ``offset`` (``shape`` elements of
-    ``dtype``, else all that fit) that is safe to write (see the module docstring).
+    """A tensor over ``view``'s bytes from byte ``offset`` that is safe to write (see the
+    module docstring): of ``shape`` (in elements of ``dtype``), else 1-D with every whole
+    element that fits after ``offset``.
 
     Raises:
-        ValueError: the bytes do not hold ``shape`` elements of ``dtype`` from ``offset``.
+        ValueError: the bytes do not hold ``shape`` elements of ``dtype`` from ``offset``,
+            or ``offset`` is negative or past the end.
     """
     tensor = torch.frombuffer(_writable(memoryview(view)), dtype=dtype, offset=offset,
                               count=-1 if shape is None else _numel(shape))

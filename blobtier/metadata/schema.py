@@ -1,4 +1,4 @@
-"""The flat metadata schema: key rules, ``BlobRecord`` and its binary codec.
+"""The flat metadata schema: key rules and the key layout (``BlobRecord`` and its codec re-exported).
 
 Key layout in every metadata store (one ordered key space, one byte of prefix per kind)::
 
@@ -13,44 +13,33 @@ segments, no empty, ``.`` or ``..`` segment, no NUL, no leading ``/``. The names
 segment) is ``[A-Za-z0-9_-][A-Za-z0-9._-]*`` up to 64 characters: it names tenants and
 token scopes, so it stays plain.
 
-Record format 1 (little-endian); the crc32c covers every byte after it::
-
-    magic "BT" | format u8 | crc32c u32 | flags u8 | blob_id 16s | version u64 | size u64 |
-    chunk_size u32 | created_ns u64 | checksum_algo u8 | replicas u8 |
-    n_chunks u32 | checksums n*u64 | placement n*replicas*u16 |
-    origin: u16 len + utf8 (only with FLAG_ORIGIN) |
-    attrs: u16 count, then per attr u8 klen + key + u16 vlen + value
-
-``blob_id`` is random per write attempt, so the chunk key (blob_id, version, index) of a
-committed version can never be reused by another write: caches never need invalidation.
-``placement[i]`` lists the chunk servers holding replicas of chunk ``i``. A record whose
-chunks are byte ranges of an origin object (the fsspec origin adapter) carries
-``origin`` = "url\\ntag" and an empty placement.
+The record itself, its chunk keys and its binary codec live in ``blobtier.records`` (core:
+every part needs them); they are re-exported here for the code that reads them as part of
+the schema.
 """
 
 from __future__ import annotations
 
-import functools
 import re
-import struct
-import uuid
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
 
-from blobtier.checksum import BY_ID, algorithm_id
-from blobtier.checksum import crc32c as _crc32c
-from blobtier.chunks import ChunkKey
-from blobtier.errors import CorruptRecord, InvalidKey
+from blobtier.errors import InvalidKey
+from blobtier.records import (  # noqa: F401  (re-exported: the schema's record and codec)
+    FLAG_ORIGIN,
+    FORMAT,
+    MAX_ATTRS_BYTES,
+    MAX_CHUNKS,
+    BlobRecord,
+    ChunkKey,
+    chunk_count,
+    decode,
+    encode,
+    encoded,
+    new_blob_id,
+    peek_version,
+)
 
 MAX_KEY_BYTES = 1024
-MAX_ATTRS_BYTES = 4096
-MAX_CHUNKS = 1 << 24  # 64 TiB at 4 MiB chunks
-FORMAT = 1
-FLAG_ORIGIN = 1
 _NAMESPACE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
-_HEAD = struct.Struct("<2sBIB16sQQIQBBI")
-_CRC_FROM = 7  # the crc32c covers the record from the flags on; magic and format are exact
-_MAGIC = b"BT"
 RECORD_PREFIX = b"R"
 ORIGIN_PREFIX = b"O"
 REGION_ID_KEY = b"I"
@@ -103,218 +92,3 @@ def validate_prefix(prefix: str) -> str:
 
 def record_key(key: str) -> bytes:
     return RECORD_PREFIX + key.encode("utf-8")
-
-
-def new_blob_id() -> bytes:
-    return uuid.uuid4().bytes
-
-
-_NO_ATTRS: Mapping[str, str] = MappingProxyType({})
-
-
-class BlobRecord:
-    """Everything needed to read one committed version of one blob.
-
-    A decoded record is a view over its encoded bytes: the fixed header is unpacked at
-    once, the per-chunk arrays, origin and attributes on first use. Opening a blob, or
-    multi-getting an epoch's records, then costs a checksum and one ``unpack``.
-    """
-
-    __slots__ = ("_head", "_body", "_raw", "key")
-
-    def __init__(self, blob_id: bytes, version: int, size: int, chunk_size: int,
-                 checksums: Sequence[int], placement: Sequence[Sequence[int]] = (),
-                 checksum_algo: str = "xxh3", created_ns: int = 0,
-                 attrs: Mapping[str, str] = _NO_ATTRS, origin: str = "") -> None:
-        replicas = len(placement[0]) if placement else 0
-        # Same shape as _HEAD.unpack_from: (magic, format, crc, flags, blob_id, version,
-        # size, chunk_size, created_ns, algo id, replicas, n_chunks).
-        self._head = (_MAGIC, FORMAT, 0, 0, blob_id, version, size, chunk_size, created_ns,
-                      algorithm_id(checksum_algo), replicas, len(checksums))
-        self._body = (tuple(checksums), tuple(tuple(p) for p in placement), origin,
-                      MappingProxyType(dict(attrs)))
-        self._raw: bytes | None = None
-        self.key = ""  # the key it was looked up by (not encoded: a store sets it); "" if unknown
-
-    @property
-    def namespace(self) -> str:
-        """The first path component of its key ("" when the key is unknown): the unit of
-        per-namespace policies."""
-        return self.key.split("/", 1)[0]
-
-    blob_id = property(lambda self: self._head[4])
-    version = property(lambda self: self._head[5])
-    size = property(lambda self: self._head[6])
-    chunk_size = property(lambda self: self._head[7])
-    created_ns = property(lambda self: self._head[8])
-    checksum_algo = property(lambda self: BY_ID[self._head[9]])
-    n_chunks = property(lambda self: self._head[11])
-    checksums: Sequence[int] = property(lambda self: (self._body or self._parse())[0])
-    placement: Sequence[Sequence[int]] = property(lambda self: (self._body or self._parse())[1])
-    origin: str = property(lambda self: (self._body or self._parse())[2])
-    attrs: Mapping[str, str] = property(lambda self: (self._body or self._parse())[3])
-
-    def chunk_key(self, index: int) -> ChunkKey:
-        return ChunkKey(self._head[4], self._head[5], index)
-
-    def chunk_range(self, index: int) -> tuple[int, int]:
-        """(offset, length) of chunk ``index`` inside the blob."""
-        start = index * self._head[7]
-        return start, min(self._head[7], self._head[6] - start)
-
-    def _parse(self) -> tuple:
-        self._body = _decode_body(self._raw, self._head)
-        return self._body
-
-    def _fields(self) -> tuple:
-        return self._head[4:10] + (self.checksums, self.placement, self.attrs, self.origin)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, BlobRecord):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return (f"BlobRecord(blob_id={self.blob_id.hex()}, version={self.version}, "
-                f"size={self.size}, chunks={self.n_chunks})")
-
-
-def chunk_count(size: int, chunk_size: int) -> int:
-    return -(-size // chunk_size) if size else 0
-
-
-def encode(rec: BlobRecord) -> bytes:
-    n = len(rec.checksums)
-    if n != chunk_count(rec.size, rec.chunk_size):
-        raise ValueError(f"{n} checksums for size {rec.size} at chunk size {rec.chunk_size}")
-    replicas = len(rec.placement[0]) if rec.placement else 0
-    if rec.placement and (len(rec.placement) != n or any(len(p) != replicas for p in rec.placement)):
-        raise ValueError("placement must list the same number of replicas for every chunk")
-    flags = FLAG_ORIGIN if rec.origin else 0
-    parts = [
-        _HEAD.pack(_MAGIC, FORMAT, 0, flags, rec.blob_id, rec.version, rec.size, rec.chunk_size,
-                   rec.created_ns, algorithm_id(rec.checksum_algo), replicas, n),
-        struct.pack(f"<{n}Q", *rec.checksums),
-        struct.pack(f"<{n * replicas}H", *(s for p in rec.placement for s in p)),
-    ]
-    if rec.origin:
-        origin = rec.origin.encode()
-        parts.append(struct.pack("<H", len(origin)) + origin)
-    parts.append(_encode_attrs(rec.attrs))
-    body = bytearray(b"".join(parts))
-    struct.pack_into("<I", body, 3, _crc32c(memoryview(body)[_CRC_FROM:]))
-    return bytes(body)
-
-
-def _encode_attrs(attrs: Mapping[str, str]) -> bytes:
-    out = [struct.pack("<H", len(attrs))]
-    for k, v in attrs.items():
-        kb, vb = k.encode(), v.encode()
-        if len(kb) > 255:
-            raise ValueError(f"attribute name {k[:32]!r}... longer than 255 bytes")
-        out.append(struct.pack("<B", len(kb)) + kb + struct.pack("<H", len(vb)) + vb)
-    blob = b"".join(out)
-    if len(blob) > MAX_ATTRS_BYTES:
-        raise ValueError(f"attributes take {len(blob)} bytes; the limit is {MAX_ATTRS_BYTES}")
-    return blob
-
-
-def decode(data: bytes) -> BlobRecord:
-    """Decode one record; raise ``CorruptRecord`` for truncated, corrupt or unknown bytes.
-
-    The whole record is checked against its crc32c here; the variable-length body is
-    only parsed when a field of it is read.
-    """
-    if type(data) is not bytes:
-        data = bytes(data)
-    if len(data) < _HEAD.size + 2:
-        raise CorruptRecord(f"record truncated: {len(data)} bytes")
-    head = _HEAD.unpack_from(data)
-    if _crc32c(data[_CRC_FROM:]) != head[2]:
-        if head[0] == _MAGIC and head[1] != FORMAT:
-            raise CorruptRecord(f"unknown record format {head[1]}")
-        raise CorruptRecord("record checksum mismatch (truncated or corrupted)")
-    if head[0] != _MAGIC or head[1] != FORMAT or head[9] not in BY_ID:
-        raise CorruptRecord(f"not a blobtier record of format {FORMAT}")
-    rec = _new_record(BlobRecord)
-    rec._head = head
-    rec._body = None
-    rec._raw = data
-    rec.key = ""
-    return rec
-
-
-_new_record = object.__new__
-
-
-def encoded(rec: BlobRecord) -> bytes:
-    """``rec``'s encoded bytes: those it was decoded from (records are immutable, so they
-    are still exact), else ``encode(rec)``. What a metadata service sends."""
-    return rec._raw if rec._raw is not None else encode(rec)
-
-
-@functools.lru_cache(maxsize=256)
-def _arrays(n: int, replicas: int) -> struct.Struct:
-    """The checksums and placement of ``n`` chunks, unpacked in one call."""
-    return struct.Struct(f"<{n}Q{n * replicas}H")
-
-
-def _decode_body(data: bytes, head: tuple) -> tuple:
-    # The crc held, so only a buggy encoder could get here with bad bytes; still, every
-    # length is checked rather than trusted.
-    size, chunk_size, replicas, n = head[6], head[7], head[10], head[11]
-    if n > MAX_CHUNKS or (chunk_size and n != chunk_count(size, chunk_size)):
-        raise CorruptRecord("record header is inconsistent")
-    try:
-        arrays = _arrays(n, replicas)
-        values = arrays.unpack_from(data, _HEAD.size)
-        checksums = values[:n]
-        if not replicas:
-            placement: tuple = ()
-        elif n == 1:
-            placement = (values[1:],)
-        else:
-            placement = tuple(values[i:i + replicas] for i in range(n, n + n * replicas, replicas))
-        pos = _HEAD.size + arrays.size
-        origin = ""
-        if data[7] & FLAG_ORIGIN:
-            (olen,) = struct.unpack_from("<H", data, pos)
-            origin = data[pos + 2:pos + 2 + olen].decode()
-            pos += 2 + olen
-        if data[pos:pos + 2] == b"\0\0":  # no attributes: the common case
-            attrs, pos = _NO_ATTRS, pos + 2
-        else:
-            attrs, pos = _decode_attrs(memoryview(data), pos)
-    except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
-        raise CorruptRecord(f"record body is malformed: {exc}") from None
-    if pos != len(data):
-        raise CorruptRecord("record length does not match its header")
-    return checksums, placement, origin, attrs
-
-
-def _decode_attrs(mv: memoryview, pos: int) -> tuple[dict[str, str], int]:
-    (count,) = struct.unpack_from("<H", mv, pos)
-    pos += 2
-    if not count:
-        return _NO_ATTRS, pos
-    attrs = {}
-    for _ in range(count):
-        klen = mv[pos]
-        k = bytes(mv[pos + 1:pos + 1 + klen]).decode()
-        pos += 1 + klen
-        (vlen,) = struct.unpack_from("<H", mv, pos)
-        attrs[k] = bytes(mv[pos + 2:pos + 2 + vlen]).decode()
-        pos += 2 + vlen
-    return MappingProxyType(attrs), pos
-
-
-_VERSION_AT = 24  # magic 2 + format 1 + crc 4 + flags 1 + blob_id 16
-
-
-def peek_version(data: bytes) -> int:
-    """The version of an encoded record without decoding it (for compare-and-set)."""
-    if len(data) < _VERSION_AT + 8:
-        raise CorruptRecord("record truncated")
-    return int.from_bytes(data[_VERSION_AT:_VERSION_AT + 8], "little")

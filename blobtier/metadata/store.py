@@ -42,6 +42,12 @@ class MetadataStore(ABC):
     # it was written, so the hit path (the hot one) skips the rules and a bad key still
     # gets its InvalidKey instead of a plain miss.
     def get(self, key: str) -> BlobRecord | None:
+        """The current record of ``key``, or None when it has none.
+
+        Raises: ``InvalidKey``; ``MetadataCorrupt`` (an ``OSError``, EIO: the record or the
+        store is damaged; never reported as an absent key); ``TierUnavailable`` (a remote
+        store that no server answers).
+        """
         raw = self._get_raw(_lookup_key(key))
         if raw is None:
             schema.validate_key(key)
@@ -77,7 +83,13 @@ class MetadataStore(ABC):
         return out
 
     def commit(self, key: str, record: BlobRecord, expected: int = ANY) -> None:
-        """Make ``record`` the key's current version if its version is ``expected`` now."""
+        """Make ``record`` the key's current version if its version is ``expected`` now
+        (``ANY``: whatever it is), in one durable write.
+
+        Raises: ``VersionConflict`` (the key's version is not ``expected``; nothing written);
+        ``InvalidKey``; ``ValueError`` (a record whose checksums or placement do not match
+        its size); ``StorageFull`` (ENOSPC); ``MetadataCorrupt``; ``TierUnavailable``.
+        """
         if not self.commit_many([(key, record, expected)])[0]:
             raise VersionConflict(f"{key}: expected version {expected}, found another")
 

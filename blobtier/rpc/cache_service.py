@@ -24,7 +24,7 @@ import grpc
 
 from blobtier.chunks import Buffer, ChunkKey, ChunkRef
 from blobtier.errors import InvalidRequest, OutOfRange
-from blobtier.metadata.schema import BlobRecord, decode
+from blobtier.records import BlobRecord, decode
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc import put_stream
 from blobtier.rpc.gen import flash_pb2 as pb

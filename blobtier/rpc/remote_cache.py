@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -29,8 +29,7 @@ from blobtier import checksum, forks
 from blobtier.checksum import xxh3
 from blobtier.chunks import Buffer, ChunkKey, ChunkRef, Lookup
 from blobtier.errors import ChecksumError, InvalidRequest, TierUnavailable
-from blobtier.flash_l3.local_reads import RegionReader
-from blobtier.metadata.schema import encode
+from blobtier.records import encode
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc import put_stream, status
 from blobtier.rpc.cache_service import boot_id
@@ -57,6 +56,17 @@ def _calling(where: str) -> Iterator[None]:
         raise TierUnavailable(str(err)) from None
 
 
+class LocalRegions(Protocol):
+    """Reads located entries straight from a node's region files (the flash tier's
+    ``flash_l3/local_reads.py`` ``RegionReader``, handed in by the wiring: ``rpc`` knows no tier)."""
+
+    directory: str
+
+    def read(self, key: ChunkKey, slot: int, offset: int, length: int, seq: int) -> memoryview | None: ...
+
+    def close(self) -> None: ...
+
+
 class RemoteChunkCache:
     """A ``ChunkCache`` served by the cache node at ``addr`` (``host:port``).
 
@@ -66,19 +76,22 @@ class RemoteChunkCache:
         tls: connect with TLS.
         timeout_s: deadline of each call.
         parallel: Get calls in flight at once for one large batch.
-        local_reads: when the node runs on this host, ask it where hits lie and read
-            them from its region files (``flash_l3/local_reads.py``) instead of over gRPC.
+        local_reads: opens a node's region directory for reading (``RegionReader`` of
+            ``flash_l3/local_reads.py``): when the node runs on this host, ask it where hits
+            lie and read them from its region files instead of over gRPC. None: off.
         token: presented on every call to a node that checks tokens (``rpc/auth.py``).
     """
 
     trusted = False
 
     def __init__(self, addr: str, *, name: str = "l3", tls: Tls | None = None, timeout_s: float = 10.0,
-                 parallel: int = 2, local_reads: bool = False, token: str | None = None) -> None:
+                 parallel: int = 2, local_reads: Callable[[str], LocalRegions] | None = None,
+                 token: str | None = None) -> None:
         self.addr = addr
         self.name = name
-        self.local_reads = local_reads
-        self._regions: RegionReader | None = None
+        self.local_reads = local_reads is not None
+        self._open_regions = local_reads
+        self._regions: LocalRegions | None = None
         self.timeout_s = timeout_s
         self.parallel = parallel
         self.where = f"{name} cache node {addr}"
@@ -142,7 +155,7 @@ class RemoteChunkCache:
                 self.local_reads = False  # another host: its paths mean nothing here
                 return keys, refs
             if self._regions is None or self._regions.directory != reply.dir:
-                self._regions = RegionReader(reply.dir)
+                self._regions = self._open_regions(reply.dir)
             for i, (key, at) in enumerate(zip(part, reply.locations), start):
                 view = None
                 if at.found:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from blobtier import placement
 from blobtier.chunks import Buffer, ChunkCache, ChunkKey, ChunkRef, Lookup, ReportsCorrupt
 from blobtier.errors import InvalidRequest, TierUnavailable
-from blobtier.rpc.remote_cache import ProcessLocalPool, RemoteChunkCache
+from blobtier.rpc.remote_cache import LocalRegions, ProcessLocalPool, RemoteChunkCache
 from blobtier.rpc.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class ShardedChunkCache:
     @classmethod
     def connect(cls, endpoints: Sequence[tuple[str, float]], *, name: str = "l3", tls: Tls | None = None,
                 timeout_s: float = 10.0, retry_after_s: float = 1.0, read_through: bool = True,
-                local: str | None = None, local_reads: bool = False,
+                local: str | None = None, local_reads: Callable[[str], LocalRegions] | None = None,
                 token: str | None = None) -> ShardedChunkCache:
         """Over gRPC nodes given as (``host:port``, weight); ``read_through``: the nodes
         read misses through from the block layer (a ``ShardedReadThroughCache``)."""

@@ -30,7 +30,7 @@ def node(tmp_path):
 
 
 def remote(node: FlashNode, local: bool = True) -> RemoteChunkCache:
-    return RemoteChunkCache(node.address, timeout_s=10, local_reads=local)
+    return RemoteChunkCache(node.address, timeout_s=10, local_reads=RegionReader if local else None)
 
 
 def test_hits_are_read_from_the_region_files(node):

@@ -15,6 +15,7 @@ from blobtier.blockstore_sim.remote import RemoteChunkStore
 from blobtier.checksum import xxh3
 from blobtier.config import FlashNodeConfig
 from blobtier.errors import Forbidden, InvalidRequest
+from blobtier.flash_l3.local_reads import RegionReader
 from blobtier.flash_l3.service import FlashNode
 from blobtier.rpc.auth import TokenTable, digest, right_of
 from blobtier.rpc.remote_cache import RemoteChunkCache
@@ -102,8 +103,8 @@ def test_flash_node_checks_tokens(tmp_path):
     chunks = keys_and_data(3)
     for key, data in chunks.items():
         node.cache.put(key, data)
-    good = RemoteChunkCache(node.address, timeout_s=10, token=token("reader"), local_reads=True)
-    bad = RemoteChunkCache(node.address, timeout_s=10, local_reads=True)
+    good = RemoteChunkCache(node.address, timeout_s=10, token=token("reader"), local_reads=RegionReader)
+    bad = RemoteChunkCache(node.address, timeout_s=10, local_reads=RegionReader)
     try:
         assert {k: bytes(v) for k, v in good.get_many(list(chunks)).items()} == chunks
         with pytest.raises(blobtier.TierUnavailable, match="token"):  # a cache that refuses is skipped
