@@ -1,4 +1,4 @@
-"""``Client``: the user API, and the one place the client side is wired together.
+"""``Client``: the user API (``sdk/wiring.py`` builds the parts it reads and writes through).
 
 ``connect()`` opens the embedded region at ``$BLOBTIER_HOME`` (else ``~/.blobtier``);
 ``connect(path)`` opens another region directory or a region TOML file.
