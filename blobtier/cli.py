@@ -142,7 +142,7 @@ def _client_token(args: argparse.Namespace) -> str | None:
     ``$BLOBTIER_AUTH_TOKEN``."""
     from blobtier.config import resolve
 
-    return resolve(args.region, running=False).auth.token or None
+    return resolve(args.region).auth.token or None
 
 
 def _fault_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -215,7 +215,7 @@ def _flash_origins(args: argparse.Namespace):
     from blobtier.config import resolve
     from blobtier.metadata.rocksdb_store import RocksDBStore
 
-    root = resolve(region, running=False).root
+    root = resolve(region).root
     store = RocksDBStore(os.path.join(root, "metadata"), scratch_dir=os.path.join(root, "tmp"))
     try:
         return OriginAllowList(args.origin, store.origins), store
@@ -232,8 +232,8 @@ def _flash_source(args: argparse.Namespace):
     import os
 
     from blobtier.blockstore_sim.replicated import ReadPolicy, ReplicatedBlockStore
-    from blobtier.config import resolve
     from blobtier.errors import InvalidRequest
+    from blobtier.runstate import resolve_running
     from blobtier.sdk.routing import RoutingSource
 
     region = args.flash_region or args.region
@@ -242,7 +242,7 @@ def _flash_source(args: argparse.Namespace):
     if args.block_endpoints:
         endpoints, root = [a.strip() for a in args.block_endpoints.split(",") if a.strip()], ""
     else:
-        config = resolve(region)
+        config = resolve_running(region)
         endpoints, root = list(config.block.endpoints), config.root
     if endpoints:
         from blobtier.blockstore_sim.remote import RemoteChunkStore

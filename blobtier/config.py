@@ -701,28 +701,21 @@ def load(path: str) -> RegionConfig:
     return from_mapping(data)
 
 
-def resolve(target: str | os.PathLike | RegionConfig | None, *, running: bool = True) -> RegionConfig:
+def resolve(target: str | os.PathLike | RegionConfig | None) -> RegionConfig:
     """What ``connect()`` accepts: nothing (the default home), a region dir, a TOML file.
 
-    With ``running`` (the default), a region that ``blobtier up`` is running is read
-    through its services: endpoints it does not set come from the state file under its
-    root (``blobtier.region.state.attach``).
+    The config as written; ``blobtier.runstate.resolve_running`` adds the services of a
+    region that ``blobtier up`` is running.
     """
     if isinstance(target, RegionConfig):
-        config = target.validate()
-    elif target is None:
-        config = from_mapping({"root": default_home()})
-    else:
-        path = os.fspath(target)
-        if not isinstance(path, str) or not path.strip():
-            raise InvalidRequest(f"region {_shown(path)}: name a region directory or a region TOML file")
-        config = (load(path) if path.endswith(".toml")
-                  else from_mapping({"root": os.path.abspath(os.path.expanduser(path))}))
-    if not running:
-        return config
-    from blobtier.region.state import attach  # reads a small JSON file; imports no server
-
-    return attach(config)
+        return target.validate()
+    if target is None:
+        return from_mapping({"root": default_home()})
+    path = os.fspath(target)
+    if not isinstance(path, str) or not path.strip():
+        raise InvalidRequest(f"region {_shown(path)}: name a region directory or a region TOML file")
+    return (load(path) if path.endswith(".toml")
+            else from_mapping({"root": os.path.abspath(os.path.expanduser(path))}))
 
 
 def with_overrides(config: RegionConfig, **sections: Mapping[str, Any]) -> RegionConfig:

@@ -264,7 +264,7 @@ def test_negative_and_absurd_counts_name_field_and_range(section, field, value, 
 def test_absurd_values_in_a_config_built_in_python_are_refused(tmp_path):
     cfg = config.RegionConfig(root=str(tmp_path), client=config.ClientConfig(prefetch_threads=100000))
     with pytest.raises(InvalidRequest, match=r"client\.prefetch_threads"):
-        config.resolve(cfg, running=False)
+        config.resolve(cfg)
 
 
 @pytest.mark.parametrize("data, field", [
@@ -294,7 +294,7 @@ def test_an_empty_root_is_refused_not_taken_as_the_files_directory(tmp_path, tex
     with pytest.raises(InvalidRequest, match="root must name a directory"):
         config.load(str(path))
     with pytest.raises(InvalidRequest, match="region"):
-        config.resolve("", running=False)
+        config.resolve("")
 
 
 @pytest.mark.parametrize("text", [

@@ -24,10 +24,11 @@ import pytest
 
 import blobtier
 from blobtier import cli
+from blobtier import runstate as state
 from blobtier.config import FlashNodeConfig
 from blobtier.flash_l3.service import FlashNode
 from blobtier.fsutil import open_private, private_dir, private_file
-from blobtier.region import state, supervisor
+from blobtier.region import supervisor
 from blobtier.region.services import ServiceSpec
 
 RUNUSER = shutil.which("runuser")

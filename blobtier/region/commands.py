@@ -18,7 +18,7 @@ Add = Callable[[str, Callable, str], argparse.ArgumentParser]
 
 def _config(args: argparse.Namespace) -> RegionConfig:
     # The services' own config, not one attached to what runs: `up` derives what to run.
-    return resolve(args.config or args.region, running=False)
+    return resolve(args.config or args.region)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -63,8 +63,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
+    from blobtier import runstate as state
     from blobtier.errors import InvalidRequest
-    from blobtier.region import state, top
+    from blobtier.region import top
 
     config = _config(args)
     region = state.read(config.root)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from blobtier.region.state import ServiceRecord, pid_alive
+from blobtier.runstate import ServiceRecord, pid_alive
 
 SERVING, NOT_SERVING, UNREACHABLE, DEAD = "SERVING", "NOT_SERVING", "unreachable", "dead"
 

@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from blobtier import runstate as state
 from blobtier.config import REDIS_BUS_OFFSET, REDIS_MASTERS, RegionConfig
 from blobtier.errors import InvalidRequest, RegionLocked, TierUnavailable
 from blobtier.fsutil import private_dir, private_file
 from blobtier.lockfile import LockFile
-from blobtier.region import ports, probe, redis, state
+from blobtier.region import ports, probe, redis
 from blobtier.region.services import (
     ServiceSpec,
     check_directories,
@@ -39,7 +40,7 @@ from blobtier.region.services import (
     redis_root,
     specs,
 )
-from blobtier.region.state import RegionState, ServiceRecord, pid_alive
+from blobtier.runstate import RegionState, ServiceRecord, pid_alive
 
 LOG_TAIL_LINES = 20
 Say = Callable[[str], None]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from blobtier.region.state import RegionState, ServiceRecord
+from blobtier.runstate import RegionState, ServiceRecord
 
 Labels = tuple[tuple[str, str], ...]
 MiB = float(1 << 20)

@@ -21,10 +21,11 @@ from typing import IO, Any, TypeVar
 
 from blobtier import forks
 from blobtier.chunks import Buffer
-from blobtier.config import RegionConfig, resolve, with_overrides
+from blobtier.config import RegionConfig, with_overrides
 from blobtier.errors import BlobNotFound, BlobtierError, InvalidRequest
 from blobtier.metadata.schema import BlobRecord, validate_key, validate_prefix
 from blobtier.metrics import TierStats
+from blobtier.runstate import resolve_running
 from blobtier.sdk import gc
 from blobtier.sdk.info import BlobInfo
 from blobtier.sdk.plans import ReadPlanCache
@@ -43,7 +44,7 @@ def connect(target: str | os.PathLike | RegionConfig | None = None,
 
     Keyword arguments override config sections, e.g. ``connect(cache={"l1_bytes": "1GiB"})``.
     """
-    config = resolve(target)
+    config = resolve_running(target)
     if sections:
         config = with_overrides(config, **sections)
     return Client(config)

@@ -55,9 +55,10 @@ from fsspec.implementations.local import LocalFileSystem, make_path_posix, trail
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem, make_instance
 from fsspec.utils import check_contained, isfilelike, other_paths
 
-from blobtier.config import RegionConfig, resolve, with_overrides
+from blobtier.config import RegionConfig, with_overrides
 from blobtier.errors import BlobNotFound, InvalidKey, InvalidRequest
 from blobtier.metadata.schema import validate_key, validate_namespace
+from blobtier.runstate import resolve_running
 from blobtier.sdk.client import Client
 from blobtier.sdk.info import BlobInfo
 
@@ -95,7 +96,7 @@ os.register_at_fork(after_in_child=_after_fork)
 
 @functools.lru_cache(maxsize=16)
 def _default_config(home: str | None) -> RegionConfig:
-    return resolve(None)  # reads $BLOBTIER_HOME, the cache key
+    return resolve_running(None)  # reads $BLOBTIER_HOME, the cache key
 
 
 class BlobtierFileSystem(AbstractFileSystem):
@@ -121,7 +122,7 @@ class BlobtierFileSystem(AbstractFileSystem):
             raise InvalidRequest("pass a region or a client, not both")
         self._client = client
         self.token = token
-        config = resolve(region) if region is not None else None
+        config = resolve_running(region) if region is not None else None
         if token:
             config = with_overrides(config or _default_config(os.environ.get("BLOBTIER_HOME")),
                                     auth={"token": token})

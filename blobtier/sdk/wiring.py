@@ -11,7 +11,7 @@
                                     the root's volume directories) and origins by reference
 
 A region that ``blobtier up`` runs fills the endpoints the config leaves empty before any
-of this (``config.resolve`` -> ``region.state.attach``).
+of this (``config.resolve`` -> ``runstate.attach``).
 
 Lifetimes differ, and ``Wiring`` keeps each part for its own: the stores' lock, the L3
 client, a remote metadata store and the client's own L1 arena live as long as the client;

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from blobtier.region import state
+from blobtier import runstate as state
 
 SPAN = 20  # ports a test region may use from its base: gRPC from base, metrics from base + 10
 

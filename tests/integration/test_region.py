@@ -9,9 +9,9 @@ import os
 import pytest
 
 import blobtier
+from blobtier import runstate as state
 from blobtier.cache_l1_l2.daemon import HostDaemon
 from blobtier.cli import main
-from blobtier.region import state
 from blobtier.region.top import fetch
 from tests.integration.region_support import (
     blobtier as run_cli,

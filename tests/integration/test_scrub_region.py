@@ -10,11 +10,11 @@ import threading
 import pytest
 
 import blobtier
+from blobtier import runstate as state
 from blobtier.blockstore_sim.chunk_server import ChunkServer
 from blobtier.blockstore_sim.remote import RemoteChunkStore
 from blobtier.blockstore_sim.volume import VolumeStore
 from blobtier.cli import main
-from blobtier.region import state
 from tests.integration.region_support import blobtier as run_cli
 from tests.integration.region_support import free_base_port, kill_leftovers, write_config
 from tests.scrub_support import LOST, apply_plan, blobs, flip_in_dir, good_counts

@@ -13,12 +13,13 @@ import time
 
 import pytest
 
-from blobtier import config
+from blobtier import config, runstate
+from blobtier import runstate as state
 from blobtier.config import from_mapping
 from blobtier.errors import InvalidRequest
-from blobtier.region import redis, state
+from blobtier.region import redis
 from blobtier.region.services import specs
-from blobtier.region.state import RegionState, ServiceRecord
+from blobtier.runstate import RegionState, ServiceRecord
 from tests.redis_cluster import require_redis
 from tests.region import test_state
 
@@ -147,16 +148,16 @@ def _write_state(root: str, pid: int, meta: int) -> None:
 def test_clients_find_the_metadata_servers(tmp_path, sleeper):
     root = str(tmp_path)
     _write_state(root, sleeper, meta=2)
-    c = config.resolve(root)
+    c = runstate.resolve_running(root)
     assert c.metadata.endpoints == ("127.0.0.1:9000", "127.0.0.1:9001") and c.metadata.redis == ()
     assert c.block.endpoints == ("127.0.0.1:9200", "127.0.0.1:9201", "127.0.0.1:9202")
-    assert config.resolve(root, running=False).metadata.endpoints == ()
+    assert config.resolve(root).metadata.endpoints == ()
 
 
 def test_without_metadata_servers_clients_go_to_the_redis_nodes(tmp_path, sleeper):
     root = str(tmp_path)
     _write_state(root, sleeper, meta=0)
-    c = config.resolve(root)
+    c = runstate.resolve_running(root)
     assert c.metadata.redis == ("127.0.0.1:9100", "127.0.0.1:9101", "127.0.0.1:9102")
     assert c.metadata.endpoints == ()
 
@@ -165,7 +166,7 @@ def test_metadata_the_config_names_wins(tmp_path, sleeper):
     root = str(tmp_path)
     _write_state(root, sleeper, meta=2)
     for md in ({"endpoints": ["10.0.0.9:7000"]}, {"redis": ["10.0.0.9:6379"]}):
-        c = config.resolve(from_mapping({"root": root, "metadata": md}, env={}))
+        c = runstate.resolve_running(from_mapping({"root": root, "metadata": md}, env={}))
         assert (c.metadata.endpoints, c.metadata.redis) == (tuple(md.get("endpoints", ())),
                                                             tuple(md.get("redis", ())))
 
@@ -174,7 +175,7 @@ def test_a_region_whose_processes_died_is_opened_as_configured(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     _write_state(str(tmp_path), proc.pid, meta=2)
-    assert config.resolve(str(tmp_path)).metadata.endpoints == ()
+    assert runstate.resolve_running(str(tmp_path)).metadata.endpoints == ()
 
 
 # -- forming the cluster (real redis-server processes) -------------------------------------

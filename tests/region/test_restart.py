@@ -13,10 +13,11 @@ import time
 import pytest
 
 import blobtier
+from blobtier import runstate as state
 from blobtier.cli import main
 from blobtier.errors import InvalidRequest
-from blobtier.region import state, supervisor
-from blobtier.region.state import RegionState, ServiceRecord
+from blobtier.region import supervisor
+from blobtier.runstate import RegionState, ServiceRecord
 from tests.integration.region_support import blobtier as run_cli
 from tests.integration.region_support import (
     free_base_port,
@@ -136,7 +137,7 @@ def test_down_stops_a_service_restarted_by_hand(tmp_path, capsys):
 def test_restart_names_what_it_cannot_do(tmp_path):
     from blobtier.config import resolve
 
-    config = resolve(str(tmp_path / "r"), running=False)
+    config = resolve(str(tmp_path / "r"))
     with pytest.raises(InvalidRequest, match="no region is up"):
         supervisor.restart(config, ["block-0"])
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "blobtier-test"])

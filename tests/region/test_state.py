@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from blobtier import config
-from blobtier.region import state
-from blobtier.region.state import RegionState, ServiceRecord
+from blobtier import config, runstate
+from blobtier import runstate as state
+from blobtier.runstate import RegionState, ServiceRecord
 
 
 @pytest.fixture
@@ -45,14 +45,14 @@ def test_round_trip(tmp_path, sleeper):
 
 def test_clients_attach_to_a_running_region(tmp_path, sleeper):
     root = str(tmp_path)
-    plain = config.resolve(root)
-    assert plain.block.endpoints == () and config.resolve(plain) is plain  # nothing running
+    plain = runstate.resolve_running(root)
+    assert plain.block.endpoints == () and runstate.resolve_running(plain) is plain  # nothing running
     write_state(root, sleeper)
-    cfg = config.resolve(root)
+    cfg = runstate.resolve_running(root)
     assert cfg.block.endpoints == ("127.0.0.1:9000", "127.0.0.1:9001", "127.0.0.1:9002")  # in id order
     assert cfg.flash.endpoints == ("127.0.0.1:9003",)
     assert cfg.cache.daemon == f"{root}/run/daemon.sock"
-    assert config.resolve(root, running=False).block.endpoints == ()  # what `up` itself reads
+    assert config.resolve(root).block.endpoints == ()  # what `up` itself reads
 
 
 def test_explicit_settings_win(tmp_path, sleeper, monkeypatch):
@@ -60,7 +60,7 @@ def test_explicit_settings_win(tmp_path, sleeper, monkeypatch):
     write_state(root, sleeper)
     monkeypatch.setenv("BLOBTIER_CACHE_DAEMON", "off")
     monkeypatch.setenv("BLOBTIER_FLASH_ENDPOINTS", "10.0.0.1:7100")
-    cfg = config.resolve(root)
+    cfg = runstate.resolve_running(root)
     assert cfg.cache.daemon == "off" and cfg.flash.endpoints == ("10.0.0.1:7100",)
     assert cfg.block.endpoints[0] == "127.0.0.1:9000"
 
@@ -69,7 +69,7 @@ def test_a_dead_region_is_opened_embedded(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass", "blobtier-test"])
     proc.wait()
     write_state(str(tmp_path), proc.pid)
-    assert config.resolve(str(tmp_path)).block.endpoints == ()
+    assert runstate.resolve_running(str(tmp_path)).block.endpoints == ()
 
 
 def test_a_zombie_or_foreign_process_is_not_alive():

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from blobtier import runstate as state
 from blobtier.errors import InvalidRequest, RegionLocked
-from blobtier.region import state, supervisor
-from blobtier.region.state import RegionState, ServiceRecord
+from blobtier.region import supervisor
+from blobtier.runstate import RegionState, ServiceRecord
 
 STUBBORN = ("import signal, sys, time\n"
             "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"

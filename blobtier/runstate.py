@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from blobtier.config import MetadataConfig, RegionConfig
+from blobtier.config import MetadataConfig, RegionConfig, resolve
 from blobtier.fsutil import private_dir
 
 VERSION = 1
@@ -118,6 +118,12 @@ def pid_alive(pid: int) -> bool:
             return b"blobtier" in f.read()
     except (OSError, IndexError):
         return True  # no /proc to ask: trust the signal
+
+
+def resolve_running(target: str | os.PathLike | RegionConfig | None) -> RegionConfig:
+    """``config.resolve(target)``, reading through the region's services if ``blobtier up``
+    runs them: endpoints the config does not set come from the state file under its root."""
+    return attach(resolve(target))
 
 
 def attach(config: RegionConfig) -> RegionConfig:
