@@ -20,6 +20,7 @@ the next writer writes the marker again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -61,11 +62,16 @@ def write(directory: str, region_id: str) -> None:
         raise ValueError(f"not a region id: {region_id!r}")
     path = os.path.join(directory, MARKER)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with private_file(tmp, "wb") as f:
-        f.write(region_id.encode() + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with private_file(tmp, "wb") as f:
+            f.write(region_id.encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk leaves no half-written marker behind
+        raise
     fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)  # the rename itself survives a power loss

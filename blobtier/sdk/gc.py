@@ -153,7 +153,11 @@ def _check_region(metadata: MetadataStore, servers: Mapping[int, ChunkStore],
     for sid in unbound:
         bind = getattr(servers[sid], "bind_region", None)
         if rid and bind is not None:
-            bind(rid)
+            try:
+                bind(rid)
+            except OSError as exc:  # a full disk: gc must still give space back; bind next time
+                log.warning("gc could not record region %s on chunk server %s (%s); the next gc "
+                            "will try again", rid, sid, exc)
 
 
 def _unreferenced(stored: Mapping[int, Sequence[tuple[bytes, float]]], live: set[bytes], grace_s: float,
