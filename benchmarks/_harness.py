@@ -39,6 +39,16 @@ def summarize(samples_s: Sequence[float]) -> dict[str, float]:
             "p999_us": percentile(us, 99.9), "mean_us": statistics.fmean(us) if us else float("nan")}
 
 
+def timed_each(fn, items) -> list[float]:  # noqa: ANN001 - any callable of one item
+    """Seconds each ``fn(item)`` took, in order."""
+    samples = []
+    for item in items:
+        start = time.perf_counter()
+        fn(item)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
 class Timer:
     def __enter__(self) -> Timer:
         self.start = time.perf_counter()

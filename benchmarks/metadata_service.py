@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,11 +44,7 @@ def measure(store: MetadataStore, keys: list[str], lookups: int, batches: int) -
     rng = random.Random(1)
     for k in rng.sample(keys, min(len(keys), 500)):  # warm caches and the channel
         store.get(k)
-    samples = []
-    for k in (rng.choice(keys) for _ in range(lookups)):
-        start = time.perf_counter()
-        store.get(k)
-        samples.append(time.perf_counter() - start)
+    samples = h.timed_each(store.get, [rng.choice(keys) for _ in range(lookups)])
     groups = [rng.sample(keys, BATCH) for _ in range(batches)]
     with h.Timer() as t:
         for group in groups:
