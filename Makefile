@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean redis
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +15,15 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/blobtier demo
 
-# The Redis metadata tests start their own redis-server processes (on free ports; a
-# service apt may start on 6379 is never used). Under CI they fail without it.
-test: $(BIN)/.installed
+# redis-server, installed with apt-get when missing (CI runs as root): the Redis metadata
+# tests start their own (on free ports; a service apt may start on 6379 is never used;
+# under CI they fail without it), `blobtier up` runs it for metadata.backend =
+# "redis-cluster", and benchmarks/metadata_backends.py measures it.
+redis:
 	command -v redis-server >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y redis-server) || echo "no redis-server: its tests are skipped (failed under CI)"
+
+test: $(BIN)/.installed redis
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed

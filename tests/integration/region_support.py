@@ -16,12 +16,24 @@ from blobtier import runstate as state
 SPAN = 20  # ports a test region may use from its base: gRPC from base, metrics from base + 10
 
 
-def free_base_port(span: int = SPAN) -> int:
-    """A base port with ``span`` free ports from it (checked by binding each)."""
+def ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections: a service port at or above it
+    can be taken by any connect() (a Redis node's to another, a test's) before it binds."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_base_port(span: int = SPAN, offsets: tuple[int, ...] = (0,)) -> int:
+    """A base port with ``span`` free ports from it, and from each of ``offsets`` above it
+    (10000: Redis cluster buses), all below the ephemeral range (checked by binding each)."""
+    top = ephemeral_low() - max(offsets) - span
     for _ in range(200):
-        base = random.randrange(20000, 60000 - span)
+        base = random.randrange(10000, top)
         try:
-            for port in range(base, base + span):
+            for port in (base + off + i for off in offsets for i in range(span)):
                 with socket.socket() as s:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     s.bind(("127.0.0.1", port))
