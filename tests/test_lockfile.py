@@ -21,6 +21,9 @@ def _writer(region: str, report: int) -> None:
     client.put("ns/k", b"written")
     child = os.fork()
     if child == 0:
+        # The child's at-fork resets have run once any of its code runs: say so, so that
+        # the test does not race them (the copy is closed right after fork, not at once).
+        os.write(report, b"child ready\n")
         os.close(report)
         signal.pause()  # lives on, never using the client
         os._exit(0)
@@ -41,8 +44,9 @@ def test_a_sigkilled_writer_leaves_the_region_unlocked_while_its_child_lives(reg
     pids = [writer]
     try:
         with os.fdopen(r) as f:
-            pids = [int(p) for p in f.readline().split()]
-        assert pids[0] == writer and len(pids) == 2
+            lines = [f.readline(), f.readline()]
+        pids = [int(p) for line in lines if line[0].isdigit() for p in line.split()]
+        assert "child ready\n" in lines and pids[0] == writer and len(pids) == 2
         with pytest.raises(RegionLocked):
             LockFile(os.path.join(region, "writer.lock"), "region").acquire()  # the writer's
         os.kill(writer, signal.SIGKILL)
