@@ -64,3 +64,34 @@ def test_a_forked_child_never_collects_the_parents_channel():
         assert lazy.get() is parents()  # the parent keeps its own
     finally:
         lazy.close()
+
+
+def test_a_server_slow_to_answer_its_first_connection_is_waited_for(tmp_path):
+    """A server that takes a while to send its HTTP/2 SETTINGS (a loaded host: here, stopped
+    for a second) is waited for up to the call's deadline. gRPC takes
+    grpc.min_reconnect_backoff_ms as the connect timeout too: at 100 ms every channel failed
+    such a call at once with UNAVAILABLE ("connection attempt timed out before receiving
+    SETTINGS frame"), and a put then lost a replica."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    proc = subprocess.Popen([sys.executable, "-m", "blobtier.cli", "block", "serve", "--root",
+                             str(tmp_path / "chunks"), "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        addr = proc.stdout.readline().rsplit(" on ", 1)[1].split(",")[0].strip()
+        proc.send_signal(signal.SIGSTOP)
+        resume = threading.Timer(1.0, proc.send_signal, (signal.SIGCONT,))
+        resume.start()
+        channel = LazyChannel(addr)
+        reply = health_pb2_grpc.HealthStub(channel.get()).Check(health_pb2.HealthCheckRequest(), timeout=30)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        resume.join()
+        channel.close()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        proc.wait(30)
