@@ -157,15 +157,29 @@ def test_two_hosts_share_a_region_on_a_redis_cluster(region, tmp_path):
         assert s.connect_ex(("127.0.0.1", int(region_state.of_kind("redis")[0].address.rpartition(":")[2])))
 
 
-def test_down_then_up_brings_the_same_cluster_back(region):
+def test_restart_then_down_and_up_bring_the_same_cluster_back(region):
     path, root = region
     assert run_cli("up", "-c", path).returncode == 0
     with blobtier.connect(path, cache={"daemon": "off", "l1_bytes": 0}) as client:
-        client.put("ns/kept", b"survives down and up")
+        client.put("ns/kept", b"survives restarts, down and up")
+    # A Redis master and a metadata server die: `restart` brings both back, the node into
+    # its cluster (from its nodes.conf and AOF), on the same ports.
+    before = {s.name: s for s in state.read(root).services}
+    for name in ("redis-1", "meta-1"):
+        os.kill(before[name].pid, signal.SIGKILL)
+    restart = run_cli("restart", "-c", path)
+    assert restart.returncode == 0, restart.stderr
+    assert "restarted redis-1" in restart.stdout and "restarted meta-1" in restart.stdout
+    status = run_cli("status", "-c", path)
+    assert status.returncode == 0, status.stdout  # every node sees its cluster serving every slot
+    node, was = {s.name: s for s in state.read(root).services}["redis-1"], before["redis-1"]
+    assert node.address == was.address and node.pid != was.pid
+    with blobtier.connect(path, cache={"daemon": "off", "l1_bytes": 0}) as client:
+        assert bytes(client.get("ns/kept")) == b"survives restarts, down and up"
     assert run_cli("down", "-c", path).returncode == 0
     again = run_cli("up", "-c", path)
     assert again.returncode == 0, again.stderr
     assert "formed a Redis Cluster" not in again.stdout  # re-formed from nodes.conf, not joined anew
     with blobtier.connect(path, cache={"daemon": "off", "l1_bytes": 0}) as client:
-        assert bytes(client.get("ns/kept")) == b"survives down and up"
+        assert bytes(client.get("ns/kept")) == b"survives restarts, down and up"
     assert run_cli("down", "-c", path).returncode == 0
