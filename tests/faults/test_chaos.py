@@ -35,33 +35,20 @@ from tests.integration.region_support import free_base_port
 CHAOS_SECONDS = float(os.environ.get("BLOBTIER_CHAOS_SECONDS", "30"))
 CHUNK = 64 * 1024
 
-READER = textwrap.dedent("""
-    import hashlib, json, os, random, sys, time
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+READER = textwrap.dedent(f"""
+    import sys
+    sys.path.insert(0, {ROOT!r})
     import blobtier
+    from tests.faults.reader_loop import read_until_stopped
     region, endpoints, flash, sock, expected_file, out, stop_file, seed = sys.argv[1:]
-    expected = json.load(open(expected_file))
-    keys = sorted(expected)
-    rng = random.Random(int(seed))
-    client = blobtier.connect(region, block={"endpoints": endpoints.split(",")},
-                              flash={"endpoints": [flash], "request_timeout_s": 5,
-                                     "retry_after_s": 0.2},
-                              client={"chunk_size": "64KiB"}, cache={"daemon": sock})
-    reads, failed, wrong = 0, [], []
-    while not os.path.exists(stop_file):
-        batch = rng.sample(keys, 4)
-        try:
-            got = client.get_many(batch) if rng.random() < 0.5 else [client.get(k) for k in batch]
-        except Exception as exc:  # noqa: BLE001 - every failure is what this test counts
-            failed.append(f"{type(exc).__name__}: {exc}"[:300])
-            continue
-        for key, data in zip(batch, got):
-            reads += 1
-            if hashlib.sha256(data).hexdigest() != expected[key]:
-                wrong.append(key)
-        del got
-    client.close()
-    json.dump({"reads": reads, "failed": failed, "wrong": wrong}, open(out, "w"))
+    client = blobtier.connect(region, block={{"endpoints": endpoints.split(",")}},
+                              flash={{"endpoints": [flash], "request_timeout_s": 5,
+                                     "retry_after_s": 0.2}},
+                              client={{"chunk_size": "64KiB"}}, cache={{"daemon": sock}})
+    read_until_stopped(client, expected_file, stop_file, out, int(seed), 4)
 """)
+
 
 
 class Service:

@@ -57,34 +57,19 @@ LAUNCHER = textwrap.dedent("""
                 break
 """)
 
-READER = textwrap.dedent("""
-    import hashlib, json, os, random, sys, time
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+READER = textwrap.dedent(f"""
+    import sys
+    sys.path.insert(0, {ROOT!r})
     import blobtier
+    from tests.faults.reader_loop import read_until_stopped
     region, sock, expected_file, stop_file, out, seed = sys.argv[1:]
-    expected = json.load(open(expected_file))
-    keys = sorted(expected)
-    rng = random.Random(int(seed))
-    client = blobtier.connect(region, cache={"daemon": sock})
+    client = blobtier.connect(region, cache={{"daemon": sock}})
     assert client._l1 is not None and client._arena is None, "not attached to the daemon"
     print("ready", flush=True)
-    reads, failed, wrong = 0, [], []
-    while not os.path.exists(stop_file):
-        batch = rng.sample(keys, 3)
-        try:
-            if rng.random() < 0.1:
-                client.announce(batch)
-            got = client.get_many(batch) if rng.random() < 0.5 else [client.get(k) for k in batch]
-        except Exception as exc:  # noqa: BLE001 - every failure is what this test counts
-            failed.append(f"{type(exc).__name__}: {exc}"[:300])
-            continue
-        for key, data in zip(batch, got):
-            reads += 1
-            if hashlib.sha256(data).hexdigest() != expected[key]:
-                wrong.append(key)
-        del got
-    client.close()
-    json.dump({"reads": reads, "failed": failed, "wrong": wrong}, open(out, "w"))
+    read_until_stopped(client, expected_file, stop_file, out, int(seed), 3, announce=0.1)
 """)
+
 
 
 class Launcher:
