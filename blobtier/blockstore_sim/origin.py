@@ -30,6 +30,7 @@ import errno
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -123,16 +124,22 @@ class FsspecOrigin:
     Args:
         storage_options: per protocol, keyword arguments for its filesystem
             (e.g. ``{"s3": {"endpoint_url": ...}}``) on top of fsspec's configuration.
+        concurrency: ranges of a synchronous filesystem read at once, at most (an async
+            one runs a batch's ranges concurrently on its own loop).
     """
 
-    def __init__(self, storage_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(self, storage_options: Mapping[str, Mapping[str, Any]] | None = None,
+                 concurrency: int = 32) -> None:
         self.storage_options = {k: dict(v) for k, v in (storage_options or {}).items()}
+        self.concurrency = concurrency
+        self._threads: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool)
         self._filesystems: dict[tuple[int, str], fsspec.AbstractFileSystem] = {}
         self._lock = threading.Lock()
         forks.register(self)
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # a parent thread may have held it
+        self._threads = None  # the parent's threads are not here
         forks.keep_inherited(self._filesystems)  # the parent's (its loop's threads are not here)
         self._filesystems = {}
 
@@ -189,8 +196,11 @@ class FsspecOrigin:
         return out
 
     def _fetch(self, targets: list[tuple[str, str, int, int]]) -> list[bytes]:
-        """The byte ranges, fetched per filesystem with one ``cat_ranges`` (concurrent on
-        object stores)."""
+        """The byte ranges, all in flight at once whatever the filesystem: one
+        ``cat_ranges`` per async filesystem (fsspec runs it concurrently on its loop), and
+        the ranges of a synchronous one (whose ``cat_ranges`` reads one range after the
+        other) spread over a bounded pool of threads. So a batch of misses costs about
+        one origin round trip, not one per chunk."""
         by_fs: dict[int, tuple[fsspec.AbstractFileSystem, list[int], list[str]]] = {}
         for i, (url, _, _, _) in enumerate(targets):
             fs, path = self._locate(url)
@@ -202,7 +212,10 @@ class FsspecOrigin:
             starts = [targets[i][2] for i in positions]
             ends = [targets[i][2] + targets[i][3] for i in positions]
             with fsspec_errors(f"origin {targets[positions[0]][0]}"):
-                got = fs.cat_ranges(paths, starts, ends, on_error="return")
+                if getattr(fs, "async_impl", False) or len(paths) == 1:
+                    got = fs.cat_ranges(paths, starts, ends, on_error="return")
+                else:
+                    got = self._pool().map(_cat_range, [fs] * len(paths), paths, starts, ends)
             for i, data in zip(positions, got):
                 if isinstance(data, BaseException):
                     error = fsspec_error(data, f"origin {targets[i][0]}")
@@ -214,5 +227,28 @@ class FsspecOrigin:
                 out[i] = data
         return out
 
+    def _pool(self) -> ThreadPoolExecutor:
+        """This process's threads for synchronous filesystems (threads do not survive fork)."""
+        pool = self._threads
+        if pool is None or pool[0] != os.getpid():
+            with self._lock:
+                pool = self._threads
+                if pool is None or pool[0] != os.getpid():
+                    pool = self._threads = (os.getpid(), ThreadPoolExecutor(
+                        self.concurrency, thread_name_prefix="blobtier-origin"))
+        return pool[1]
+
     def close(self) -> None:
         self._filesystems.clear()
+        pool, self._threads = self._threads, None
+        if pool is not None and pool[0] == os.getpid():
+            pool[1].shutdown(wait=False)
+
+
+def _cat_range(fs: fsspec.AbstractFileSystem, path: str, start: int, end: int) -> bytes | BaseException:
+    """One range of a synchronous filesystem, its failure returned as ``cat_ranges``
+    returns it with ``on_error="return"``."""
+    try:
+        return fs.cat_file(path, start=start, end=end)
+    except Exception as exc:  # the store's own kinds too (module docstring)
+        return exc
