@@ -29,7 +29,8 @@ def test_batch_of_misses_on_a_sync_filesystem_is_one_round_trip(tmp_path):
     for name, blob in data.items():
         (tmp_path / name).write_bytes(blob)
     origin = FsspecOrigin({"slowfile": {"latency_s": 0.05}})
-    refs = [(_record(f"slowfile://{tmp_path}/{name}", blob, i), 0) for i, (name, blob) in enumerate(data.items())]
+    refs = [(_record(f"slowfile://{tmp_path}/{name}", blob, i), 0)
+            for i, (name, blob) in enumerate(data.items())]
     views = origin.read_many(refs)
     assert [bytes(v) for v in views] == list(data.values())
     fs, _ = origin._locate(f"slowfile://{tmp_path}/o0.bin")
