@@ -381,10 +381,15 @@ class RocksDBStore(MetadataStore):
 
     # -- reading -------------------------------------------------------------------------
     def _get_raw(self, rkey: bytes) -> bytes | None:
-        doing = f"reading {_shown(rkey)!r}"
-        value = self._read(lambda db: db.get(rkey), doing)
+        # The hot path of every open: one get on the current handle; a failure goes the
+        # way of ``_read`` (naming the key, re-opening a secondary once).
+        db = self._reader()
+        try:
+            value = None if db is None else db.get(rkey)
+        except Exception:  # noqa: BLE001 - rocksdict raises bare Exceptions
+            value = self._read(lambda db: db.get(rkey), f"reading {_shown(rkey)!r}")
         if value is None and not self.writable:
-            value = self._read(lambda db: db.get(rkey), doing, fresh=True)
+            value = self._read(lambda db: db.get(rkey), f"reading {_shown(rkey)!r}", fresh=True)
         return value
 
     def _get_many_raw(self, rkeys: Sequence[bytes]) -> list[bytes | None]:

@@ -32,6 +32,7 @@ from blobtier.records import (  # noqa: F401  (re-exported: the schema's record 
     ChunkKey,
     chunk_count,
     decode,
+    decode_many,
     encode,
     encoded,
     new_blob_id,

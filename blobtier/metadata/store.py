@@ -48,11 +48,18 @@ class MetadataStore(ABC):
         store is damaged; never reported as an absent key); ``TierUnavailable`` (a remote
         store that no server answers).
         """
-        raw = self._get_raw(_lookup_key(key))
+        try:
+            raw = self._get_raw(_RECORD + key.encode())
+        except (AttributeError, UnicodeEncodeError, TypeError):
+            schema.validate_key(key)  # raises the precise InvalidKey
+            raise
         if raw is None:
             schema.validate_key(key)
             return None
-        rec = self._decode(key, raw)
+        try:
+            rec = schema.decode(raw)
+        except CorruptRecord as exc:
+            raise MetadataCorrupt(f"{self.where}: the record of {key!r} is corrupt: {exc}") from exc
         rec.key = key
         return rec
 
@@ -68,18 +75,11 @@ class MetadataStore(ABC):
             for key, raw in zip(keys, raws):
                 if raw is None:
                     schema.validate_key(key)
-        decode = schema.decode
-        out: list[BlobRecord | None] = []
-        for key, raw in zip(keys, raws):
-            if raw is None:
-                out.append(None)
-            else:
-                try:
-                    rec = decode(raw)
-                except CorruptRecord:
-                    rec = self._decode(key, raw)  # raises, naming the key
-                rec.key = key
-                out.append(rec)
+        try:
+            out = schema.decode_many(raws, keys)
+        except CorruptRecord:
+            out = [None if raw is None else self._decode(key, raw)  # raises, naming the key
+                   for key, raw in zip(keys, raws)]
         return out
 
     def commit(self, key: str, record: BlobRecord, expected: int = ANY) -> None:
@@ -260,6 +260,9 @@ def _resume_after(d: bytes, after: bytes) -> bytes:
         if slash >= 0:
             return _past(after[:slash + 1])
     return after + b"\x00"
+
+
+_RECORD = schema.RECORD_PREFIX
 
 
 def _lookup_key(key: str) -> bytes:
