@@ -10,10 +10,11 @@ except ImportError as exc:  # pragma: no cover - exercised in an environment wit
                       "(or pip install 'blobtier[torch]')") from exc
 
 from blobtier.dataloader.dataset import BlobDataset
+from blobtier.dataloader.loader import BlobDataLoader
 from blobtier.dataloader.sampler import BlobSampler
 from blobtier.dataloader.shards import BlobIterableDataset
 from blobtier.dataloader.stall import DataStallMeter, StallReport
 from blobtier.dataloader.tensors import as_tensor
 
-__all__ = ["BlobDataset", "BlobIterableDataset", "BlobSampler", "DataStallMeter", "StallReport",
-           "as_tensor"]
+__all__ = ["BlobDataLoader", "BlobDataset", "BlobIterableDataset", "BlobSampler", "DataStallMeter",
+           "StallReport", "as_tensor"]

@@ -5,6 +5,15 @@ identical on every rank; padded (or, with ``drop_last``, trimmed) to a multiple 
 world size; rank ``r`` takes positions ``r, r + world, ...``. ``state_dict`` /
 ``load_state_dict`` resume mid-epoch with exactly the remaining order.
 
+The resume point is global: the state counts the positions of the epoch's one global order
+that every rank together has consumed (in DDP every rank consumes the same count, so any
+rank's state will do). A job resumed with another world size continues that same global
+order: the rest of the epoch is split over the new ranks, and every sample of the epoch is
+seen once across the old and the new ranks (Mosaic Streaming's "elastic determinism").
+
+Under a DataLoader the sampler cannot see what the training loop consumed (workers draw
+indices ahead): ``BlobDataLoader`` counts it and the sampler's ``state_dict()`` asks it.
+
 When an epoch starts, the sampler announces this rank's order for the rest of the
 epoch and the next one to the dataset's client: the cache's clairvoyant policy learns
 every chunk's next use, and the prefetcher fetches the next samples ahead of the
@@ -13,6 +22,8 @@ DataLoader, following the position the sampler has reached.
 
 from __future__ import annotations
 
+import sys
+import weakref
 from collections.abc import Iterator, Sized
 from typing import Any
 
@@ -53,6 +64,9 @@ class BlobSampler(Sampler[int]):
         self.epoch = 0
         self._offset = 0  # samples of this epoch already handed out (resume point)
         self._handed_out = 0
+        self._global_start = 0  # positions of this epoch's global order consumed before a resume
+        self._loader: weakref.ref | None = None  # the BlobDataLoader counting consumption
+        self._by_dataloader = False  # a DataLoader iterates this sampler (draws ahead)
         n = len(dataset)
         if drop_last:
             self.num_samples = n // self.world_size
@@ -67,25 +81,36 @@ class BlobSampler(Sampler[int]):
         """Call before each epoch (as with DistributedSampler); resets the resume point."""
         if epoch != self.epoch:
             self._offset = 0
+            self._global_start = 0
         self.epoch = epoch
 
-    def order(self, epoch: int) -> list[int]:
-        """This rank's indices for ``epoch``, in order."""
+    def global_order(self, epoch: int) -> list[int]:
+        """The epoch's permutation of every index, the same on every rank (unpadded)."""
         n = len(self.dataset)
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + epoch)
-            indices = torch.randperm(n, generator=g).tolist()
-        else:
-            indices = list(range(n))
+        if not self.shuffle:
+            return list(range(n))
+        g = torch.Generator()
+        g.manual_seed(self.seed + epoch)
+        return torch.randperm(n, generator=g).tolist()
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's indices for ``epoch``, in order (after a resume, of the rest of it)."""
+        everything = self.global_order(epoch)
+        start = self._global_start if epoch == self.epoch else 0
+        rest = everything[start:]
+        # Pad (cyclically from the epoch's start, as DistributedSampler does) or trim the
+        # rest to a multiple of the world: with start 0 this is DistributedSampler's split,
+        # and with the same world size, resuming at start k * world gives what was left.
         if self.drop_last:
-            indices = indices[:self.total_size]
-        elif len(indices) < self.total_size:
-            pad = self.total_size - len(indices)
-            indices += (indices * (pad // len(indices) + 1))[:pad] if indices else []
-        return indices[self.rank:self.total_size:self.world_size]
+            rest = rest[:len(rest) // self.world_size * self.world_size]
+        elif everything and len(rest) % self.world_size:
+            pad = self.world_size - len(rest) % self.world_size
+            rest += (everything * (pad // len(everything) + 1))[:pad]
+        return rest[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[int]:
+        # A DataLoader calls this from torch's own code and draws indices ahead of the loop.
+        self._by_dataloader = sys._getframe(1).f_globals.get("__name__", "").startswith("torch.")
         order = self.order(self.epoch)
         start = self._offset
         announce = getattr(self.dataset, "announce", None)
@@ -102,7 +127,15 @@ class BlobSampler(Sampler[int]):
             self._offset = i + 1
             self._handed_out = i + 1
             yield order[i]
-        self._offset = 0
+        self._offset = 0  # the next pass starts the epoch over
+        self._global_start = 0
+
+    def pass_length(self) -> int:
+        """Samples of this rank's order in the current pass (less after a resume)."""
+        rest = max(0, len(self.dataset) - self._global_start)
+        if self.drop_last:
+            return rest // self.world_size
+        return -(-rest // self.world_size)
 
     @property
     def position(self) -> int:
@@ -110,19 +143,44 @@ class BlobSampler(Sampler[int]):
         return self._offset
 
     def state_dict(self, samples_seen: int | None = None) -> dict[str, Any]:
-        """The resume point. With a DataLoader, pass the number of samples of this epoch the
-        training loop has consumed: the loader draws indices ahead of the loop."""
-        seen = self._offset if samples_seen is None else samples_seen
+        """The resume point: where the training loop is in this rank's order.
+
+        Args:
+            samples_seen: samples of this pass the loop has consumed. Default: what the
+                ``BlobDataLoader`` iterating this sampler counted, or, when the loop
+                iterates the sampler itself, what it handed out.
+
+        Raises:
+            ValueError: ``samples_seen`` is outside the epoch, or it is omitted while a
+                plain ``DataLoader`` iterates the sampler (it draws indices ahead of the
+                loop, so what was handed out is not what was consumed).
+        """
+        loader = self._loader() if self._loader is not None else None
+        epoch, start, seen = self.epoch, self._global_start, samples_seen
+        if seen is None and loader is not None:
+            epoch, start, seen = loader.resume_point()
+        if seen is None and self._by_dataloader:
+            raise ValueError("a DataLoader draws indices ahead of the training loop: iterate "
+                             "a BlobDataLoader, or pass samples_seen (samples consumed)")
+        seen = self._offset if seen is None else seen
         if not 0 <= seen <= self.num_samples:
             raise ValueError(f"samples_seen {seen} is outside this epoch (0..{self.num_samples})")
-        return {"epoch": self.epoch, "samples_seen": seen, "seed": self.seed,
+        return {"epoch": epoch, "samples_seen": seen,
+                "global_seen": start + seen * self.world_size, "seed": self.seed,
                 "shuffle": self.shuffle, "rank": self.rank, "world_size": self.world_size,
                 "dataset_len": len(self.dataset), "drop_last": self.drop_last}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("seed", "shuffle", "world_size", "drop_last", "dataset_len"):
+        """Continue the epoch of ``state``, with this sampler's rank and world size.
+
+        Raises:
+            ValueError: the state was taken with another seed, shuffle, drop_last or
+                dataset length (its order is not this sampler's).
+        """
+        for name in ("seed", "shuffle", "drop_last", "dataset_len"):
             mine = len(self.dataset) if name == "dataset_len" else getattr(self, name)
             if state[name] != mine:
                 raise ValueError(f"cannot resume: {name} was {state[name]!r}, is now {mine!r}")
         self.epoch = state["epoch"]
-        self._offset = state["samples_seen"]
+        self._global_start = state.get("global_seen", state["samples_seen"] * state["world_size"])
+        self._offset = 0
