@@ -102,7 +102,7 @@ def cmd_block_serve(args: argparse.Namespace) -> None:
 
     server = ChunkServer(args.root, addr=f"{args.host}:{args.port}", server_id=args.id,
                          faults=_fault_profile(args), seed=args.seed, metrics_port=args.metrics_port,
-                         auth=_token_table(args))
+                         auth=_token_table(args), tls=_server_tls(args))
     signal.signal(signal.SIGTERM, lambda *_: server.server.stop(STOP_GRACE_S))
     extra = f", metrics on 127.0.0.1:{server.metrics_port}" if server.metrics_port is not None else ""
     print(f"chunk server {args.id} serving {args.root} on {server.address}{extra}", flush=True)
@@ -116,7 +116,7 @@ def cmd_block_faults(args: argparse.Namespace) -> None:
     from blobtier.blockstore_sim.remote import RemoteChunkStore
 
     changes = {k: v for k, v in vars(_fault_args(args)).items() if v is not None}
-    store = RemoteChunkStore(args.addr, timeout_s=10, token=_client_token(args))
+    store = RemoteChunkStore(args.addr, timeout_s=10, token=_client_token(args), tls=_client_tls(args.region))
     try:
         state = (store.set_faults(reset=args.reset, **changes) if changes or args.reset
                  else store.fault_state())
@@ -143,6 +143,46 @@ def _client_token(args: argparse.Namespace) -> str | None:
     from blobtier.config import resolve
 
     return resolve(args.region).auth.token or None
+
+
+def _client_tls(region: str | None):
+    """The TLS a command connects with: ``[tls]`` of ``region``, or of the region
+    ``blobtier up`` runs there (``tls.mode = "auto"``); None: plaintext."""
+    from blobtier.rpc.tls import Tls
+    from blobtier.runstate import resolve_running
+
+    return Tls.from_config(resolve_running(region).tls)
+
+
+def _server_tls(args: argparse.Namespace):
+    """What a server serves with ``--tls-cert``/``--tls-key`` (None: plaintext), checking
+    clients against ``--tls-ca``; also what it presents when it calls other servers."""
+    import os
+
+    from blobtier.errors import InvalidRequest
+    from blobtier.rpc.tls import Tls
+
+    if not (args.tls_ca or args.tls_cert or args.tls_key or args.tls_require_client_cert):
+        return None
+    for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path and not os.path.isfile(path):
+            raise InvalidRequest(f"{flag} names no file: {path}")
+    if not (args.tls_cert and args.tls_key):
+        raise InvalidRequest("a TLS server needs both --tls-cert and --tls-key")
+    if args.tls_require_client_cert and not args.tls_ca:
+        raise InvalidRequest("--tls-require-client-cert needs --tls-ca (client certificates are "
+                             "verified against it)")
+    return Tls(args.tls_cert, args.tls_key, args.tls_ca, args.tls_require_client_cert)
+
+
+def _add_tls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="serve TLS with this certificate chain")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's private key file")
+    p.add_argument("--tls-ca", default=None, metavar="PEM",
+                   help="the CA client certificates are verified against (and, calling other "
+                        "servers, theirs)")
+    p.add_argument("--tls-require-client-cert", action="store_true",
+                   help="refuse clients without a certificate signed by --tls-ca (mutual TLS)")
 
 
 def _fault_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -192,7 +232,8 @@ def cmd_flash_serve(args: argparse.Namespace) -> None:
         origins, metadata = _flash_origins(args)
         if metadata is not None:
             stack.callback(metadata.close)
-        node = FlashNode(config, source, auth=_token_table(args), origins=origins)
+        node = FlashNode(config, source, auth=_token_table(args), origins=origins,
+                         tls=_server_tls(args))
         stack.callback(node.stop, STOP_GRACE_S)  # writes the index snapshot: the next start is warm
         signal.signal(signal.SIGTERM, lambda *_: node.server.stop(STOP_GRACE_S))
         stats = node.cache.stats()
@@ -247,8 +288,8 @@ def _flash_source(args: argparse.Namespace):
     if endpoints:
         from blobtier.blockstore_sim.remote import RemoteChunkStore
 
-        token = _client_token(args)
-        servers = {sid: RemoteChunkStore(addr, token=token) for sid, addr in enumerate(endpoints)}
+        token, tls = _client_token(args), _outgoing_tls(args)
+        servers = {sid: RemoteChunkStore(addr, token=token, tls=tls) for sid, addr in enumerate(endpoints)}
     else:
         from blobtier.blockstore_sim.volume import VolumeStore
 
@@ -262,6 +303,17 @@ def _flash_source(args: argparse.Namespace):
     return RoutingSource(ReplicatedBlockStore(servers, 1, writable_ids=(), policy=policy))
 
 
+def _outgoing_tls(args: argparse.Namespace):
+    """What a server presents when it calls others: its own certificate, trusting
+    ``--tls-ca``; without that flag, the ``[tls]`` of ``--region``."""
+    from blobtier.rpc.tls import Tls
+
+    if args.tls_ca:
+        return Tls(args.tls_cert, args.tls_key, args.tls_ca)
+    region = args.flash_region or args.region
+    return _client_tls(region) if region else None
+
+
 def cmd_meta_serve(args: argparse.Namespace) -> None:
     import signal
 
@@ -271,7 +323,7 @@ def cmd_meta_serve(args: argparse.Namespace) -> None:
     store = open_backend(args.backend)
     try:
         server = MetadataServer(store, addr=f"{args.host}:{args.port}", metrics_port=args.metrics_port,
-                                auth=auth)
+                                auth=auth, tls=_server_tls(args))
     except BaseException:
         store.close()
         raise
@@ -298,7 +350,8 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     namespace_policies = parse_namespace_policies(args.namespace_policy)
     daemon = HostDaemon(parse_size(args.memory, "--memory"), args.policy, args.socket,
                         args.metrics_port, listen=args.listen, peers=peers,
-                        namespace_policies=namespace_policies, auth=_token_table(args))
+                        namespace_policies=namespace_policies, auth=_token_table(args),
+                        tls=_server_tls(args))
     extra = f", metrics on 127.0.0.1:{daemon.metrics_port}" if daemon.metrics_port else ""
     if daemon.peer_server is not None:
         extra += f", L2 peers served on {daemon.peer_server.address}"
@@ -411,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed of the fault draws")
     p.add_argument("--token-file", default=None, metavar="TOML",
                    help="check a bearer token with the call's right on every call (rpc/auth.py)")
+    _add_tls_flags(p)
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
     _add_fault_flags(p)
@@ -446,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reads from chunk servers: hedge after this long (0: automatic, < 0: never)")
     p.add_argument("--token-file", default=None, metavar="TOML",
                    help="check a bearer token with the call's right on every call (rpc/auth.py)")
+    _add_tls_flags(p)
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
     p = add("meta", None, "the metadata service (many processes and hosts share one region)")
@@ -460,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
     p.add_argument("--token-file", default=None, metavar="TOML",
                    help="check a bearer token with the call's right on every call (rpc/auth.py)")
+    _add_tls_flags(p)
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
     p = add("daemon", cmd_daemon, "run the host cache daemon (the shared-memory L1 of this host)")
@@ -475,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: the well-known one clients look for)")
     p.add_argument("--token-file", default=None, metavar="TOML",
                    help="check a bearer token with the call's right on every call (rpc/auth.py)")
+    _add_tls_flags(p)
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
     p = add("demo", cmd_demo, "ingest a synthetic dataset and train a small model through the cache")

@@ -386,6 +386,53 @@ class AuthConfig:
                f"names no file: {self.token_file}")
 
 
+TLS_MODES = ("files", "auto", "off")  # tls.mode
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS on every gRPC connection of the region (``rpc/tls.py``, ``tlsconf.py``).
+
+    ``files``: TLS when ``ca`` is set; servers serve ``cert``/``key``, clients verify them
+    against ``ca`` and present ``cert``/``key`` if set (mutual TLS). ``auto``: ``blobtier
+    up`` makes a region CA and a certificate per service under ``<root>/run/tls`` and its
+    clients take them from the running region. ``off``: plaintext, whatever the running
+    region says. Paths only: never key material in the config or in argv.
+    """
+
+    mode: str = "files"
+    ca: str = ""  # the CA (PEM) servers and clients trust
+    cert: str = ""  # this side's certificate chain (PEM)
+    key: str = ""  # its private key (PEM; keep it 0600)
+    require_client_cert: bool = False  # servers refuse clients without a certificate signed by ca
+
+    @property
+    def enabled(self) -> bool:
+        """Whether connections use TLS with the files named here (``auto`` before ``up``
+        resolves it: no)."""
+        return self.mode == "files" and bool(self.ca)
+
+    def validate(self) -> None:
+        _check(self.mode in TLS_MODES, "tls.mode", f"must be one of {', '.join(TLS_MODES)}, not "
+               f"{_shown(self.mode)}")
+        named = [n for n in ("ca", "cert", "key") if getattr(self, n)]
+        if self.mode != "files":
+            _check(not named, f"tls.{named[0] if named else 'ca'}",
+                   f"is set, but tls.mode is {self.mode}: files are named with tls.mode = \"files\"")
+            _check(self.mode == "auto" or not self.require_client_cert, "tls.require_client_cert",
+                   "is set, but tls.mode is off")
+            return
+        for name in named:
+            path = getattr(self, name)
+            _check(os.path.isfile(path), f"tls.{name}", f"names no file: {path}")
+        _check(bool(self.cert) == bool(self.key), "tls.cert" if self.key else "tls.key",
+               "must be set with tls.cert and tls.key both, or neither")
+        _check(not named or bool(self.ca), "tls.ca", "must be set when tls.cert or tls.key is: "
+               "clients verify servers against it")
+        _check(not self.require_client_cert or bool(self.ca), "tls.require_client_cert",
+               "needs tls.ca: servers verify client certificates against it")
+
+
 @dataclass(frozen=True)
 class RegionConfig:
     root: str = field(default_factory=default_home)
@@ -396,6 +443,7 @@ class RegionConfig:
     flash: FlashConfig = field(default_factory=FlashConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     def validate(self) -> RegionConfig:
         _check_text("root", self.root)
@@ -413,11 +461,13 @@ class RegionConfig:
                "RocksDB (metadata.backend) one metadata server is its one writer; "
                "metadata.backend = \"redis-cluster\" runs several")
         self.auth.validate()
+        self.tls.validate()
         return self
 
 
 _SECTIONS = {"metadata": MetadataConfig, "block": BlockConfig, "cache": CacheConfig, "client": ClientConfig,
-             "flash": FlashConfig, "services": ServicesConfig, "auth": AuthConfig}
+             "flash": FlashConfig, "services": ServicesConfig, "auth": AuthConfig,
+             "tls": TlsConfig}
 _KINDS = ("int", "float", "str", "bool", "tuple[str, ...]", "tuple[int, ...]")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 _DAY = 86400.0
@@ -681,8 +731,8 @@ def _root(value: Any) -> str:
 
 
 def load(path: str) -> RegionConfig:
-    """Read a region TOML file (a relative ``root`` or ``auth.token_file`` is taken
-    relative to the file)."""
+    """Read a region TOML file (a relative ``root``, ``auth.token_file`` or ``tls`` file is
+    taken relative to the file)."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -694,11 +744,16 @@ def load(path: str) -> RegionConfig:
     if "root" in data:  # relative to the file; "" would silently be the file's directory
         root = _root(data["root"])
         data["root"] = root if os.path.isabs(root) else os.path.join(here, root)
-    auth = data.get("auth")
-    token_file = auth.get("token_file") if isinstance(auth, dict) else None
-    if isinstance(token_file, str) and token_file and not os.path.isabs(token_file):
-        auth["token_file"] = os.path.join(here, token_file)
+    for section, name in _FILE_FIELDS:
+        table = data.get(section)
+        value = table.get(name) if isinstance(table, dict) else None
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            table[name] = os.path.join(here, os.path.expanduser(value))
     return from_mapping(data)
+
+
+# Paths a region TOML may give relative to itself.
+_FILE_FIELDS = (("auth", "token_file"), ("tls", "ca"), ("tls", "cert"), ("tls", "key"))
 
 
 def resolve(target: str | os.PathLike | RegionConfig | None) -> RegionConfig:

@@ -11,6 +11,7 @@
     ├── MetadataCorrupt   (OSError, EIO)       a metadata read or scan failed part way (corrupt file, I/O
     │                                          error): never taken as "no such key" or "end of listing"
     ├── Forbidden         (PermissionError, EACCES)  a token without the right
+    │   └── TlsRefused                         a TLS handshake failed (CA, client certificate)
     ├── VersionConflict   (FileExistsError, EEXIST)  a compare-and-set commit lost the race
     ├── RegionLocked      (BlockingIOError, EAGAIN)  another process holds the region's writer lock
     ├── UntrustedPath     (PermissionError, EACCES)  a socket or region directory another user could
@@ -77,6 +78,12 @@ class Forbidden(BlobtierError, _WithErrno, PermissionError):
     """The caller's token lacks the right for this namespace."""
 
     ERRNO = errno.EACCES
+
+
+class TlsRefused(Forbidden):
+    """A TLS handshake failed: the server's certificate is not signed by the CA this
+    client trusts, or the server refused this client (plaintext, or no or another CA's
+    client certificate). A configuration error: never retried as a transient one."""
 
 
 class VersionConflict(BlobtierError, _WithErrno, FileExistsError):

@@ -6,7 +6,8 @@
      "services": [{"name": "block-0", "kind": "block", "pid": 4242,
                    "address": "127.0.0.1:7400", "metrics_port": 7500,
                    "socket": null, "started": 1718000000.1, "log": "/data/region/logs/block-0.log"},
-                  ...]}
+                  ...],
+     "tls": {"ca": ".../run/tls/ca.pem", "cert": ".../client.pem", "key": ".../client.key"}}
 
 Chunk servers are listed in id order (a blob record names its replicas by server id =
 position in ``block.endpoints``). The rule clients follow (``attach``): while any process
@@ -14,8 +15,10 @@ of the file is alive, every client of that root reads through the running servic
 metadata through the metadata servers, ``metadata.endpoints``, or without them through the
 region's Redis nodes, ``metadata.redis``); fields the config sets explicitly
 (``block.endpoints``, ``flash.endpoints``, ``metadata.endpoints`` or ``metadata.redis``, a
-``cache.daemon`` other than ``auto``) win. With no state file, or only dead processes in
-it, the region is opened embedded: the same chunk directories, read and written directly.
+``cache.daemon`` other than ``auto``, ``tls.ca`` or ``tls.mode = "off"``) win. ``tls`` (null
+when the services speak plaintext) names the files clients connect with, never their
+contents. With no state file, or only dead processes in it, the region is opened
+embedded: the same chunk directories, read and written directly.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from blobtier.config import MetadataConfig, RegionConfig, resolve
+from blobtier.config import MetadataConfig, RegionConfig, TlsConfig, resolve
 from blobtier.fsutil import private_dir
 
 VERSION = 1
@@ -49,6 +52,9 @@ class RegionState:
     root: str
     started: float = field(default_factory=time.time)
     services: list[ServiceRecord] = field(default_factory=list)
+    # The files the region's clients connect with ({"ca", "cert", "key"}: paths, never key
+    # material), when its services serve TLS; None: plaintext.
+    tls: dict[str, str] | None = None
 
     def of_kind(self, kind: str) -> list[ServiceRecord]:
         return [s for s in self.services if s.kind == kind]
@@ -58,7 +64,7 @@ class RegionState:
 
     def to_json(self) -> str:
         return json.dumps({"version": VERSION, "started": self.started, "root": self.root,
-                           "services": [asdict(s) for s in self.services]}, indent=1)
+                           "services": [asdict(s) for s in self.services], "tls": self.tls}, indent=1)
 
 
 def path(root: str) -> str:
@@ -75,7 +81,8 @@ def read(root: str) -> RegionState | None:
     except (OSError, ValueError) as exc:
         raise OSError(f"{path(root)}: unreadable region state ({exc}); remove it if no "
                       "region is running") from None
-    return RegionState(data["root"], data["started"], [ServiceRecord(**s) for s in data["services"]])
+    return RegionState(data["root"], data["started"], [ServiceRecord(**s) for s in data["services"]],
+                       data.get("tls"))
 
 
 def write(state: RegionState) -> None:
@@ -143,9 +150,20 @@ def attach(config: RegionConfig) -> RegionConfig:
     if cache.daemon == "auto" and daemons and daemons[0].socket:
         cache = replace(cache, daemon=daemons[0].socket)
     metadata = _metadata(config, state)
-    if (block, flash, cache, metadata) == (config.block, config.flash, config.cache, config.metadata):
+    tls = _tls(config, state)
+    if (block, flash, cache, metadata, tls) == (config.block, config.flash, config.cache, config.metadata,
+                                                config.tls):
         return config
-    return replace(config, block=block, flash=flash, cache=cache, metadata=metadata).validate()
+    return replace(config, block=block, flash=flash, cache=cache, metadata=metadata, tls=tls).validate()
+
+
+def _tls(config: RegionConfig, state: RegionState) -> TlsConfig:
+    """The region's client certificate files (``tls.mode = "auto"``, or files its config
+    named), unless the config names its own or says ``off``."""
+    tc = config.tls
+    if tc.mode == "off" or tc.ca or not state.tls:
+        return tc
+    return TlsConfig(ca=state.tls["ca"], cert=state.tls.get("cert", ""), key=state.tls.get("key", ""))
 
 
 def _metadata(config: RegionConfig, state: RegionState) -> MetadataConfig:

@@ -6,14 +6,23 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from blobtier.rpc.tls import Tls
 from blobtier.runstate import ServiceRecord, pid_alive
 
 SERVING, NOT_SERVING, UNREACHABLE, DEAD = "SERVING", "NOT_SERVING", "unreachable", "dead"
 
 
-def grpc_health(address: str, timeout_s: float = 1.0) -> str:
+def client_tls(files: dict[str, str] | None) -> Tls | None:
+    """The TLS of a region's clients, from its state file's ``tls`` (None: plaintext)."""
+    if not files:
+        return None
+    return Tls(files.get("cert") or None, files.get("key") or None, files["ca"])
+
+
+def grpc_health(address: str, timeout_s: float = 1.0, tls: Tls | None = None) -> str:
     """``SERVING`` / ``NOT_SERVING`` as the server says, or ``unreachable``."""
-    channel = grpc.insecure_channel(address)
+    channel = (grpc.secure_channel(address, tls.channel_credentials()) if tls
+               else grpc.insecure_channel(address))
     try:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
                                                            timeout=timeout_s)
@@ -50,7 +59,7 @@ def redis_health(address: str, timeout_s: float = 1.0) -> str:
 
 
 def health(kind: str, pid: int, address: str | None, socket_path: str | None,
-           timeout_s: float = 1.0) -> str:
+           timeout_s: float = 1.0, tls: Tls | None = None) -> str:
     """Whether a starting service answers (a Redis node: PING; it joins its cluster after)."""
     if kind == "daemon":
         return daemon_health(socket_path or "", pid)
@@ -58,12 +67,13 @@ def health(kind: str, pid: int, address: str | None, socket_path: str | None,
         from blobtier.region import redis
 
         return SERVING if redis.ping(int((address or ":0").rpartition(":")[2]), timeout_s) else UNREACHABLE
-    return grpc_health(address or "", timeout_s)
+    return grpc_health(address or "", timeout_s, tls)
 
 
-def service_health(record: ServiceRecord) -> str:
+def service_health(record: ServiceRecord, tls: Tls | None = None) -> str:
+    """``tls``: the region's client TLS (``client_tls``), for services that serve it."""
     if not pid_alive(record.pid):
         return DEAD
     if record.kind == "redis":
         return redis_health(record.address or "")
-    return health(record.kind, record.pid, record.address, record.socket)
+    return health(record.kind, record.pid, record.address, record.socket, tls=tls)

@@ -17,11 +17,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from blobtier import tlsconf
 from blobtier.cache_l1_l2.l1 import socket_dir
 from blobtier.config import RegionConfig
 from blobtier.errors import InvalidRequest
+from blobtier.tlsconf import TlsFiles
 
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last a NUL
 
@@ -79,14 +82,19 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
     logs = os.path.join(root, "logs")
     ports = sc.ports(config.block.servers, config.metadata.redis_nodes)
     # Every server checks the token file; a flash node reads chunk servers with auth.token.
-    auth = ["--token-file", config.auth.token_file] if config.auth.token_file else []
+    # A service given TLS files serves with them and presents them when it calls others.
+    token_file = ["--token-file", config.auth.token_file] if config.auth.token_file else []
+
+    def auth(name: str) -> list[str]:
+        return token_file + tls_flags(config, name)
+
     token_env = {"BLOBTIER_AUTH_TOKEN": config.auth.token} if config.auth.token else {}
     out = _metadata_specs(config, ports, cli + ["meta", "serve"], auth)
     endpoints = []
     for i in range(config.block.servers):
         port, metrics = ports[f"block-{i}"]
         argv = [*cli, "block", "serve", "--root", block_dir(root, i), "--host", sc.host,
-                "--port", str(port), "--id", str(i), *_metrics_flag(metrics), *auth]
+                "--port", str(port), "--id", str(i), *_metrics_flag(metrics), *auth(f"block-{i}")]
         endpoints.append(f"{sc.host}:{port}")
         out.append(ServiceSpec(f"block-{i}", "block", argv, endpoints[-1], metrics, None,
                                os.path.join(logs, f"block-{i}.log")))
@@ -96,14 +104,14 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
                 "--capacity", str(sc.flash_capacity_bytes), "--region-size", str(sc.flash_region_bytes),
                 "--admission", sc.flash_admission, "--host", sc.host, "--port", str(port),
                 "--id", str(j), "--block-endpoints", ",".join(endpoints), "--region", root,
-                *_metrics_flag(metrics), *auth]
+                *_metrics_flag(metrics), *auth(f"flash-{j}")]
         out.append(ServiceSpec(f"flash-{j}", "flash", argv, f"{sc.host}:{port}", metrics, None,
                                os.path.join(logs, f"flash-{j}.log"), token_env))
     if sc.daemon:
         _, metrics = ports["daemon"]
         sock = daemon_socket(config)
         argv = [*cli, "daemon", "--memory", str(sc.daemon_memory_bytes), "--policy", sc.daemon_policy,
-                "--socket", sock, *_metrics_flag(metrics), *auth]
+                "--socket", sock, *_metrics_flag(metrics), *auth("daemon")]
         if sc.daemon_peer_port:  # L2: this host's arena served to the other hosts' daemons
             argv += ["--listen", f"{sc.host}:{sc.daemon_peer_port}"]
             if sc.daemon_peers:
@@ -114,7 +122,7 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
 
 
 def _metadata_specs(config: RegionConfig, ports: dict[str, tuple[int | None, int | None]],
-                    serve: list[str], auth: list[str]) -> list[ServiceSpec]:
+                    serve: list[str], auth: Callable[[str], list[str]]) -> list[ServiceSpec]:
     """The Redis nodes (``metadata.backend`` redis-cluster) and the metadata servers over
     them, or over the region's RocksDB (``<root>/metadata``, as embedded clients open it)."""
     from blobtier.region import redis
@@ -136,10 +144,34 @@ def _metadata_specs(config: RegionConfig, ports: dict[str, tuple[int | None, int
     for i in range(sc.meta_servers):
         port, metrics = ports[f"meta-{i}"]
         argv = [*serve, "--backend", backend, "--host", sc.host, "--port", str(port),
-                *_metrics_flag(metrics), *auth]
+                *_metrics_flag(metrics), *auth(f"meta-{i}")]
         out.append(ServiceSpec(f"meta-{i}", "meta", argv, f"{sc.host}:{port}", metrics, None,
                                os.path.join(logs, f"meta-{i}.log")))
     return out
+
+
+def tls_files(config: RegionConfig, name: str) -> TlsFiles | None:
+    """The TLS files service ``name`` serves with (None: plaintext): ``up`` makes them
+    under the run directory (``tls.mode = "auto"``), or the config names them."""
+    tc = config.tls
+    if tc.mode == "auto":
+        return tlsconf.files_of(config.root, name)
+    return TlsFiles(tc.ca, tc.cert, tc.key) if tc.enabled else None
+
+
+def client_tls_files(config: RegionConfig) -> dict[str, str] | None:
+    """What the region's clients connect with (the state file's ``tls``)."""
+    files = tls_files(config, tlsconf.CLIENT)
+    return None if files is None else {"ca": files.ca, "cert": files.cert, "key": files.key}
+
+
+def tls_flags(config: RegionConfig, name: str) -> list[str]:
+    """File paths only: key material never goes into argv."""
+    files = tls_files(config, name)
+    if files is None:
+        return []
+    flags = ["--tls-ca", files.ca, "--tls-cert", files.cert, "--tls-key", files.key]
+    return flags + (["--tls-require-client-cert"] if config.tls.require_client_cert else [])
 
 
 def _metrics_flag(port: int | None) -> list[str]:
@@ -147,8 +179,12 @@ def _metrics_flag(port: int | None) -> list[str]:
 
 
 def check_directories(config: RegionConfig) -> None:
-    """Before ``up``: the directories the config names exist, and no chunk data lies beyond
-    the chunk servers it would start (its blobs would become unreadable)."""
+    """Before ``up``: the directories the config names exist, servers have a certificate
+    to serve TLS with, and no chunk data lies beyond the chunk servers it would start (its
+    blobs would become unreadable)."""
+    if config.tls.enabled and not config.tls.cert:
+        raise InvalidRequest("config field tls.cert is empty, but tls.ca is set: the services `blobtier up` "
+                             "starts serve TLS with tls.cert and tls.key")
     if config.services.flash_dir and not os.path.isdir(flash_dir(config)):
         raise InvalidRequest(f"config field services.flash_dir names {flash_dir(config)}, "
                              "which is not a directory")

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from blobtier import runstate as state
+from blobtier import tlsconf
 from blobtier.config import REDIS_BUS_OFFSET, REDIS_MASTERS, RegionConfig
 from blobtier.errors import InvalidRequest, RegionLocked, TierUnavailable
 from blobtier.fsutil import private_dir, private_file
@@ -35,11 +36,13 @@ from blobtier.region import ports, probe, redis
 from blobtier.region.services import (
     ServiceSpec,
     check_directories,
+    client_tls_files,
     flash_dir,
     redis_dir,
     redis_root,
     specs,
 )
+from blobtier.rpc.tls import Tls
 from blobtier.runstate import RegionState, ServiceRecord, pid_alive
 
 LOG_TAIL_LINES = 20
@@ -82,8 +85,9 @@ def up(config: RegionConfig, say: Say = print) -> RegionState:
             private_dir(os.path.join(flash_dir(config), f"{j:03d}"))
         for n in range(config.metadata.redis_nodes):
             private_dir(redis_dir(config, n))
+        _make_certificates(config, todo, renew=True)
         started = _start(config, todo, say)
-        region = RegionState(root, services=[s.record() for s in started])
+        region = RegionState(root, services=[s.record() for s in started], tls=client_tls_files(config))
         state.write(region)
         for s in region.services:
             say(f"started {s.name:<8} pid {s.pid:<7} {s.address or s.socket}"
@@ -107,13 +111,23 @@ def _start(config: RegionConfig, todo: list[ServiceSpec], say: Say,
             batch = [_launch(spec) for spec in phase]
             started += batch
             launched(started)
-            _wait_healthy(batch, config.services.start_timeout_s)
+            _wait_healthy(batch, config.services.start_timeout_s, probe.client_tls(client_tls_files(config)))
             if phase[0].kind == "redis":
                 _form_cluster(config, say)
     except BaseException:
         _stop([s.record() for s in started], 5.0, lambda _: None)
         raise
     return started
+
+
+def _make_certificates(config: RegionConfig, todo: list[ServiceSpec], renew: bool) -> None:
+    """``tls.mode = "auto"``: the region CA and a certificate for each service of ``todo``
+    and for clients, naming every address they are dialled at (Redis: no TLS, loopback)."""
+    if config.tls.mode != "auto":
+        return
+    served = [s for s in todo if s.kind != "redis"]
+    hosts = [config.services.host] + [s.address.rpartition(":")[0].strip("[]") for s in served if s.address]
+    tlsconf.make_region(config.root, [s.name for s in served], tlsconf.default_hosts(hosts), renew=renew)
 
 
 def _form_cluster(config: RegionConfig, say: Say) -> None:
@@ -219,7 +233,7 @@ def _launch(spec: ServiceSpec) -> _Started:
     return _Started(spec, proc, time.time(), offset)
 
 
-def _wait_healthy(started: list[_Started], timeout_s: float) -> None:
+def _wait_healthy(started: list[_Started], timeout_s: float, tls: Tls | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     pending = list(started)
     while pending:
@@ -229,7 +243,7 @@ def _wait_healthy(started: list[_Started], timeout_s: float) -> None:
                 raise TierUnavailable(f"{s.spec.name} exited with status {code} while starting; "
                                       f"{_tail(s)}")
             if probe.health(s.spec.kind, s.proc.pid, s.spec.address, s.spec.socket,
-                            timeout_s=0.5) == probe.SERVING:
+                            timeout_s=0.5, tls=tls) == probe.SERVING:
                 pending.remove(s)
         if pending and time.monotonic() > deadline:
             names = ", ".join(s.spec.name for s in pending)
@@ -401,6 +415,7 @@ def restart(config: RegionConfig, names: Sequence[str] = (), say: Say = print) -
         _remove_sockets(todo)  # a daemon killed by SIGKILL leaves its socket file
         for record, spec in zip(todo, todo_specs):
             _check_port_free_for(config, record, spec)
+        _make_certificates(config, todo_specs, renew=False)  # the running ones' CA
         at = {spec.name: region.services.index(record) for record, spec in zip(todo, todo_specs)}
 
         def record(started: list[_Started]) -> None:
@@ -418,7 +433,8 @@ def restart(config: RegionConfig, names: Sequence[str] = (), say: Say = print) -
 
 def _to_restart(region: RegionState, names: Sequence[str]) -> list[ServiceRecord]:
     if not names:
-        return [s for s in region.services if probe.service_health(s) in (probe.DEAD, probe.UNREACHABLE)]
+        tls = probe.client_tls(region.tls)
+        return [s for s in region.services if probe.service_health(s, tls) in (probe.DEAD, probe.UNREACHABLE)]
     by_name = {s.name: s for s in region.services}
     unknown = [n for n in names if n not in by_name]
     if unknown:
@@ -464,7 +480,8 @@ def status(root: str) -> list[ServiceStatus]:
     if region is None:
         raise InvalidRequest(f"no region is up at {root} (no {state.path(root)}); `blobtier up` starts one")
     now = time.time()
-    return [ServiceStatus(s, probe.service_health(s), now - s.started) for s in region.services]
+    tls = probe.client_tls(region.tls)
+    return [ServiceStatus(s, probe.service_health(s, tls), now - s.started) for s in region.services]
 
 
 def format_status(rows: list[ServiceStatus]) -> list[str]:

@@ -41,8 +41,10 @@ from blobtier.errors import (
     StorageFull,
     TierUnavailable,
     TimedOut,
+    TlsRefused,
     VersionConflict,
 )
+from blobtier.rpc import tls
 
 Code = grpc.StatusCode
 log = logging.getLogger(__name__)
@@ -111,6 +113,9 @@ def error_of(exc: grpc.RpcError, where: str,
     no_space = code == Code.RESOURCE_EXHAUSTED and number in _NO_SPACE
     kind = StorageFull if no_space else exception_for(code, table)
     message = f"{where}: {details or code.name} ({code.name})"
+    refused = tls.refusal(details) if code == Code.UNAVAILABLE and details else None
+    if refused is not None:  # a configuration error, not a server that is down: no retries
+        return TlsRefused(f"{where}: {refused}")
     return kind(number, message) if number is not None and issubclass(kind, OSError) else kind(message)
 
 

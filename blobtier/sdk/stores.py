@@ -113,8 +113,10 @@ class RegionStores:
 
     def _service(self) -> MetadataStore:
         from blobtier.metadata.remote import RemoteMetadataStore  # grpc only when used
+        from blobtier.rpc.tls import Tls
 
-        return RemoteMetadataStore(self.config.metadata.endpoints, token=self.config.auth.token or None)
+        return RemoteMetadataStore(self.config.metadata.endpoints, token=self.config.auth.token or None,
+                                   tls=Tls.from_config(self.config.tls))
 
     def _redis(self) -> MetadataStore:
         from blobtier.metadata import redis_store
@@ -160,10 +162,11 @@ class RegionStores:
 
     def _remote_servers(self) -> tuple[dict[int, ChunkStore], range]:
         from blobtier.blockstore_sim.remote import RemoteChunkStore  # grpc only when used
+        from blobtier.rpc.tls import Tls
 
-        bc = self.config.block
+        bc, tls = self.config.block, Tls.from_config(self.config.tls)
         return ({sid: RemoteChunkStore(addr, timeout_s=bc.request_timeout_s,
-                                       token=self.config.auth.token or None)
+                                       token=self.config.auth.token or None, tls=tls)
                  for sid, addr in enumerate(bc.endpoints)}, range(len(bc.endpoints)))
 
     def _server_dir(self, sid: int) -> str:

@@ -121,12 +121,14 @@ class Wiring:
         if not daemon.get("peers"):
             return None
         from blobtier.rpc.sharded_cache import ShardedChunkCache  # grpc only when used
+        from blobtier.rpc.tls import Tls
 
         fc = self.config.flash
         return ShardedChunkCache.connect([(p, 1.0) for p in daemon["peers"]], name="l2",
                                          timeout_s=fc.request_timeout_s, retry_after_s=fc.retry_after_s,
                                          read_through=False, local=daemon["peer"],
-                                         token=self.config.auth.token or None)
+                                         token=self.config.auth.token or None,
+                                         tls=Tls.from_config(self.config.tls))
 
     def _flash(self) -> ChunkCache | None:
         """The L3 tier over ``flash.endpoints`` (None without them), shared by every chain."""
@@ -134,11 +136,13 @@ class Wiring:
         if self.l3 is None and fc.endpoints:
             from blobtier.flash_l3.local_reads import RegionReader
             from blobtier.rpc.sharded_cache import ShardedChunkCache  # grpc only when used
+            from blobtier.rpc.tls import Tls
 
             self.l3 = ShardedChunkCache.connect(fc.nodes(), name="l3", timeout_s=fc.request_timeout_s,
                                                 retry_after_s=fc.retry_after_s,
                                                 local_reads=RegionReader if fc.local_reads else None,
-                                                token=self.config.auth.token or None)
+                                                token=self.config.auth.token or None,
+                                                tls=Tls.from_config(self.config.tls))
         return self.l3
 
     def _after_fork_in_child(self) -> None:

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from blobtier.blockstore_sim.chunk_server import ChunkServer
 from blobtier.blockstore_sim.remote import RemoteChunkStore
 from blobtier.checksum import xxh3
-from blobtier.errors import TierUnavailable
+from blobtier.errors import TierUnavailable, TlsRefused
 from blobtier.rpc.server import health_servicer, serve
 from blobtier.rpc.tls import Tls
 
@@ -57,7 +57,7 @@ def test_tls_round_trip(tmp_path, certs):
         try:
             store.put_many([(b"d" * 16, b"secret bytes", xxh3(b"secret bytes"))])
             assert bytes(store.get(b"d" * 16)) == b"secret bytes"
-            with pytest.raises(TierUnavailable):
+            with pytest.raises(TlsRefused, match="speaks TLS"):
                 plain.get(b"d" * 16)  # a plaintext client cannot talk to a TLS server
         finally:
             store.close()
