@@ -4,12 +4,17 @@ The block store reads and writes through it exactly as through a local ``VolumeS
 ``start_get`` additionally starts a read that can be cancelled, which is what a hedged
 read needs: the loser of a race is cancelled and its server stops sending at once.
 Failed calls raise the exception ``rpc/status.py`` maps their status code to.
+
+Given the ``ChunkKey`` of a chunk (``key=``), a call carries the grant this process holds
+for its blob (``grants.BOOK``) and the chunk's version and index, which a server with a
+grant key checks (``chunk_server.py``); without one it carries none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -17,8 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from blobtier.blockstore_sim import wire
 from blobtier.blockstore_sim.faults import FaultState
 from blobtier.blockstore_sim.volume import CompactReport
-from blobtier.chunks import Buffer
+from blobtier.chunks import Buffer, ChunkKey
 from blobtier.errors import InvalidRequest
+from blobtier.grants import BOOK
 from blobtier.rpc import put_stream, status
 from blobtier.rpc.channel import LazyChannel
 from blobtier.rpc.gen import block_pb2 as pb
@@ -27,6 +33,14 @@ from blobtier.rpc.tls import Tls
 
 _PUT_BATCH_BYTES = 32 << 20  # chunk bytes per Put call: the server buffers a call until synced
 COMPACT_TIMEOUT_S = 3600.0  # a compaction copies up to a disk's live bytes
+
+
+def _granted(msg: Any, key: ChunkKey | None) -> Any:
+    """``msg`` (a request or a put header) naming ``key``'s grant, version and index."""
+    if key is not None:
+        msg.grant = BOOK.get(key.blob_id) or b""
+        msg.version, msg.index = key.version, key.index
+    return msg
 
 
 @contextmanager
@@ -108,38 +122,50 @@ class RemoteChunkStore:
         return stubs[1]
 
     # -- ChunkStore ------------------------------------------------------------------
-    def put_many(self, items: Sequence[tuple[bytes, Buffer, int]]) -> None:
-        for batch in put_stream.batches(items, _PUT_BATCH_BYTES):
-            chunks = [(pb.PutHeader(digest=digest, xxh3=h), data) for digest, data, h in batch]
+    def put_many(self, items: Sequence[tuple[bytes, Buffer, int]],
+                 keys: Sequence[ChunkKey] | None = None) -> None:
+        """Store (digest, bytes, xxh3) items; ``keys``: their chunk keys, for grants."""
+        named = list(zip(items, keys)) if keys is not None else [(item, None) for item in items]
+        for batch in put_stream.batches(named, _PUT_BATCH_BYTES, size=lambda e: len(e[0][1])):
+            chunks = [(_granted(pb.PutHeader(digest=digest, xxh3=h), key), data)
+                      for (digest, data, h), key in batch]
             with _calling(self.where):
                 self._stub().Put(put_stream.requests(pb.PutRequest, chunks), timeout=self.timeout_s)
 
     def start_get(self, digest: bytes, offset: int = 0, length: int = -1,
-                  timeout_s: float | None = None) -> RemoteGet:
-        request = pb.GetRequest(digest=digest, offset=offset)
+                  timeout_s: float | None = None, key: ChunkKey | None = None) -> RemoteGet:
+        request = _granted(pb.GetRequest(digest=digest, offset=offset), key)
         if length >= 0:
             request.length = length
         with _calling(self.where):
             call = self._stub().Get(request, timeout=timeout_s or self.timeout_s)
         return RemoteGet(call, self.where)
 
-    def get(self, digest: bytes, offset: int = 0, length: int = -1) -> memoryview:
-        return self.start_get(digest, offset, length).result()
+    def get(self, digest: bytes, offset: int = 0, length: int = -1,
+            key: ChunkKey | None = None) -> memoryview:
+        return self.start_get(digest, offset, length, key=key).result()
 
-    def delete_many(self, digests: Iterable[bytes]) -> None:
+    def delete_many(self, digests: Iterable[bytes], keys: Sequence[ChunkKey] | None = None) -> None:
+        """Delete chunks; ``keys`` (theirs, in order): under this process's write grants,
+        else the caller's token must have the admin right (gc)."""
         digests = list(digests)
         for start in range(0, len(digests), wire.MAX_DELETE):
+            request = pb.DeleteRequest(digests=digests[start:start + wire.MAX_DELETE])
+            if keys is not None:
+                part = keys[start:start + wire.MAX_DELETE]
+                request.grants.extend(BOOK.get(k.blob_id) or b"" for k in part)
+                request.versions.extend(k.version for k in part)
+                request.indexes.extend(k.index for k in part)
             with _calling(self.where):
-                self._stub().Delete(pb.DeleteRequest(digests=digests[start:start + wire.MAX_DELETE]),
-                                    timeout=self.timeout_s)
+                self._stub().Delete(request, timeout=self.timeout_s)
 
     def exists(self, digest: bytes) -> bool:
         return self.stat(digest) is not None
 
-    def stat(self, digest: bytes) -> tuple[int, int, int] | None:
+    def stat(self, digest: bytes, key: ChunkKey | None = None) -> tuple[int, int, int] | None:
         """(length, xxh3, written unix seconds), or None if the server lacks the chunk."""
         with _calling(self.where):
-            reply = self._stub().Stat(pb.StatRequest(digest=digest), timeout=self.timeout_s)
+            reply = self._stub().Stat(_granted(pb.StatRequest(digest=digest), key), timeout=self.timeout_s)
         return (reply.length, reply.xxh3, reply.written) if reply.exists else None
 
     def digests(self) -> list[tuple[bytes, int]]:

@@ -76,7 +76,9 @@ class CancellableStore(Protocol):
     """A chunk store whose reads can be started and abandoned (a remote chunk server)."""
 
     def start_get(self, digest: bytes, offset: int = 0, length: int = -1,
-                  timeout_s: float | None = None) -> PendingGet: ...
+                  timeout_s: float | None = None, key: ChunkKey | None = None) -> PendingGet:
+        """``key``: the chunk's key, whose grant the request carries (``remote.py``)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -225,8 +227,7 @@ class ReplicatedBlockStore:
         for i, sids in wanted.items():
             for sid in sids:
                 per_server.setdefault(sid, []).append(i)
-        futures = {sid: self._pool.submit(self.servers[sid].put_many,
-                                          [(chunks[i][0].digest(), chunks[i][1], chunks[i][2]) for i in idx])
+        futures = {sid: self._pool.submit(self._put_on, sid, [chunks[i] for i in idx])
                    for sid, idx in per_server.items()}
         for sid, fut in futures.items():
             try:
@@ -244,13 +245,31 @@ class ReplicatedBlockStore:
                 for i in per_server[sid]:
                     holders[i].append(sid)
 
+    def _put_on(self, sid: int, chunks: Sequence[tuple[ChunkKey, Buffer, int]]) -> None:
+        """Store ``chunks`` on server ``sid``; a remote one is told their keys, whose
+        grants the requests carry."""
+        server = self.servers[sid]
+        items = [(key.digest(), data, h) for key, data, h in chunks]
+        if isinstance(server, CancellableStore):
+            server.put_many(items, keys=[key for key, _, _ in chunks])
+        else:
+            server.put_many(items)
+
+    def _delete_on(self, sid: int, keys: list[ChunkKey]) -> None:
+        server = self.servers[sid]
+        digests = [key.digest() for key in keys]
+        if isinstance(server, CancellableStore):
+            server.delete_many(digests, keys=keys)
+        else:
+            server.delete_many(digests)
+
     def delete_chunks(self, placed: Iterable[tuple[ChunkKey, Sequence[int]]]) -> None:
-        per_server: dict[int, list[bytes]] = {}
+        per_server: dict[int, list[ChunkKey]] = {}
         for key, where in placed:
             for sid in where:
                 if sid in self.servers:
-                    per_server.setdefault(sid, []).append(key.digest())
-        for f in [self._pool.submit(self.servers[sid].delete_many, d) for sid, d in per_server.items()]:
+                    per_server.setdefault(sid, []).append(key)
+        for f in [self._pool.submit(self._delete_on, sid, k) for sid, k in per_server.items()]:
             f.result()
 
     # -- reading -----------------------------------------------------------------------
@@ -349,6 +368,8 @@ class ReplicatedBlockStore:
                 for fut in done:
                     req = running.pop(fut)
                     data, exc = fut.result()
+                    if isinstance(exc, PermissionError):
+                        raise exc  # refused (a grant, a token): every replica would refuse it
                     if exc is None:
                         self.health.ok(req.sid)
                         self.hedge.observe(req.first_byte_s)
@@ -380,7 +401,8 @@ class ReplicatedBlockStore:
         self._count("requests")
         started = time.perf_counter()
         try:
-            req = _Request(sid, self.servers[sid].start_get(digest, timeout_s=self.policy.timeout_s),
+            req = _Request(sid, self.servers[sid].start_get(digest, timeout_s=self.policy.timeout_s,
+                                                            key=rec.chunk_key(index)),
                            started, changed)
         except BaseException:
             self.limit.release()

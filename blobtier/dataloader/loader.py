@@ -159,9 +159,11 @@ class BlobDataLoader(DataLoader):
         if self._blob_sampler is not None:
             return {"sampler": self._blob_sampler.state_dict()}
         p, ds = self._pass, self.dataset
-        batches = 0 if p is None or p.epoch != ds.epoch else p.start + p.batches
-        done = p is not None and p.epoch == ds.epoch and p.done
-        return {"dataset": ds.resume_state(batches, done=done, **self._shape())}
+        if p is None or p.epoch != ds.epoch:  # nothing consumed since a load or set_epoch
+            pending = ds.pending_state()
+            return {"dataset": pending if pending is not None
+                    else ds.resume_state(0, done=False, **self._shape())}
+        return {"dataset": ds.resume_state(p.start + p.batches, done=p.done, **self._shape())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from ``state_dict()``'s result; the next pass yields exactly the rest.

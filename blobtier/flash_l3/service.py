@@ -8,7 +8,8 @@ optionally its Prometheus series on ``127.0.0.1:metrics_port``. The node is hand
 ``ChunkSource`` (the block layer) by whoever starts it, so this package never imports the
 block layer. A bad request gets its status code and the node keeps serving. A request
 whose records name a place the node does not read from (another origin, chunk servers it
-was not given) is refused with PERMISSION_DENIED (``readthrough.py``).
+was not given) is refused with PERMISSION_DENIED (``readthrough.py``). With a grant key
+ring, each chunk a call names needs a grant from the metadata service (``rpc/cache_service.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from blobtier.flash_l3.cache import FlashCache
 from blobtier.flash_l3.device import DeviceFaults
 from blobtier.flash_l3.metrics import FlashMetrics
 from blobtier.flash_l3.readthrough import ReadThrough
+from blobtier.grants import KeyRing
 from blobtier.origins import OriginAllowList
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc.auth import TokenTable
@@ -77,8 +79,8 @@ class TimedCacheServicer(CacheServicer):
     """``CacheServicer`` whose Gets are timed (to the last reply) for the node's histogram."""
 
     def __init__(self, cache: FlashCache, readthrough: ReadThrough,
-                 observe: Callable[[float], None]) -> None:
-        super().__init__(cache, readthrough)
+                 observe: Callable[[float], None], grants: KeyRing | None = None) -> None:
+        super().__init__(cache, readthrough, grants)
         self._observe = observe
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -102,6 +104,8 @@ class FlashNode(Service):
         auth: the tokens calls must present (None: none needed).
         origins: the origin locations it may read blobs registered by reference from
             (None: none; their records are refused).
+        grants: the region key ring: chunks are served only under its grants (None: no
+            grants needed).
 
     Raises:
         InvalidRequest: an unknown admission policy.
@@ -110,7 +114,8 @@ class FlashNode(Service):
 
     def __init__(self, config: FlashNodeConfig, source: ChunkSource, *, tls: Tls | None = None,
                  registry: CollectorRegistry | None = None, faults: DeviceFaults | None = None,
-                 auth: TokenTable | None = None, origins: OriginAllowList | None = None) -> None:
+                 auth: TokenTable | None = None, origins: OriginAllowList | None = None,
+                 grants: KeyRing | None = None) -> None:
         self.config = config
         self.root = config.root
         self.node_id = config.node_id
@@ -124,7 +129,7 @@ class FlashNode(Service):
                                            origins=origins)
             self.metrics.track(self.readthrough)
             self._start([(wire.add_cache_service, TimedCacheServicer(self.cache, self.readthrough,
-                                                                     self.metrics.observe_get)),
+                                                                     self.metrics.observe_get, grants)),
                          (pb_grpc.add_CacheAdminServicer_to_server,
                           AdminServicer(config.node_id, self.cache, self.readthrough))],
                         config.addr, tls, workers=config.workers, auth=auth,

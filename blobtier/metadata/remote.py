@@ -15,6 +15,13 @@ as applied (``meta.proto``), so a commit is never reported lost when it landed, 
 applied twice. Channels open lazily in each process (``rpc/channel.py``): a forked
 DataLoader worker uses its own.
 
+Grants (``blobtier/grants.py``) travel with the records: each one a server signed goes
+into this process's ``grants.BOOK``, with a way to fetch the record again once it nears
+its expiry, where the data clients find it; a commit carries the grant of its record's
+blob (``new_blob_ids`` asks the service for fresh blob ids and their write grants). A
+token refused on a namespace is ``Forbidden`` at once, from the first server: no other
+server is tried.
+
 Batches larger than one message (``service.REPLY_BUDGET_BYTES``) are split: a large
 ``commit_many`` is then several commits in order, each atomic on its own.
 """
@@ -30,6 +37,7 @@ import grpc
 from blobtier import forks
 from blobtier.backoff import ReplicaHealth
 from blobtier.errors import BlobNotFound, InvalidRequest, TierUnavailable
+from blobtier.grants import BOOK, refresher
 from blobtier.metadata import schema
 from blobtier.metadata.schema import BlobRecord
 from blobtier.metadata.service import MAX_ITEMS, MAX_RECORD_BYTES, REPLY_BUDGET_BYTES
@@ -110,18 +118,40 @@ class RemoteMetadataStore(MetadataStore):
     def _get_raw(self, rkey: bytes) -> bytes | None:
         key = _key_of(rkey)
         try:
-            return self._call("Get", pb.GetRequest(key=key), (key,)).record
+            reply = self._call("Get", pb.GetRequest(key=key), (key,))
         except BlobNotFound:
             return None
+        self._keep_grant(key, reply.grant)
+        return reply.record
+
+    def _keep_grant(self, key: str, grant: bytes) -> None:
+        if grant:
+            BOOK.add(grant, refresher(self._get_raw, schema.record_key(key)))
+
+    def new_blob_ids(self, keys: Sequence[str]) -> list[bytes]:
+        """Blob ids the service minted for new versions of ``keys``, their write grants
+        kept in ``grants.BOOK`` (``Forbidden`` without the write right on a namespace)."""
+        out: list[bytes] = []
+        for batch in _batches(list(keys), len):
+            reply = self._call("GrantWrite", pb.GrantWriteRequest(keys=batch), batch)
+            if len(reply.grants) != len(batch):
+                raise TierUnavailable(f"{self.where} answered {len(reply.grants)} of {len(batch)} blob ids")
+            for g in reply.grants:
+                BOOK.add(g.grant)
+                out.append(g.blob_id)
+        return out
 
     def _get_many_raw(self, rkeys: Sequence[bytes]) -> list[bytes | None]:
         keys = [_key_of(k) for k in rkeys]
         out: list[bytes | None] = []
         for batch in _batches(keys, lambda k: len(k)):
             while batch:  # a reply cut short by the message limit: ask for the rest
-                raws = self._call("GetMany", pb.GetManyRequest(keys=batch), batch).records
+                reply = self._call("GetMany", pb.GetManyRequest(keys=batch), batch)
+                raws = reply.records
                 if not raws:
                     raise TierUnavailable(f"{self.where} answered no record of {len(batch)} keys")
+                for key, grant in zip(batch, reply.grants):
+                    self._keep_grant(key, grant)
                 out += [raw or None for raw in raws]
                 batch = batch[len(raws):]
         return out
@@ -158,9 +188,12 @@ class RemoteMetadataStore(MetadataStore):
                                      limit=min(limit - n, _PAGE))
             reply = self._call("List", request)
             for e in reply.entries:
+                self._keep_grant(e.key, e.grant)
                 yield e.key, None if e.common_prefix else e.record
             n += len(reply.entries)
-            if not reply.next_page_token or not reply.entries:
+            # A page may be empty but not the last: its keys were of namespaces the
+            # token cannot read.
+            if not reply.next_page_token or reply.next_page_token == after:
                 return
             after = reply.next_page_token
 
@@ -244,7 +277,8 @@ def _commit_item(rkey: bytes, expected: int, value: bytes | None) -> pb.CommitIt
         raise InvalidRequest(f"the record of {key!r} is {len(value)} bytes; the metadata service "
                              f"carries records of at most {MAX_RECORD_BYTES} (fewer chunks: a "
                              "larger chunk size)")
-    return pb.CommitItem(key=key, expected=expected, record=value)
+    return pb.CommitItem(key=key, expected=expected, record=value,
+                         grant=BOOK.get(schema.decode(value).blob_id) or b"")
 
 
 def _batches(items: Sequence, size: Callable[[Any], int]) -> Iterator[list]:

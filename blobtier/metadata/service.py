@@ -18,6 +18,15 @@ Prometheus series (``metrics_port``): per method (``method`` label)
 status, NOT_FOUND included) and the histogram ``blobtier_meta_request_seconds``; and
 ``blobtier_meta_records_served_total`` (records sent in replies) and
 ``blobtier_meta_records_committed_total`` (records written or removed).
+
+With a token table (``auth``) every call is checked on the namespace (first path
+component) of each key it names: Get and GetMany need ``read`` there, Commit, Delete and
+GrantWrite ``write``; a refusal is PERMISSION_DENIED at once, before the store is read. A
+listing leaves out the keys and subdirectories of namespaces the token cannot read, so
+they are never revealed (a page may then hold fewer entries than asked, or none, with a
+``next_page_token``). RegisterOrigins needs ``admin`` on ``*``. With a grant key ring
+(``grants``) each record served carries a read grant for its blob version, and GrantWrite
+mints blob ids with write grants (``blobtier/grants.py``).
 """
 
 from __future__ import annotations
@@ -28,12 +37,13 @@ from collections.abc import Sequence
 import grpc
 from prometheus_client import CollectorRegistry, Counter
 
-from blobtier.errors import BlobNotFound, CorruptRecord, InvalidRequest
+from blobtier.errors import BlobNotFound, CorruptRecord, Forbidden, InvalidRequest
+from blobtier.grants import ANY_VERSION, READ, WRITE, KeyRing
 from blobtier.metadata import schema
 from blobtier.metadata.schema import BlobRecord
 from blobtier.metadata.store import ANY, MetadataStore
 from blobtier.metrics import RpcMetrics
-from blobtier.rpc.auth import TokenTable
+from blobtier.rpc.auth import TokenTable, caller
 from blobtier.rpc.gen import meta_pb2 as pb
 from blobtier.rpc.gen import meta_pb2_grpc as pb_grpc
 from blobtier.rpc.server import MAX_MESSAGE_BYTES, Service, health_servicer
@@ -42,7 +52,7 @@ from blobtier.rpc.tls import Tls
 
 log = logging.getLogger(__name__)
 SERVICES = ("blobtier.meta.v1.MetadataService",)
-METHODS = ("Get", "GetMany", "Commit", "Delete", "List", "RegisterOrigins", "ListOrigins")
+METHODS = ("Get", "GetMany", "Commit", "Delete", "List", "RegisterOrigins", "ListOrigins", "GrantWrite")
 
 MAX_RECORD_BYTES = MAX_MESSAGE_BYTES - (64 << 10)
 """The largest encoded record the service carries (a blob of ~290k chunks at 3 replicas):
@@ -71,31 +81,94 @@ class MetaMetrics(RpcMetrics):
 class MetadataServicer(pb_grpc.MetadataServiceServicer):
     """The RPCs of ``meta.proto`` over ``store``."""
 
-    def __init__(self, store: MetadataStore, metrics: MetaMetrics) -> None:
+    def __init__(self, store: MetadataStore, metrics: MetaMetrics, auth: TokenTable | None = None,
+                 grants: KeyRing | None = None) -> None:
         self.store = store
         self.metrics = metrics
+        self.auth = auth
+        self.grants = grants
+
+    # -- namespaces and grants -------------------------------------------------------------
+    def _need(self, context: grpc.ServicerContext, keys: Sequence[str], right: str) -> None:
+        """Raise ``Forbidden`` unless the caller's token has ``right`` on the namespace of
+        every key (no token table: everyone may)."""
+        if self.auth is None:
+            return
+        token = caller(self.auth, context)
+        for ns in dict.fromkeys(_namespace(k) for k in keys):
+            if token is None or not token.allows(ns, right):
+                name = token.name if token is not None else "(none)"
+                raise Forbidden(f"token {name!r} has no {right} right on namespace {ns!r}")
+
+    def _readable(self, context: grpc.ServicerContext):  # noqa: ANN202 - key -> bool
+        """A test of whether the caller may read a key (a listing's filter)."""
+        if self.auth is None:
+            return lambda key: True
+        token = caller(self.auth, context)
+        return lambda key: token is not None and token.allows(_namespace(key), "read")
+
+    def _grant(self, key: str, rec: BlobRecord | None) -> bytes:
+        if self.grants is None or rec is None:
+            return b""
+        return self.grants.sign(rec.blob_id, rec.version, _namespace(key), READ)
+
+    def _check_owned(self, item: pb.CommitItem, value: bytes) -> None:
+        """A committed record must name a blob of the key's own namespace: its item carries
+        a grant this service signed for that blob id in that namespace (a write grant
+        from GrantWrite, or the read grant of a record being rewritten). Otherwise a
+        writer of one namespace could point a key at another namespace's chunks."""
+        rec = schema.decode(value)
+        ns = _namespace(item.key)
+        if item.grant:
+            grant = self.grants.verify(item.grant)
+            if grant.namespace == ns and grant.covers(rec.blob_id, rec.version, 0):
+                return
+        raise Forbidden(f"the record of {item.key!r} names a blob id no grant of namespace "
+                        f"{ns!r} covers (get one with GrantWrite)")
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.GetReply:
         with self.metrics.observe("Get"), answering(context):
+            self._need(context, [request.key], "read")
             rec = self.store.get(request.key)
             if rec is None:
                 raise BlobNotFound(f"{request.key!r} has no record")
             self.metrics.served.inc()
-            return pb.GetReply(record=schema.encoded(rec))
+            return pb.GetReply(record=schema.encoded(rec), grant=self._grant(request.key, rec))
 
     def GetMany(self, request: pb.GetManyRequest, context: grpc.ServicerContext) -> pb.GetManyReply:
         with self.metrics.observe("GetMany"), answering(context):
             keys = request.keys
             _check_count(len(keys), "keys")
-            raws = [b"" if rec is None else schema.encoded(rec) for rec in self.store.get_many(keys)]
+            self._need(context, keys, "read")
+            recs = self.store.get_many(keys)
+            raws = [b"" if rec is None else schema.encoded(rec) for rec in recs]
             raws = _fitting(raws, lambda raw: len(raw))
             self.metrics.served.inc(sum(1 for raw in raws if raw))
-            return pb.GetManyReply(records=raws)
+            grants = [self._grant(k, r) for k, r, _ in zip(keys, recs, raws)]
+            return pb.GetManyReply(records=raws, grants=grants)
+
+    def GrantWrite(self, request: pb.GrantWriteRequest, context: grpc.ServicerContext) -> pb.GrantWriteReply:
+        with self.metrics.observe("GrantWrite"), answering(context):
+            _check_count(len(request.keys), "keys")
+            keys = [schema.validate_key(k) for k in request.keys]
+            self._need(context, keys, "write")
+            reply = pb.GrantWriteReply()
+            for key in keys:
+                blob_id = schema.new_blob_id()
+                grant = (b"" if self.grants is None else
+                         self.grants.sign(blob_id, ANY_VERSION, _namespace(key), READ | WRITE))
+                reply.grants.add(blob_id=blob_id, grant=grant)
+            return reply
 
     def Commit(self, request: pb.CommitRequest, context: grpc.ServicerContext) -> pb.CommitReply:
         with self.metrics.observe("Commit"), answering(context):
             _check_count(len(request.items), "items")
+            self._need(context, [item.key for item in request.items], "write")
             batch = [_commit_item(item) for item in request.items]
+            if self.grants is not None:
+                for item, (_, _, value) in zip(request.items, batch):
+                    if value is not None:
+                        self._check_owned(item, value)
             # The stores' raw surface: records arrive encoded and checked, so going through
             # commit_many would only decode and encode them once more.
             applied = self._resent(batch) if request.resent else self.store._cas_many(batch)
@@ -114,6 +187,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteReply:
         with self.metrics.observe("Delete"), answering(context):
+            self._need(context, [request.key], "write")
             expected = request.expected if request.HasField("expected") else ANY
             _check_expected(request.key, expected)
             rec = self.store.delete(request.key, expected)
@@ -128,12 +202,17 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             if limit > MAX_PAGE:
                 raise InvalidRequest(f"limit must be at most {MAX_PAGE}, got {limit}")
             rows = self._rows(request.prefix, request.delimiter, _page_token(request.page_token), limit)
+            readable = self._readable(context)
             entries = [pb.ListEntry(key=key, record=b"" if rec is None else schema.encoded(rec),
-                                    common_prefix=rec is None) for key, rec in rows]
-            fitting = _fitting(entries, lambda e: len(e.record) + len(e.key))
+                                    common_prefix=rec is None, grant=self._grant(key, rec))
+                       for key, rec in rows if readable(key)]
+            fitting = _fitting(entries, lambda e: len(e.record) + len(e.key) + len(e.grant))
             self.metrics.served.inc(sum(1 for e in fitting if not e.common_prefix))
-            more = len(rows) == limit or len(fitting) < len(entries)
-            return pb.ListReply(entries=fitting, next_page_token=fitting[-1].key if more and fitting else "")
+            if len(fitting) < len(entries):
+                after = fitting[-1].key  # cut by the message limit: resume after the last sent
+            else:  # the page's last row, sent or left out: a filtered page still moves on
+                after = rows[-1][0] if len(rows) == limit and rows else ""
+            return pb.ListReply(entries=fitting, next_page_token=after)
 
     def _rows(self, prefix: str, delimiter: str, after: str | None,
               limit: int) -> Sequence[tuple[str, BlobRecord | None]]:
@@ -147,6 +226,9 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
                         context: grpc.ServicerContext) -> pb.RegisterOriginsReply:
         with self.metrics.observe("RegisterOrigins"), answering(context):
             _check_count(len(request.urls), "urls")
+            token = caller(self.auth, context)
+            if self.auth is not None and (token is None or not token.allows_every("admin")):
+                raise Forbidden("registering origins needs the admin right on every namespace ('*')")
             self.store.register_origins(list(request.urls))
             return pb.RegisterOriginsReply()
 
@@ -154,6 +236,11 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
                     context: grpc.ServicerContext) -> pb.ListOriginsReply:
         with self.metrics.observe("ListOrigins"), answering(context):
             return pb.ListOriginsReply(urls=self.store.origins())
+
+
+def _namespace(key: str) -> str:
+    """The namespace of a key, or of a listed subdirectory ('ns/...')."""
+    return key.split("/", 1)[0]
 
 
 def _check_count(n: int, field: str) -> None:
@@ -239,16 +326,20 @@ class MetadataServer(Service):
         workers: requests served at once.
         metrics_port: serve Prometheus series on 127.0.0.1:PORT (0 picks one; None: off).
         registry: where the series go (default: a registry of this server's own).
-        auth: the tokens calls must present (None: none needed; ``rpc/auth.py``).
+        auth: the tokens calls must present (None: none needed; ``rpc/auth.py``), checked
+            on each key's namespace.
+        grants: the region key ring that signs grants (None: records carry none).
     """
 
     def __init__(self, store: MetadataStore, *, addr: str = "127.0.0.1:0", tls: Tls | None = None,
                  workers: int = 32, metrics_port: int | None = None,
-                 registry: CollectorRegistry | None = None, auth: TokenTable | None = None) -> None:
+                 registry: CollectorRegistry | None = None, auth: TokenTable | None = None,
+                 grants: KeyRing | None = None) -> None:
         self.store = store
         self.metrics = MetaMetrics(registry if registry is not None else CollectorRegistry())
         _, health = health_servicer(SERVICES)
-        self._start([(pb_grpc.add_MetadataServiceServicer_to_server, MetadataServicer(store, self.metrics)),
+        servicer = MetadataServicer(store, self.metrics, auth, grants)
+        self._start([(pb_grpc.add_MetadataServiceServicer_to_server, servicer),
                      health], addr, tls, workers=workers, auth=auth, metrics_port=metrics_port,
                     registry=self.metrics.registry)
 

@@ -164,6 +164,11 @@ class MetadataStore(ABC):
         except CorruptRecord as exc:
             raise MetadataCorrupt(f"{self.where}: the record of {key!r} is corrupt: {exc}") from exc
 
+    def new_blob_ids(self, keys: Sequence[str]) -> list[bytes]:
+        """A fresh blob id for a new version of each key. A metadata service mints them
+        and signs write grants for them (``remote.py``); a local store has none to sign."""
+        return [schema.new_blob_id() for _ in keys]
+
     def register_origins(self, urls: Sequence[str]) -> None:
         """Record origin prefixes (fsspec URLs) the region reads by reference: the only
         places its cache nodes read through from besides the block layer (``origins.py``).

@@ -18,13 +18,28 @@ The token file (TOML) holds hashes, never tokens, so it can be read by every ser
     sha256 = "9f86d0..."          # hashlib.sha256(token.encode()).hexdigest()
     rights = ["read", "write"]
 
+Rights are given on namespace patterns (``fnmatch``: ``imagenet``, ``team-a-*``, ``*``);
+``rights = [...]`` alone means namespace ``*``::
+
+    [[token]]
+    name = "team-a"
+    sha256 = "..."
+    grants = [{ns = "team-a-*", rights = ["read", "write"]}, {ns = "shared", rights = ["read"]}]
+
+The interceptor checks a call's right on *some* namespace (a token with no read right
+anywhere cannot call Get at all); the metadata service then checks the namespace of every
+key a call names (``Token.allows``, ``caller``) and signs a grant for each record it returns
+(``blobtier/grants.py``). Data services serve chunks under those grants, so a token alone
+never reads a chunk where the region has a grant key. Calls that touch every namespace
+(registering origins) need the right on ``*``.
+
 Clients present ``auth.token`` from the region config (or ``$BLOBTIER_AUTH_TOKEN``) on
-every call (``LazyChannel``). Tokens guard the services; which namespaces a token may
-read is a question for a metadata service, which the embedded metadata does not have.
+every call (``LazyChannel``). Refusals carry the token's name, never the token.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
 import tomllib
@@ -37,8 +52,8 @@ import grpc
 from blobtier.errors import InvalidRequest
 
 RIGHTS = ("read", "write", "admin")
-_READ = {"Get", "GetMany", "Stat", "List", "ListOrigins", "Locate"}
-_WRITE = {"Put", "Commit", "Delete", "Compact", "Prefetch"}
+_READ = {"Get", "GetMany", "Stat", "List", "ListOrigins", "Locate", "ListNamespaces"}
+_WRITE = {"Put", "Commit", "Delete", "Compact", "Prefetch", "GrantWrite"}
 _OPEN_SERVICES = ("grpc.health.v1.Health",)
 AUTHORIZATION = "authorization"
 
@@ -64,9 +79,22 @@ def digest(token: str) -> str:
 
 @dataclass(frozen=True)
 class Token:
+    """A token's hash and its rights: ``grants`` are (namespace pattern, rights) pairs;
+    ``rights`` is every right it has on some namespace."""
+
     name: str
     sha256: str
     rights: frozenset[str]
+    grants: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    def allows(self, namespace: str, right: str) -> bool:
+        """Whether it has ``right`` on ``namespace`` (an exact name, never a pattern)."""
+        return any(right in rights and fnmatch.fnmatchcase(namespace, pattern)
+                   for pattern, rights in self.grants)
+
+    def allows_every(self, right: str) -> bool:
+        """Whether it has ``right`` on every namespace (a ``*`` grant)."""
+        return any(right in rights and pattern == "*" for pattern, rights in self.grants)
 
 
 class TokenTable:
@@ -94,12 +122,10 @@ class TokenTable:
         for i, entry in enumerate(entries):
             name = str(entry.get("name", f"#{i}"))
             h = str(entry.get("sha256", "")).lower()
-            rights = entry.get("rights", [])
             if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
                 raise InvalidRequest(f"{where}: token {name!r}: sha256 must be 64 hex digits")
-            if not isinstance(rights, list) or not rights or any(r not in RIGHTS for r in rights):
-                raise InvalidRequest(f"{where}: token {name!r}: rights must be a list of {RIGHTS}")
-            tokens.append(Token(name, h, frozenset(rights)))
+            grants = _grants_of(entry, f"{where}: token {name!r}")
+            tokens.append(Token(name, h, frozenset().union(*(r for _, r in grants)), grants))
         return cls(tokens)
 
     def find(self, presented: str) -> Token | None:
@@ -108,6 +134,40 @@ class TokenTable:
             if hmac.compare_digest(token.sha256, h):
                 return token
         return None
+
+
+def _rights(value: Any, where: str) -> frozenset[str]:
+    if not isinstance(value, list) or not value or any(r not in RIGHTS for r in value):
+        raise InvalidRequest(f"{where}: rights must be a list of {RIGHTS}")
+    return frozenset(value)
+
+
+def _grants_of(entry: Mapping[str, Any], where: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """An entry's (namespace pattern, rights): ``grants = [{ns, rights}]``, or ``rights``
+    alone for namespace ``*``; not both."""
+    if "grants" in entry and "rights" in entry:
+        raise InvalidRequest(f"{where}: give either rights (every namespace) or grants, not both")
+    if "grants" not in entry:
+        return (("*", _rights(entry.get("rights"), where)),)
+    grants = entry["grants"]
+    if not isinstance(grants, list) or not grants:
+        raise InvalidRequest(f"{where}: grants must be a list of {{ns = PATTERN, rights = [...]}}")
+    out = []
+    for j, g in enumerate(grants):
+        ns = g.get("ns") if isinstance(g, dict) else None
+        if not isinstance(ns, str) or not ns or "/" in ns:
+            raise InvalidRequest(f"{where}: grants[{j}].ns must be a namespace or pattern (no '/')")
+        out.append((ns, _rights(g.get("rights"), f"{where}: grants[{j}]")))
+    return tuple(out)
+
+
+def caller(table: TokenTable | None, context: grpc.ServicerContext) -> Token | None:
+    """The token a call presented, found in ``table`` (None: no table, or none known; the
+    interceptor has refused unknown tokens already)."""
+    if table is None:
+        return None
+    presented = _bearer(context.invocation_metadata())
+    return table.find(presented) if presented else None
 
 
 def _bearer(metadata: tuple | None) -> str | None:

@@ -13,6 +13,12 @@ A request's records are the caller's word: the filler's ``check`` refuses the wh
 from. What goes back never describes data the caller could not read: a chunk that could
 not be read through says only what kind of failure it was, never the checksums, tags,
 sizes or paths in the error behind it.
+
+With a grant key ring (``grants``) every chunk a call names (Get, Put, Prefetch, Locate)
+must be covered by a grant in the request (``blobtier/grants.py``), checked once per
+call before anything is served: a blob id learnt some other way reads nothing. The
+verified grants go into this process's ``grants.BOOK``, where the node's own block
+client finds them when it reads a miss through from chunk servers.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import grpc
 
 from blobtier.chunks import Buffer, ChunkKey, ChunkRef
 from blobtier.errors import InvalidRequest, OutOfRange
+from blobtier.grants import BOOK, READ, GrantCheck, KeyRing
 from blobtier.records import BlobRecord, decode
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc import put_stream
@@ -117,9 +124,16 @@ def _answer(out: wire.ReplyBatcher, item: int, answer: Answer, req: pb.GetItem) 
 
 
 class CacheServicer(pb_grpc.CacheServiceServicer):
-    def __init__(self, cache: ServedCache, readthrough: Filler | None = None) -> None:
+    def __init__(self, cache: ServedCache, readthrough: Filler | None = None,
+                 grants: KeyRing | None = None) -> None:
         self.cache = cache
         self.readthrough = readthrough
+        self.check = GrantCheck(grants)
+
+    def _granted(self, raws: Sequence[bytes], keys: Sequence[ChunkKey]) -> None:
+        """Forbidden unless ``raws`` cover every key; keep them for reading through."""
+        for grant in self.check.covered(raws, ((k.blob_id, k.version) for k in keys), READ):
+            BOOK.add(grant.raw)
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         with answering(context):
@@ -127,6 +141,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 raise InvalidRequest(f"at most {wire.MAX_ITEMS} chunks per Get")
             records = _records(list(request.records))
             keys = [wire.key_from_pb(item.key) for item in request.items]
+            self._granted(request.grants, keys)
             refs = {i: self._checked_ref(records, item, key)  # a bad request fails before any answer
                     for i, (item, key) in enumerate(zip(request.items, keys)) if item.HasField("record")}
             if refs and self.readthrough is not None:
@@ -164,6 +179,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             admitted = rejected = 0
             # Each chunk is offered as soon as it arrived whole and checked.
             for key, head, data in put_stream.receive(request_iterator, _key):
+                if self.check.on:
+                    self._granted([head.grant], [key])
                 if self.cache.put(key, data, head.touch):
                     admitted += 1
                 else:
@@ -177,7 +194,9 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         with answering(context):
             if len(request.keys) > wire.MAX_ITEMS:
                 raise InvalidRequest(f"at most {wire.MAX_ITEMS} chunks per Locate")
-            where, entries = locate([wire.key_from_pb(k) for k in request.keys], request.touch)
+            keys = [wire.key_from_pb(k) for k in request.keys]
+            self._granted(request.grants, keys)
+            where, entries = locate(keys, request.touch)
             reply = pb.LocateReply(host=boot_id(), dir=where)
             for e in entries:
                 reply.locations.add(found=e is not None, **({} if e is None else {
@@ -192,6 +211,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 raise InvalidRequest(f"at most {wire.MAX_ITEMS} chunks per Prefetch")
             records = _records(list(request.records))
             refs = [_ref(records, item.record, item.index) for item in request.items]
+            self._granted(request.grants, [rec.chunk_key(i) for rec, i in refs])
             self.readthrough.check(refs)
             reply = pb.PrefetchReply()
             todo = []

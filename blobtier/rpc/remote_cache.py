@@ -3,7 +3,8 @@
 One client for every cache tier reached over the network: the regional flash nodes (L3),
 and the peer daemons of L2, which serve the same ``CacheService``; the tier's name is
 given by whoever builds it. The node is not trusted (``trusted = False``): the chain
-verifies every chunk it returns.
+verifies every chunk it returns. Each request carries the grants this process holds for
+the chunks it names (``grants.BOOK``), which a node with a grant key requires.
 
 It is a read-through tier (``ReadThroughCache``, see ``blobtier.chunks``): given the
 chunks' records, the node reads what it misses from the block layer itself, once however
@@ -29,6 +30,7 @@ from blobtier import checksum, forks
 from blobtier.checksum import xxh3
 from blobtier.chunks import Buffer, ChunkKey, ChunkRef, Lookup
 from blobtier.errors import ChecksumError, InvalidRequest, TierUnavailable
+from blobtier.grants import BOOK
 from blobtier.records import encode
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc import put_stream, status
@@ -142,7 +144,8 @@ class RemoteChunkCache:
         bad: list[ChunkKey] = []
         for start in range(0, len(keys), CALL_ITEMS):
             part = keys[start:start + CALL_ITEMS]
-            request = pb.LocateRequest(keys=[wire.key_to_pb(k) for k in part], touch=touch)
+            request = pb.LocateRequest(keys=[wire.key_to_pb(k) for k in part], touch=touch,
+                                       grants=_grants(part))
             try:
                 reply = self._stub().Locate(request, timeout=self.timeout_s)
             except grpc.RpcError as exc:
@@ -207,10 +210,11 @@ class RemoteChunkCache:
         """``length`` bytes of a cached chunk from ``offset``, or None if it is not cached.
         The bytes are not verified (a range has no checksum of its own)."""
         item = pb.GetItem(key=wire.key_to_pb(key), offset=offset, length=length)
-        return self._call(pb.GetRequest(items=[item], touch=True), [key]).found.get(key)
+        return self._call(pb.GetRequest(items=[item], touch=True, grants=_grants([key])),
+                          [key]).found.get(key)
 
     def _get(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None, touch: bool) -> Lookup:
-        request = pb.GetRequest(touch=touch)
+        request = pb.GetRequest(touch=touch, grants=_grants(keys))
         if refs is None:
             request.items.extend(pb.GetItem(key=wire.key_to_pb(k)) for k in keys)
         else:
@@ -238,7 +242,8 @@ class RemoteChunkCache:
         """Offer chunks; returns (admitted, rejected) as the node decided."""
         admitted = rejected = 0
         for batch in put_stream.batches(items, put_stream.MAX_PUT_BYTES):
-            chunks = ((pb.PutHeader(key=wire.key_to_pb(key), xxh3=xxh3(data), touch=touch), data)
+            chunks = ((pb.PutHeader(key=wire.key_to_pb(key), xxh3=xxh3(data), touch=touch,
+                                    grant=BOOK.get(key.blob_id) or b""), data)
                       for key, data in batch)  # hashed as it is sent
             with _calling(self.where):
                 reply = self._stub().Put(put_stream.requests(pb.PutRequest, chunks), timeout=self.timeout_s)
@@ -249,15 +254,15 @@ class RemoteChunkCache:
     def contains(self, key: ChunkKey) -> bool:
         item = pb.GetItem(key=wire.key_to_pb(key), offset=0, length=0)
         with _calling(self.where):
-            replies = list(wire.get_call(self._channel.get())(pb.GetRequest(items=[item]),
-                                                              timeout=self.timeout_s))
+            request = pb.GetRequest(items=[item], grants=_grants([key]))
+            replies = list(wire.get_call(self._channel.get())(request, timeout=self.timeout_s))
             answers = list(_replies(iter(replies), self.where))
         return bool(answers) and answers[0].outcome == pb.HIT
 
     def prefetch(self, refs: Sequence[ChunkRef]) -> dict[str, int]:
         """Have the node read chunks from the block layer into its cache; returns how many
         were cached already, fetched, rejected and failed."""
-        request = pb.PrefetchRequest()
+        request = pb.PrefetchRequest(grants=_grants([rec.chunk_key(i) for rec, i in refs]))
         at = _record_positions(refs, request.records)
         request.items.extend(pb.PrefetchItem(record=r, index=i) for (_, i), r in zip(refs, at))
         with _calling(self.where):
@@ -342,6 +347,12 @@ class ProcessLocalPool:
         # Its threads are not here: the next ``get`` makes this process's pool.
         forks.keep_inherited(self._pool)
         self._pool = None
+
+
+def _grants(keys: Sequence[ChunkKey]) -> list[bytes]:
+    """The grants this process holds for the blobs of ``keys`` (``grants.BOOK``), each once:
+    a node with a grant key serves only chunks they cover."""
+    return BOOK.many(k.blob_id for k in keys)
 
 
 def _record_positions(refs: Sequence[ChunkRef], records: Any) -> list[int]:

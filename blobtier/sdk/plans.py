@@ -149,6 +149,9 @@ class ReadPlanCache(MetadataStore):
     def register_origins(self, urls: Sequence[str]) -> None:
         self.store.register_origins(urls)
 
+    def new_blob_ids(self, keys: Sequence[str]) -> list[bytes]:
+        return self.store.new_blob_ids(keys)
+
     # -- listings and the rest: the store's own ------------------------------------------------
     def scan(self, prefix: str = "", after: str | None = None,
              limit: int = 1000) -> list[tuple[str, BlobRecord]]:

@@ -177,9 +177,11 @@ class WritePath:
 
     def _begin(self, keys_attrs: Sequence[tuple[str, Mapping[str, str]]]) -> list[_Pending]:
         current = self._current([k for k, _ in keys_attrs])
+        # Over a metadata service, blob ids come from it, with write grants for their chunks.
+        blob_ids = self.metadata.new_blob_ids([k for k, _ in keys_attrs])
         out = []
-        for (key, attrs), rec in zip(keys_attrs, current):
-            p = _Pending(key, attrs)
+        for (key, attrs), rec, blob_id in zip(keys_attrs, current, blob_ids):
+            p = _Pending(key, attrs, blob_id)
             if rec is not None:
                 p.version, p.expected = rec.version + 1, rec.version
             out.append(p)

@@ -7,14 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PutHeader(_message.Message):
-    __slots__ = ("digest", "length", "xxh3")
+    __slots__ = ("digest", "length", "xxh3", "grant", "version", "index")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     XXH3_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     digest: bytes
     length: int
     xxh3: int
-    def __init__(self, digest: _Optional[bytes] = ..., length: _Optional[int] = ..., xxh3: _Optional[int] = ...) -> None: ...
+    grant: bytes
+    version: int
+    index: int
+    def __init__(self, digest: _Optional[bytes] = ..., length: _Optional[int] = ..., xxh3: _Optional[int] = ..., grant: _Optional[bytes] = ..., version: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class PutRequest(_message.Message):
     __slots__ = ("header", "data")
@@ -31,14 +37,20 @@ class PutReply(_message.Message):
     def __init__(self, stored: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("digest", "offset", "length")
+    __slots__ = ("digest", "offset", "length", "grant", "version", "index")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     digest: bytes
     offset: int
     length: int
-    def __init__(self, digest: _Optional[bytes] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+    grant: bytes
+    version: int
+    index: int
+    def __init__(self, digest: _Optional[bytes] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., grant: _Optional[bytes] = ..., version: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class GetReply(_message.Message):
     __slots__ = ("data", "length", "chunk_length", "xxh3")
@@ -53,10 +65,16 @@ class GetReply(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., length: _Optional[int] = ..., chunk_length: _Optional[int] = ..., xxh3: _Optional[int] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("digests",)
+    __slots__ = ("digests", "grants", "versions", "indexes")
     DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    INDEXES_FIELD_NUMBER: _ClassVar[int]
     digests: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, digests: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    grants: _containers.RepeatedScalarFieldContainer[bytes]
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    indexes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, digests: _Optional[_Iterable[bytes]] = ..., grants: _Optional[_Iterable[bytes]] = ..., versions: _Optional[_Iterable[int]] = ..., indexes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeleteReply(_message.Message):
     __slots__ = ("deleted",)
@@ -65,10 +83,16 @@ class DeleteReply(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class StatRequest(_message.Message):
-    __slots__ = ("digest",)
+    __slots__ = ("digest", "grant", "version", "index")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     digest: bytes
-    def __init__(self, digest: _Optional[bytes] = ...) -> None: ...
+    grant: bytes
+    version: int
+    index: int
+    def __init__(self, digest: _Optional[bytes] = ..., grant: _Optional[bytes] = ..., version: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class StatReply(_message.Message):
     __slots__ = ("exists", "length", "xxh3", "written")

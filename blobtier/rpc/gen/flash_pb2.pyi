@@ -43,14 +43,16 @@ class GetItem(_message.Message):
     def __init__(self, key: _Optional[_Union[ChunkId, _Mapping]] = ..., record: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("items", "records", "touch")
+    __slots__ = ("items", "records", "touch", "grants")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     TOUCH_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[GetItem]
     records: _containers.RepeatedScalarFieldContainer[bytes]
     touch: bool
-    def __init__(self, items: _Optional[_Iterable[_Union[GetItem, _Mapping]]] = ..., records: _Optional[_Iterable[bytes]] = ..., touch: _Optional[bool] = ...) -> None: ...
+    grants: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, items: _Optional[_Iterable[_Union[GetItem, _Mapping]]] = ..., records: _Optional[_Iterable[bytes]] = ..., touch: _Optional[bool] = ..., grants: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class GetReply(_message.Message):
     __slots__ = ("item", "outcome", "length", "data", "detail")
@@ -73,16 +75,18 @@ class GetReplies(_message.Message):
     def __init__(self, replies: _Optional[_Iterable[_Union[GetReply, _Mapping]]] = ...) -> None: ...
 
 class PutHeader(_message.Message):
-    __slots__ = ("key", "length", "xxh3", "touch")
+    __slots__ = ("key", "length", "xxh3", "touch", "grant")
     KEY_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     XXH3_FIELD_NUMBER: _ClassVar[int]
     TOUCH_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
     key: ChunkId
     length: int
     xxh3: int
     touch: bool
-    def __init__(self, key: _Optional[_Union[ChunkId, _Mapping]] = ..., length: _Optional[int] = ..., xxh3: _Optional[int] = ..., touch: _Optional[bool] = ...) -> None: ...
+    grant: bytes
+    def __init__(self, key: _Optional[_Union[ChunkId, _Mapping]] = ..., length: _Optional[int] = ..., xxh3: _Optional[int] = ..., touch: _Optional[bool] = ..., grant: _Optional[bytes] = ...) -> None: ...
 
 class PutRequest(_message.Message):
     __slots__ = ("header", "data")
@@ -109,12 +113,14 @@ class PrefetchItem(_message.Message):
     def __init__(self, record: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class PrefetchRequest(_message.Message):
-    __slots__ = ("items", "records")
+    __slots__ = ("items", "records", "grants")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[PrefetchItem]
     records: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, items: _Optional[_Iterable[_Union[PrefetchItem, _Mapping]]] = ..., records: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    grants: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, items: _Optional[_Iterable[_Union[PrefetchItem, _Mapping]]] = ..., records: _Optional[_Iterable[bytes]] = ..., grants: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class PrefetchReply(_message.Message):
     __slots__ = ("cached", "fetched", "rejected", "failed")
@@ -129,12 +135,14 @@ class PrefetchReply(_message.Message):
     def __init__(self, cached: _Optional[int] = ..., fetched: _Optional[int] = ..., rejected: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
 
 class LocateRequest(_message.Message):
-    __slots__ = ("keys", "touch")
+    __slots__ = ("keys", "touch", "grants")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     TOUCH_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[ChunkId]
     touch: bool
-    def __init__(self, keys: _Optional[_Iterable[_Union[ChunkId, _Mapping]]] = ..., touch: _Optional[bool] = ...) -> None: ...
+    grants: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, keys: _Optional[_Iterable[_Union[ChunkId, _Mapping]]] = ..., touch: _Optional[bool] = ..., grants: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Location(_message.Message):
     __slots__ = ("found", "slot", "offset", "length", "seq")

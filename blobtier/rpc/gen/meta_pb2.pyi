@@ -13,10 +13,12 @@ class GetRequest(_message.Message):
     def __init__(self, key: _Optional[str] = ...) -> None: ...
 
 class GetReply(_message.Message):
-    __slots__ = ("record",)
+    __slots__ = ("record", "grant")
     RECORD_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
     record: bytes
-    def __init__(self, record: _Optional[bytes] = ...) -> None: ...
+    grant: bytes
+    def __init__(self, record: _Optional[bytes] = ..., grant: _Optional[bytes] = ...) -> None: ...
 
 class GetManyRequest(_message.Message):
     __slots__ = ("keys",)
@@ -25,22 +27,26 @@ class GetManyRequest(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetManyReply(_message.Message):
-    __slots__ = ("records",)
+    __slots__ = ("records", "grants")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, records: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    grants: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, records: _Optional[_Iterable[bytes]] = ..., grants: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class CommitItem(_message.Message):
-    __slots__ = ("key", "expected", "record", "delete")
+    __slots__ = ("key", "expected", "record", "delete", "grant")
     KEY_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
     key: str
     expected: int
     record: bytes
     delete: bool
-    def __init__(self, key: _Optional[str] = ..., expected: _Optional[int] = ..., record: _Optional[bytes] = ..., delete: _Optional[bool] = ...) -> None: ...
+    grant: bytes
+    def __init__(self, key: _Optional[str] = ..., expected: _Optional[int] = ..., record: _Optional[bytes] = ..., delete: _Optional[bool] = ..., grant: _Optional[bytes] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("items", "resent")
@@ -83,14 +89,16 @@ class ListRequest(_message.Message):
     def __init__(self, prefix: _Optional[str] = ..., delimiter: _Optional[str] = ..., page_token: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListEntry(_message.Message):
-    __slots__ = ("key", "record", "common_prefix")
+    __slots__ = ("key", "record", "common_prefix", "grant")
     KEY_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
     COMMON_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
     key: str
     record: bytes
     common_prefix: bool
-    def __init__(self, key: _Optional[str] = ..., record: _Optional[bytes] = ..., common_prefix: _Optional[bool] = ...) -> None: ...
+    grant: bytes
+    def __init__(self, key: _Optional[str] = ..., record: _Optional[bytes] = ..., common_prefix: _Optional[bool] = ..., grant: _Optional[bytes] = ...) -> None: ...
 
 class ListReply(_message.Message):
     __slots__ = ("entries", "next_page_token")
@@ -119,3 +127,23 @@ class ListOriginsReply(_message.Message):
     URLS_FIELD_NUMBER: _ClassVar[int]
     urls: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, urls: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GrantWriteRequest(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WriteGrant(_message.Message):
+    __slots__ = ("blob_id", "grant")
+    BLOB_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    blob_id: bytes
+    grant: bytes
+    def __init__(self, blob_id: _Optional[bytes] = ..., grant: _Optional[bytes] = ...) -> None: ...
+
+class GrantWriteReply(_message.Message):
+    __slots__ = ("grants",)
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    grants: _containers.RepeatedCompositeFieldContainer[WriteGrant]
+    def __init__(self, grants: _Optional[_Iterable[_Union[WriteGrant, _Mapping]]] = ...) -> None: ...

@@ -69,6 +69,11 @@ class MetadataServiceStub:
                 request_serializer=meta__pb2.ListOriginsRequest.SerializeToString,
                 response_deserializer=meta__pb2.ListOriginsReply.FromString,
                 _registered_method=True)
+        self.GrantWrite = channel.unary_unary(
+                '/blobtier.meta.v1.MetadataService/GrantWrite',
+                request_serializer=meta__pb2.GrantWriteRequest.SerializeToString,
+                response_deserializer=meta__pb2.GrantWriteReply.FromString,
+                _registered_method=True)
 
 
 class MetadataServiceServicer:
@@ -125,6 +130,15 @@ class MetadataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrantWrite(self, request, context):
+        """A fresh blob id and a signed write grant for it per key, for a writer to put its
+        chunks under before it commits (blobtier/grants.py). Needs the write right on each
+        key's namespace; empty grants when the service has no grant key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +176,11 @@ def add_MetadataServiceServicer_to_server(servicer, server):
                     servicer.ListOrigins,
                     request_deserializer=meta__pb2.ListOriginsRequest.FromString,
                     response_serializer=meta__pb2.ListOriginsReply.SerializeToString,
+            ),
+            'GrantWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantWrite,
+                    request_deserializer=meta__pb2.GrantWriteRequest.FromString,
+                    response_serializer=meta__pb2.GrantWriteReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -353,6 +372,33 @@ class MetadataService:
             '/blobtier.meta.v1.MetadataService/ListOrigins',
             meta__pb2.ListOriginsRequest.SerializeToString,
             meta__pb2.ListOriginsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blobtier.meta.v1.MetadataService/GrantWrite',
+            meta__pb2.GrantWriteRequest.SerializeToString,
+            meta__pb2.GrantWriteReply.FromString,
             options,
             channel_credentials,
             insecure,
