@@ -18,6 +18,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 import blobtier
+from blobtier.dataloader.decoding import key_decoder
 from blobtier.errors import BlobNotFound
 
 
@@ -26,11 +27,14 @@ class BlobDataset(Dataset):
         prefix_or_keys: a key prefix (every blob under it, in key order) or a key list.
         client: the blobtier client; ``blobtier.connect()`` when omitted.
         decode: turns a blob's bytes (a read-only memoryview) into a sample; default
-            ``bytes``.
+            ``bytes``. ``decode(key, view)`` gets the key too (labels often live in it):
+            detected by its signature, or forced with ``with_keys``.
+        with_keys: whether ``decode`` takes the key first (None: by its signature).
     """
 
     def __init__(self, prefix_or_keys: str | Sequence[str], client: blobtier.Client | None = None,
-                 decode: Callable[[memoryview], Any] | None = None) -> None:
+                 decode: Callable[..., Any] | None = None,
+                 with_keys: bool | None = None) -> None:
         self.client = client if client is not None else blobtier.connect()
         if isinstance(prefix_or_keys, str):
             self.keys = [info.key for info in self.client.iter_ls(prefix_or_keys)]
@@ -38,21 +42,22 @@ class BlobDataset(Dataset):
                 raise BlobNotFound(f"no blobs under prefix {prefix_or_keys!r}")
         else:
             self.keys = list(prefix_or_keys)
-        self.decode = decode
+        self.decode = key_decoder(decode, with_keys)
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def _decode(self, view: memoryview) -> Any:
-        return self.decode(view) if self.decode is not None else bytes(view)
+    def _decode(self, key: str, view: memoryview) -> Any:
+        return self.decode(key, view) if self.decode is not None else bytes(view)
 
     def __getitem__(self, index: int) -> Any:
-        return self._decode(self.client.get(self.keys[index]))
+        key = self.keys[index]
+        return self._decode(key, self.client.get(key))
 
     def announce(self, indices: Sequence[int], progress: Callable[[], int] | None = None) -> None:
         """The sampler's hook: these samples are read next, in this order."""
         self.client.announce([self.keys[i] for i in indices], progress)
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
-        views = self.client.get_many([self.keys[i] for i in indices])
-        return [self._decode(v) for v in views]
+        keys = [self.keys[i] for i in indices]
+        return [self._decode(k, v) for k, v in zip(keys, self.client.get_many(keys))]
