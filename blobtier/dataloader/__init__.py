@@ -12,10 +12,11 @@ except ImportError as exc:  # pragma: no cover - exercised in an environment wit
 from blobtier.dataloader.dataset import BlobDataset
 from blobtier.dataloader.folder import BlobImageFolder
 from blobtier.dataloader.loader import BlobDataLoader
+from blobtier.dataloader.mixture import BlobMixture
 from blobtier.dataloader.sampler import BlobSampler
 from blobtier.dataloader.shards import BlobIterableDataset
 from blobtier.dataloader.stall import DataStallMeter, StallReport
 from blobtier.dataloader.tensors import as_tensor
 
-__all__ = ["BlobDataLoader", "BlobDataset", "BlobImageFolder", "BlobIterableDataset", "BlobSampler",
-           "DataStallMeter", "StallReport", "as_tensor"]
+__all__ = ["BlobDataLoader", "BlobDataset", "BlobImageFolder", "BlobIterableDataset", "BlobMixture",
+           "BlobSampler", "DataStallMeter", "StallReport", "as_tensor"]

@@ -85,7 +85,11 @@ class BlobSampler(Sampler[int]):
         self.epoch = epoch
 
     def global_order(self, epoch: int) -> list[int]:
-        """The epoch's permutation of every index, the same on every rank (unpadded)."""
+        """The epoch's permutation of every index, the same on every rank (unpadded); a
+        dataset with its own ``epoch_order(epoch)`` (``BlobMixture``) gives it."""
+        own = getattr(self.dataset, "epoch_order", None)
+        if own is not None:
+            return list(own(epoch))
         n = len(self.dataset)
         if not self.shuffle:
             return list(range(n))
