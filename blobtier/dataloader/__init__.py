@@ -12,6 +12,7 @@ except ImportError as exc:  # pragma: no cover - exercised in an environment wit
 from blobtier.dataloader.dataset import BlobDataset
 from blobtier.dataloader.folder import BlobImageFolder
 from blobtier.dataloader.loader import BlobDataLoader
+from blobtier.dataloader.metrics import serve_metrics, stop_metrics
 from blobtier.dataloader.mixture import BlobMixture
 from blobtier.dataloader.sampler import BlobSampler
 from blobtier.dataloader.shards import BlobIterableDataset
@@ -19,4 +20,4 @@ from blobtier.dataloader.stall import DataStallMeter, StallReport
 from blobtier.dataloader.tensors import as_tensor
 
 __all__ = ["BlobDataLoader", "BlobDataset", "BlobImageFolder", "BlobIterableDataset", "BlobMixture",
-           "BlobSampler", "DataStallMeter", "StallReport", "as_tensor"]
+           "BlobSampler", "DataStallMeter", "StallReport", "as_tensor", "serve_metrics", "stop_metrics"]
