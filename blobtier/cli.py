@@ -16,10 +16,17 @@ EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 STOP_GRACE_S = 5.0  # on SIGTERM a server refuses new calls and gives in-flight ones this long
 
 
-def _connect(args: argparse.Namespace):
+def _connect(args: argparse.Namespace, creates: bool = False):
+    """A client of ``--region``; unless the command ``creates`` a region, one naming a
+    place that holds none is an error (a typo must not read as an empty region)."""
     from blobtier import connect
+    from blobtier.region.browse import require_region
+    from blobtier.runstate import resolve_running
 
-    return connect(args.region)
+    config = resolve_running(args.region)
+    if not creates:
+        require_region(config, args.region)
+    return connect(config)
 
 
 def _shown(text: str) -> str:
@@ -32,7 +39,7 @@ def _shown(text: str) -> str:
 
 
 def cmd_put(args: argparse.Namespace) -> None:
-    with _connect(args) as client:
+    with _connect(args, creates=True) as client:
         if args.file == "-":
             info = client.put(args.key, sys.stdin.buffer)
         else:
@@ -52,15 +59,25 @@ def cmd_get(args: argparse.Namespace) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
+    from blobtier.region.browse import ls_lines
+
     with _connect(args) as client:
         # One directory level, printed page by page as the store answers (--recursive:
         # every key below); a subdirectory is one line however many keys it holds.
-        for entry in client.iter_ls(args.prefix) if args.recursive else client.iter_dir(args.prefix):
-            if isinstance(entry, str):
-                print(f"{'dir':>14} {'':>5}  {'':19}  {_shown(entry)}")
-                continue
-            created = entry.created.strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{entry.size:>14} {entry.version:>5}  {created}  {_shown(entry.key)}")
+        entries = client.iter_ls(args.prefix) if args.recursive else client.iter_dir(args.prefix)
+        for line in ls_lines(entries, args.prefix, long=args.long, human=args.human,
+                             grouped=args.recursive and args.long, shown=_shown):
+            print(line)
+
+
+def cmd_du(args: argparse.Namespace) -> None:
+    from blobtier.region.browse import du_lines, nothing_under, usage
+
+    with _connect(args) as client:
+        use = usage(client.iter_ls(args.prefix), args.prefix)
+    if not use.total.blobs:
+        raise nothing_under(args.prefix)
+    print("\n".join(du_lines(use, args.prefix, args.human, _shown)))
 
 
 def cmd_stat(args: argparse.Namespace) -> None:
@@ -72,26 +89,38 @@ def cmd_stat(args: argparse.Namespace) -> None:
             print(f"attr.{_shown(k):<6} {_shown(v)}")
 
 
-def cmd_rm(args: argparse.Namespace) -> None:
+def cmd_rm(args: argparse.Namespace) -> int:
+    from blobtier.region.browse import remove_tree
+
     with _connect(args) as client:
-        for key in args.keys:
-            client.delete(key)
+        if not args.recursive:
+            for key in args.keys:
+                client.delete(key)
+            return 0
+        return remove_tree(client, args.keys, yes=args.yes, shown=_shown)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Exit 1 when a file was skipped (a bad name, unreadable): the others are stored."""
-    from blobtier.demo import _progress_bar
+    from blobtier.humanize import plural
+    from blobtier.progress import progress_bar
     from blobtier.sdk.ingest import ingest, register
 
-    with _connect(args) as client:
-        show = _progress_bar("ingest") if sys.stderr.isatty() and not args.quiet else None
-        run = register if args.reference else ingest
-        report = run(client, args.src, args.dest, threads=args.threads, progress=show)
-        for path, why in report.skipped:
-            print(f"blobtier: skipped {_shown(path)}: {_shown(why)}", file=sys.stderr)
-        how = "registered by reference" if args.reference else "ingested"
-        left_out = f" ({len(report.skipped)} skipped)" if report.skipped else ""
-        print(f"{how} {report.files} files, {report.bytes} bytes into {_shown(args.dest)}{left_out}")
+    with _connect(args, creates=True) as client, progress_bar("ingest", quiet=args.quiet) as show:
+        if args.reference:
+            report = register(client, args.src, args.dest, threads=args.threads, progress=show)
+        else:
+            report = ingest(client, args.src, args.dest, threads=args.threads, progress=show,
+                            force=args.force)
+    for path, why in report.skipped:
+        print(f"blobtier: skipped {_shown(path)}: {_shown(why)}", file=sys.stderr)
+    how = "registered by reference" if args.reference else "ingested"
+    left_out = f" ({len(report.skipped)} skipped)" if report.skipped else ""
+    if report.unchanged:
+        left_out += (f"; {plural(report.unchanged, 'file')} unchanged, not written again "
+                     "(--force rewrites)")
+    print(f"{how} {plural(report.files, 'file')}, {plural(report.bytes, 'byte')} into "
+          f"{_shown(args.dest)}{left_out}")
     return EXIT_ERROR if report.skipped else 0
 
 
@@ -360,26 +389,38 @@ def cmd_daemon(args: argparse.Namespace) -> None:
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
+    from blobtier.humanize import plural
+
     with _connect(args) as client:
         report = client.gc(args.grace, force=args.force)
-        print(f"live chunks {report.live_chunks}, deleted {report.deleted_chunks} replicas, "
+        print(f"live chunks {report.live_chunks}, deleted {plural(report.deleted_chunks, 'replica')}, "
               f"spared {report.spared_young} younger than the grace period, "
               f"{report.reclaimed_bytes:,} bytes of disk given back")
+
+
+NS_FLAGS = ("--quota-bytes", "--quota-blobs", "--ttl", "--l1-share", "--l3-share", "--policy")
+
+
+def cmd_ns(args: argparse.Namespace) -> None:
+    from blobtier.sdk.namespaces import run_command
+
+    flags = {f: getattr(args, f[2:].replace("-", "_"), None) for f in NS_FLAGS}
+    with _connect(args) as client:
+        print("\n".join(run_command(client.namespaces, args.ns_command, getattr(args, "name", None), flags)))
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry, write_to_textfile
 
-    from blobtier.demo import _progress_bar
     from blobtier.metrics import serve_metrics, stop_metrics
+    from blobtier.progress import progress_bar
     from blobtier.sdk.scrub import ScrubMetrics
 
     registry = CollectorRegistry()
     metrics = ScrubMetrics(registry)
     http = serve_metrics(args.metrics_port, registry) if args.metrics_port is not None else None
     try:
-        with _connect(args) as client:
-            show = _progress_bar("scrub") if sys.stderr.isatty() and not args.quiet else None
+        with _connect(args) as client, progress_bar("scrub", "blobs", quiet=args.quiet) as show:
             report = client.scrub(args.prefix, repair=args.repair, progress=show, threads=args.threads,
                                   metrics=metrics)
     finally:
@@ -396,7 +437,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     if args.demo_region:
         args.region = args.demo_region
-    with _connect(args) as client:
+    with _connect(args, creates=True) as client:
         demo.run(client, samples=args.samples, epochs=args.epochs, workers=args.workers,
                  batch_size=args.batch_size)
 
@@ -407,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="region directory or region TOML (default: $BLOBTIER_HOME or ~/.blobtier)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+    def add(name: str, func, help: str, **kw) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, **kw)
         p.set_defaults(func=func)
         return p
 
@@ -418,14 +459,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("get", cmd_get, "write KEY's bytes to FILE (default stdout)")
     p.add_argument("key")
     p.add_argument("file", nargs="?")
+    # -h is --human, as in `ls -lh`; --help stays.
     p = add("ls", cmd_ls, "list PREFIX's directory: blobs (size, version, created, key) and "
-                          "subdirectories (dir)")
+                          "subdirectories (dir); exit 1 when nothing matches", conflict_handler="resolve")
     p.add_argument("prefix", nargs="?", default="")
     p.add_argument("-r", "--recursive", action="store_true", help="every blob under PREFIX instead")
+    p.add_argument("-l", "--long", action="store_true",
+                   help="end with a total (with -r: blobs grouped under a heading per directory)")
+    p.add_argument("-h", "--human", action="store_true", help="sizes in KiB, MiB, GiB")
+    p = add("du", cmd_du, "bytes and blobs under PREFIX, per subdirectory, and the total",
+            conflict_handler="resolve")
+    p.add_argument("prefix", nargs="?", default="")
+    p.add_argument("-h", "--human", action="store_true", help="sizes in KiB, MiB, GiB")
     p = add("stat", cmd_stat, "show one blob's metadata")
     p.add_argument("key")
-    p = add("rm", cmd_rm, "delete blobs")
+    p = add("rm", cmd_rm, "delete blobs (-r: every blob under each PREFIX)")
     p.add_argument("keys", nargs="+", metavar="key")
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="the arguments are prefixes: delete every blob under them (asks first)")
+    p.add_argument("-y", "--yes", action="store_true", help="with -r: delete without asking")
     p = add("ingest", cmd_ingest, "copy a directory or fsspec URL into DEST_PREFIX")
     p.add_argument("src")
     p.add_argument("dest", metavar="DEST_PREFIX")
@@ -434,12 +486,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true",
                    help="register the objects where they are (checksummed, not copied); reads "
                         "fetch byte ranges of SRC")
+    p.add_argument("--force", action="store_true",
+                   help="write every file again, even one whose size and checksums match the "
+                        "key's current version (skipped by default)")
     p = add("gc", cmd_gc, "reclaim chunks no blob references any more")
     p.add_argument("--grace", type=float, default=None,
                    help="spare chunks younger than this many seconds (default: config)")
     p.add_argument("--force", action="store_true",
                    help="collect even when the metadata lists no blob while chunk servers hold "
                         "chunks (refused by default: lost metadata looks like that)")
+    p = add("ns", None, "namespaces as managed objects: quotas, TTL, L1/L3 shares, policy")
+    ns = p.add_subparsers(dest="ns_command", required=True, metavar="SUBCOMMAND")
+    for name, what in (("create", "create namespace NAME"), ("set", "change namespace NAME ('none' clears)"),
+                       ("show", "show NAME's settings and usage"), ("ls", "every namespace and its usage")):
+        p = ns.add_parser(name, help=what, description=what)
+        p.set_defaults(func=cmd_ns)
+        if name != "ls":
+            p.add_argument("name")
+        if name in ("create", "set"):
+            p.add_argument("--quota-bytes", metavar="SIZE", help="most bytes, e.g. 50GiB")
+            p.add_argument("--quota-blobs", metavar="N", help="most blobs")
+            p.add_argument("--ttl", metavar="DURATION", help="blobs expire this long after commit, e.g. 7d")
+            p.add_argument("--l1-share", metavar="FRACTION", help="L1 kept for it, e.g. 0.3 or 30%%")
+            p.add_argument("--l3-share", metavar="FRACTION", help="L3 flash kept for it, e.g. 0.5")
+            p.add_argument("--policy", metavar="NAME", help="L1 eviction policy, e.g. clairvoyant")
     p = add("scrub", cmd_scrub, "read every replica of the blobs under PREFIX and verify it; "
                                 "--repair writes good copies back (exit 1 unless all are good)")
     p.add_argument("prefix", nargs="?", default="")

@@ -12,11 +12,12 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 
 import numpy as np
 
+from blobtier.humanize import plural
 from blobtier.metrics import delta
+from blobtier.progress import progress_bar
 from blobtier.sdk.client import Client
 from blobtier.sdk.ingest import ingest
 
@@ -61,28 +62,6 @@ def _model():
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
         nn.Flatten(), nn.Linear(32 * 16, CLASSES))
-
-
-def _progress_bar(label: str, out=None) -> Callable[[int, int, int, int], None]:
-    out = out if out is not None else sys.stderr  # the stream of now, not of import time
-    start = time.perf_counter()
-    last = [0.0]
-
-    def show(files: int, nbytes: int, total_files: int, total_bytes: int) -> None:
-        now = time.perf_counter()
-        if files < total_files and now - last[0] < 0.1:
-            return
-        last[0] = now
-        frac = nbytes / total_bytes if total_bytes else 1.0
-        bar = "#" * int(30 * frac)
-        rate = nbytes / max(now - start, 1e-9) / 2**20
-        out.write(f"\r{label} [{bar:<30}] {frac:4.0%} {files}/{total_files} files "
-                  f"{nbytes / 2**20:,.0f} MiB {rate:,.0f} MiB/s")
-        if files >= total_files:
-            out.write("\n")
-        out.flush()
-
-    return show
 
 
 def _lookups(moved: dict[str, dict[str, int]], tiers: list[str]) -> int:
@@ -137,10 +116,12 @@ def run(client: Client, samples: int = 2000, epochs: int = 3, workers: int = 2,
         print(f"made {samples} samples of {1 + 3 * SIDE * SIDE:,} bytes in "
               f"{time.perf_counter() - t:.1f}s", file=out)
         t = time.perf_counter()
-        report = ingest(client, tmp, PREFIX, progress=_progress_bar("ingest"))
+        with progress_bar("ingest") as show:
+            report = ingest(client, tmp, PREFIX, progress=show)
         dt = time.perf_counter() - t
-        print(f"ingested {report.files} files, {report.bytes / 2**20:,.0f} MiB in {dt:.1f}s "
-              f"({report.bytes / 2**20 / dt:,.0f} MiB/s, {client.config.block.replicas} replicas)",
+        print(f"ingested {plural(report.files, 'file')}, {report.bytes / 2**20:,.0f} MiB in {dt:.1f}s "
+              f"({report.bytes / 2**20 / dt:,.0f} MiB/s, {client.config.block.replicas} replicas)"
+              + (f"; {plural(report.unchanged, 'file')} unchanged" if report.unchanged else ""),
               file=out)
     client.gc(grace_s=0)  # chunks of an earlier demo's dataset
     dataset = BlobDataset(PREFIX + "/", client=client, decode=decode)

@@ -8,11 +8,15 @@ import sys
 
 import pytest
 
+import blobtier
 from blobtier.cli import main
 
 
 @pytest.fixture
 def cli(region, capsys):
+    with blobtier.connect(region) as c:  # a region to work in (a missing one is an error)
+        c.put("seed/empty", b"")
+
     def run(*args: str) -> tuple[int, str, str]:
         code = main(["--region", region, *args])
         out, err = capsys.readouterr()
@@ -33,7 +37,8 @@ def test_put_get_ls_stat_rm(cli, tmp_path):
     code, out, _ = cli("stat", "ns/file")
     assert "size        300000" in out and "version     1" in out
     assert cli("rm", "ns/file")[0] == 0
-    assert cli("ls", "ns/")[1] == ""
+    code, out, err = cli("ls", "ns/")
+    assert code == 1 and out == "" and "no blobs under 'ns/'" in err
 
 
 def test_user_errors_are_one_line_without_traceback(cli):

@@ -23,8 +23,12 @@ def test_demo_trains_through_the_cache(region):
     assert "samples/s" in text and "stall" in text
 
 
-def test_demo_twice_reuses_the_region(region):
+def test_demo_twice_reuses_the_region(region, capsys):
     with blobtier.connect(region) as client:
         demo.run(client, samples=30, epochs=1, workers=0, batch_size=10, out=io.StringIO())
-        demo.run(client, samples=30, epochs=1, workers=0, batch_size=10, out=io.StringIO())
-        assert all(i.version == 2 for i in client.ls(demo.PREFIX + "/"))
+        second = io.StringIO()
+        demo.run(client, samples=30, epochs=1, workers=0, batch_size=10, out=second)
+        # The same dataset again: ingest finds every file unchanged and writes no new version.
+        assert all(i.version == 1 for i in client.ls(demo.PREFIX + "/"))
+        assert "30 files unchanged" in second.getvalue()
+    assert "\r" not in capsys.readouterr().err  # no progress bar off a terminal

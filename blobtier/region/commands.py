@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from blobtier.config import RegionConfig, resolve
+from blobtier.humanize import plural
 
 Add = Callable[[str, Callable, str], argparse.ArgumentParser]
 
@@ -26,8 +27,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     config = _config(args)
     region = supervisor.up(config)
-    print(f"region {config.root} is up: {len(region.services)} services; `blobtier status` shows "
-          "them, `blobtier down` stops them")
+    print(f"region {config.root} is up: {plural(len(region.services), 'service')}; `blobtier status` "
+          "shows them, `blobtier down` stops them")
     return 0
 
 
@@ -37,7 +38,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     config = _config(args)
     timeout = args.timeout if args.timeout is not None else config.services.stop_timeout_s
     region = supervisor.down(config.root, timeout, config=config)
-    print(f"region {config.root} is down ({len(region.services)} services stopped)")
+    print(f"region {config.root} is down ({plural(len(region.services), 'service')} stopped)")
     return 0
 
 
@@ -94,11 +95,17 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def cmd_warmup(args: argparse.Namespace) -> int:
     from blobtier import connect
-    from blobtier.demo import _progress_bar
+    from blobtier.progress import progress_bar
+    from blobtier.region.browse import nothing_under, require_region
+    from blobtier.runstate import resolve_running
     from blobtier.sdk.warmup import warmup
 
-    with connect(args.config or args.region) as client:
-        show = _progress_bar(f"warmup {args.tier}") if sys.stderr.isatty() and not args.quiet else None
+    config = resolve_running(args.config or args.region)
+    require_region(config, args.config or args.region)
+    with connect(config) as client, \
+            progress_bar(f"warmup {args.tier}", "blobs", quiet=args.quiet) as show:
+        if next(iter(client.iter_ls(args.prefix)), None) is None:
+            raise nothing_under(args.prefix)
         report = warmup(client, args.prefix, args.tier, progress=show)
     print(report.summary())
     return 0 if not report.failed else 1

@@ -47,11 +47,13 @@ _STREAM_OVER = 64 << 20  # files larger than this are streamed, not read whole
 @dataclass(frozen=True)
 class IngestReport:
     """``files`` and ``bytes`` stored or registered; ``skipped``: (source path, why) of each
-    file left out (module docstring)."""
+    file left out (module docstring); ``unchanged``: files not written again because the
+    key's current version has their size and chunk checksums."""
 
     files: int
     bytes: int
     skipped: tuple[tuple[str, str], ...] = ()
+    unchanged: int = 0
 
 
 Skipped = list[tuple[str, str]]
@@ -159,14 +161,17 @@ def _list_local(src: str, root: str, skipped: Skipped) -> tuple[None, str, list[
 
 
 def ingest(client, src: str, dest_prefix: str, *, threads: int = 8,
-           progress: Progress | None = None) -> IngestReport:
+           progress: Progress | None = None, force: bool = False) -> IngestReport:
     """Copy every file under ``src`` to ``dest_prefix/<relative path>``; a file with a
-    bad name or that cannot be read is skipped (module docstring)."""
+    bad name or that cannot be read is skipped (module docstring). A file whose key's
+    current version has its size and chunk checksums is not written again (counted in
+    ``unchanged``) unless ``force``."""
     skipped: Skipped = []
     fs, _, files = list_source(src, skipped)
     plan = _plan(files, dest_prefix, skipped)
+    current = {} if force else _current_records(client, plan)
     total_bytes = sum(size for _, _, size in plan)
-    done_files = done_bytes = 0
+    done_files = done_bytes = unchanged = 0
 
     def read(full: str) -> bytes:
         with _reading(full):
@@ -174,6 +179,13 @@ def ingest(client, src: str, dest_prefix: str, *, threads: int = 8,
                 with open(full, "rb") as f:
                     return f.read()
             return fs.cat_file(full)
+
+    def read_new(key: str, full: str) -> bytes | None:
+        """The file's bytes, or None when the key's current version holds them already."""
+        rec = current.get(key)
+        if rec is not None and _same_chunks(rec, _chunks_of(full, fs, rec.chunk_size)):
+            return None
+        return read(full)
 
     def report() -> None:
         if progress is not None:
@@ -183,16 +195,21 @@ def ingest(client, src: str, dest_prefix: str, *, threads: int = 8,
     with ThreadPoolExecutor(threads, thread_name_prefix="blobtier-ingest") as pool:
         batch: list[tuple[str, bytes]] = []
         batch_bytes = 0
-        for key, full, size, fut in _read_ahead(pool, plan, read):
+        for key, full, size, fut in _read_ahead(pool, plan, read_new):
             try:
                 if fut is None:  # a large file: stream it
-                    _stream(client, key, full, fs)
+                    if not _stream(client, key, full, fs, current.get(key)):
+                        unchanged += 1
+                        continue
                     done_files, done_bytes = done_files + 1, done_bytes + size
                     report()
                     continue
                 data = fut.result()
             except _SourceFailed as exc:
                 skipped.append((full, str(exc)))
+                continue
+            if data is None:
+                unchanged += 1
                 continue
             batch.append((key, data))
             batch_bytes += len(data)
@@ -205,19 +222,55 @@ def ingest(client, src: str, dest_prefix: str, *, threads: int = 8,
             client.put_many(batch)
             done_files, done_bytes = done_files + len(batch), done_bytes + batch_bytes
             report()
-    return IngestReport(done_files, done_bytes, tuple(skipped))
+    return IngestReport(done_files, done_bytes, tuple(skipped), unchanged)
 
 
-def _stream(client, key: str, full: str, fs: fsspec.AbstractFileSystem | None) -> None:
-    """Store one large file as it is read; a read error aborts its blob (nothing commits)."""
+def _current_records(client, plan: list[tuple[str, str, int]]) -> dict:
+    """key -> current record, for the planned files whose key holds a copied blob of the
+    same size (the only ones that may be unchanged)."""
+    found = {}
+    client._live()  # a forked child opens its own store before reading client._metadata
+    for start in range(0, len(plan), 4096):
+        part = plan[start:start + 4096]
+        for (key, _, size), rec in zip(part, client._metadata.get_many([k for k, _, _ in part])):
+            if rec is not None and rec.size == size and not rec.origin:
+                found[key] = rec
+    return found
+
+
+def _chunks_of(full: str, fs: fsspec.AbstractFileSystem | None, chunk_size: int) -> Iterator[bytes]:
+    """The file's bytes in ``chunk_size`` pieces, read as they are asked for."""
+    with _reading(full):
+        f = open(full, "rb") if fs is None else fs.open(full, "rb")
+        with f:
+            while piece := f.read(chunk_size):
+                yield piece
+
+
+def _same_chunks(rec, pieces: Iterator[bytes]) -> bool:
+    """Whether ``pieces`` have ``rec``'s chunk checksums (stops at the first that differs)."""
+    n = 0
+    for n, piece in enumerate(pieces, 1):
+        if n > rec.n_chunks or checksum.compute(rec.checksum_algo, piece) != rec.checksums[n - 1]:
+            return False
+    return n == rec.n_chunks
+
+
+def _stream(client, key: str, full: str, fs: fsspec.AbstractFileSystem | None, current=None) -> bool:
+    """Store one large file as it is read; a read error aborts its blob (nothing commits).
+    False, storing nothing, when ``current`` (the key's record) already holds its bytes."""
+    if current is not None and _same_chunks(current, _chunks_of(full, fs, current.chunk_size)):
+        return False
     with _reading(full):
         f = open(full, "rb") if fs is None else fs.open(full, "rb")
     with f:
         client.put(key, _Source(f, full))
+    return True
 
 
 def _read_ahead(pool: ThreadPoolExecutor, plan: list[tuple[str, str, int]],
-                read: Callable[[str], bytes]) -> Iterator[tuple[str, str, int, Future | None]]:
+                read: Callable[[str, str], bytes | None],
+                ) -> Iterator[tuple[str, str, int, Future | None]]:
     """Yield the plan in order with reads running at most ~2 batches ahead."""
     window: deque[tuple[str, str, int, Future | None]] = deque()
     ahead = 0
@@ -225,7 +278,7 @@ def _read_ahead(pool: ThreadPoolExecutor, plan: list[tuple[str, str, int]],
         if size > _STREAM_OVER:
             window.append((key, full, size, None))
         else:
-            window.append((key, full, size, pool.submit(read, full)))
+            window.append((key, full, size, pool.submit(read, key, full)))
             ahead += size
         while window and (ahead > 2 * _BATCH_BYTES or len(window) > 2 * _BATCH_FILES):
             item = window.popleft()

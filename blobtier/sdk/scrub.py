@@ -38,6 +38,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from blobtier import checksum
 from blobtier.chunks import ChunkStore
 from blobtier.errors import BlobNotFound, BlobtierError, ChecksumError, InvalidRequest
+from blobtier.humanize import plural
 from blobtier.metadata.schema import BlobRecord
 from blobtier.metadata.store import MetadataStore
 
@@ -131,7 +132,8 @@ class ScrubReport:
         """The summary printed by ``blobtier scrub``: one row per server, then the chunks."""
         head = f"{'server':<8} {'good':>9} {'missing':>8} {'corrupt':>8} {'unreachable':>11}"
         head += f" {'repaired':>9} {'failed':>7}" if self.repair else ""
-        lines = [f"scrub {self.prefix or '(everything)'}: {self.blobs} blobs, {self.chunks} chunks, "
+        lines = [f"scrub {self.prefix or '(everything)'}: {plural(self.blobs, 'blob')}, "
+                 f"{plural(self.chunks, 'chunk')}, "
                  f"{self.bytes / 2**20:,.1f} MiB of replicas read", head]
         rows = sorted(self.servers.items()) + [("all", self.total)]
         for name, t in rows:

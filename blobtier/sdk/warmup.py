@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from blobtier.chunks import ChunkRef
 from blobtier.errors import InvalidRequest, TierUnavailable
+from blobtier.humanize import plural
 from blobtier.metrics import delta
 
 Progress = Callable[[int, int, int, int], None]  # (blobs, bytes, total blobs, total bytes)
@@ -37,7 +38,8 @@ class WarmupReport:
     from_tiers: dict[str, int] | None = None  # l1: where fetched chunks came from
 
     def summary(self) -> str:
-        text = (f"warmed {self.blobs} blobs ({self.chunks} chunks, {self.bytes / 2**20:,.1f} MiB) into "
+        text = (f"warmed {plural(self.blobs, 'blob')} ({plural(self.chunks, 'chunk')}, "
+                f"{self.bytes / 2**20:,.1f} MiB) into "
                 f"{self.tier.upper()}: {self.cached} already there, {self.fetched} fetched, "
                 f"{self.rejected} not admitted, {self.failed} failed")
         if self.from_tiers:
