@@ -12,7 +12,8 @@ are turned into tensors three ways, all in one run:
 Each tensor is consumed once, as a decode or collate would: ``read`` sums every byte;
 ``write`` adds one in place (for ``shared`` the arena is written: the benchmark refills
 it). Reported: microseconds per chunk (lookup + tensor + consume; the lookup is the same
-in every column) and as_tensor's ratio to the old path and to a copy.
+in every column), as_tensor's ratio to the old path and to a copy, and the warnings
+as_tensor raised (torch warns of a tensor over read-only memory; expected: 0).
 
     python benchmarks/as_tensor.py
     python benchmarks/as_tensor.py --seconds 2 --out as_tensor.json
@@ -59,15 +60,19 @@ def _consume(t: torch.Tensor, write: bool) -> None:
 
 
 def per_chunk_us(l1: SharedL1Cache, keys: list[ChunkKey], way: str, write: bool,
-                 seconds: float) -> float:
+                 seconds: float) -> tuple[float, int]:
+    """Microseconds per chunk, and the warnings raised (torch's "not writable" one)."""
     make, n = WAYS[way], 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for i in range(0, len(keys), BATCH):
-            for view in l1.get_many(keys[i:i + BATCH]).values():
-                _consume(make(view), write)
-                n += 1
-    return (time.perf_counter() - t0) / n * 1e6
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for i in range(0, len(keys), BATCH):
+                for view in l1.get_many(keys[i:i + BATCH]).values():
+                    _consume(make(view), write)
+                    n += 1
+        us = (time.perf_counter() - t0) / n * 1e6
+    return us, len(caught)
 
 
 def run_size(size: int, count: int, seconds: float) -> dict:
@@ -79,10 +84,13 @@ def run_size(size: int, count: int, seconds: float) -> dict:
         data = os.urandom(size)
         for k in keys:
             l1.put(k, data)
-        row: dict = {"chunk_KiB": size >> 10}
+        row: dict = {"chunk_KiB": size >> 10, "as_tensor_warnings": 0}
         for write in (False, True):
             for way in WAYS:
-                row[f"{'write' if write else 'read'}_{way}_us"] = per_chunk_us(l1, keys, way, write, seconds)
+                us, caught = per_chunk_us(l1, keys, way, write, seconds)
+                row[f"{'write' if write else 'read'}_{way}_us"] = us
+                if way == "as_tensor":
+                    row["as_tensor_warnings"] += caught
         for op in ("read", "write"):
             row[f"{op}_vs_shared"] = row[f"{op}_as_tensor_us"] / row[f"{op}_shared_us"]
             row[f"{op}_vs_copy"] = row[f"{op}_as_tensor_us"] / row[f"{op}_copy_us"]
@@ -99,13 +107,14 @@ def main() -> None:
     args = p.parse_args()
     rows = [run_size(size, max(BATCH, args.bytes // size), args.seconds) for size in SIZES]
     cols = ["chunk_KiB"] + [f"{op}_{w}_us" for op in ("read", "write") for w in WAYS] + [
-        "read_vs_shared", "read_vs_copy", "write_vs_shared", "write_vs_copy"]
+        "read_vs_shared", "read_vs_copy", "write_vs_shared", "write_vs_copy", "as_tensor_warnings"]
     print(h.table(rows, cols, "per L1 hit: lookup + tensor + one pass over it (us; ratios: as_tensor "
                               "over the old shared view and over a copy)"))
     big = rows[-1]
     summary = (f"as_tensor read of a {big['chunk_KiB']} KiB hit {big['read_vs_shared']:.2f}x the old "
                f"unsafe view, {big['read_vs_copy']:.2f}x a copy; 4 KiB "
-               f"{rows[0]['read_vs_shared']:.2f}x / {rows[0]['read_vs_copy']:.2f}x")
+               f"{rows[0]['read_vs_shared']:.2f}x / {rows[0]['read_vs_copy']:.2f}x; warnings from "
+               f"as_tensor: {sum(r['as_tensor_warnings'] for r in rows)}")
     print(summary)
     h.write_json(args.out, "as_tensor", vars(args), rows, summary)
 
