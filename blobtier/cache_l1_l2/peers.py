@@ -30,6 +30,7 @@ import grpc
 from blobtier.cache_l1_l2.l1 import SharedL1Cache
 from blobtier.cache_l1_l2.owner import ArenaOwner
 from blobtier.chunks import Buffer, ChunkKey
+from blobtier.grants import KeyRing
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc.auth import TokenTable
 from blobtier.rpc.cache_service import CacheServicer
@@ -107,11 +108,11 @@ class PeerServer(Service):
     """
 
     def __init__(self, owner: ArenaOwner, addr: str, tls: Tls | None = None, workers: int = 16,
-                 auth: TokenTable | None = None) -> None:
+                 auth: TokenTable | None = None, grants: KeyRing | None = None) -> None:
         with ExitStack() as owned:
             self.cache = ArenaPeerCache(owner)
             owned.callback(self.cache.close)
-            self._start([(wire.add_cache_service, CacheServicer(self.cache)),
+            self._start([(wire.add_cache_service, CacheServicer(self.cache, None, grants, auth)),
                          (pb_grpc.add_CacheAdminServicer_to_server, _Admin(self.cache))],
                         addr, tls, workers=workers, auth=auth, services=SERVICES, owned=owned.pop_all())
 

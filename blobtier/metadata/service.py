@@ -24,7 +24,8 @@ component) of each key it names: Get and GetMany need ``read`` there, Commit, De
 GrantWrite ``write``; a refusal is PERMISSION_DENIED at once, before the store is read. A
 listing leaves out the keys and subdirectories of namespaces the token cannot read, so
 they are never revealed (a page may then hold fewer entries than asked, or none, with a
-``next_page_token``). RegisterOrigins needs ``admin`` on ``*``. With a grant key ring
+``next_page_token``); a listing inside one namespace (a prefix with a '/') the token cannot
+read is refused. RegisterOrigins needs ``admin`` on ``*``. With a grant key ring
 (``grants``) each record served carries a read grant for its blob version, and GrantWrite
 mints blob ids with write grants (``blobtier/grants.py``).
 """
@@ -201,6 +202,8 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             limit = request.limit or DEFAULT_PAGE
             if limit > MAX_PAGE:
                 raise InvalidRequest(f"limit must be at most {MAX_PAGE}, got {limit}")
+            if "/" in request.prefix:  # inside one namespace: refused outright, as a Get is
+                self._need(context, [request.prefix], "read")
             rows = self._rows(request.prefix, request.delimiter, _page_token(request.page_token), limit)
             readable = self._readable(context)
             entries = [pb.ListEntry(key=key, record=b"" if rec is None else schema.encoded(rec),
