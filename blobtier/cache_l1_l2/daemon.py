@@ -37,6 +37,7 @@ from blobtier.metrics import serve_metrics, stop_metrics
 
 if TYPE_CHECKING:  # grpc loads only in a daemon that serves peers
     from blobtier.cache_l1_l2.peers import PeerServer
+    from blobtier.grants import KeyRing
     from blobtier.rpc.auth import TokenTable
     from blobtier.rpc.tls import Tls
 
@@ -128,6 +129,8 @@ class HostDaemon:
         peers: the cluster's daemons (``host:port`` as each listens), for clients' L2.
         tls: serve peers with TLS.
         auth: the tokens peers must present (None: none needed).
+        grants: the region key ring: peers are served chunks only under its grants
+            (``rpc/cache_service.py``; None: no grants needed).
         namespace_policies: ``{namespace: policy name}`` for namespaces that evict by
             another policy than ``policy`` (``owner.py``).
     """
@@ -135,7 +138,8 @@ class HostDaemon:
     def __init__(self, memory: int, policy: str = "sieve", socket_path: str | None = None,
                  metrics_port: int | None = None, listen: str | None = None,
                  peers: tuple[str, ...] = (), tls: Tls | None = None, auth: TokenTable | None = None,
-                 namespace_policies: Mapping[str, str] | None = None) -> None:
+                 namespace_policies: Mapping[str, str] | None = None,
+                 grants: KeyRing | None = None) -> None:
         self.socket_path = socket_path or default_socket()
         check_socket_dir(os.path.dirname(self.socket_path) or ".")  # a clear refusal, first
         if listen is None and peers:
@@ -153,7 +157,7 @@ class HostDaemon:
             if listen is not None:
                 from blobtier.cache_l1_l2.peers import PeerServer, cluster
 
-                self.peer_server = PeerServer(self.owner, listen, tls, auth=auth)
+                self.peer_server = PeerServer(self.owner, listen, tls, auth=auth, grants=grants)
                 running.callback(self.peer_server.stop, 1)
                 self.server.info = {"peer": self.peer_server.address,
                                     "peers": cluster(self.peer_server.address, peers)}

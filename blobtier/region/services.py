@@ -7,6 +7,7 @@ Layout under the region root (beside the embedded region's ``metadata/`` and ``b
     redis/NNN/      Redis node NNN's nodes.conf and AOF (metadata.backend redis-cluster; redis.py)
     logs/<name>.log each service's stdout and stderr
     run/region.json the state file (``state.py``); run/daemon.sock the daemon's socket
+    run/grant.key   the region key signing grants (0600; with auth.token_file and meta_servers)
 
 Every service is ``python -m blobtier.cli ...`` with the same interpreter as ``up``, but
 the Redis nodes (``redis-server``).
@@ -58,6 +59,19 @@ def daemon_socket(config: RegionConfig) -> str:
     return os.path.join(socket_dir(), f"region-{digest}.sock")
 
 
+def uses_grants(config: RegionConfig) -> bool:
+    """Grants need tokens and a metadata service to sign them: clients of a region's
+    RocksDB opened directly have nothing to sign their reads (the Unix user is the
+    boundary there)."""
+    return bool(config.auth.token_file) and config.services.meta_servers > 0
+
+
+def grant_key_file(config: RegionConfig) -> str:
+    """The region key that signs and checks grants (``blobtier/grants.py``); a path in
+    argv, the key itself only in the file."""
+    return os.path.join(config.root, "run", "grant.key")
+
+
 def flash_dir(config: RegionConfig) -> str:
     return _under(config.root, config.services.flash_dir, "flash")
 
@@ -84,6 +98,8 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
     # Every server checks the token file; a flash node reads chunk servers with auth.token.
     # A service given TLS files serves with them and presents them when it calls others.
     token_file = ["--token-file", config.auth.token_file] if config.auth.token_file else []
+    if uses_grants(config):  # the metadata service signs grants, data services check them
+        token_file += ["--grant-key-file", grant_key_file(config)]
 
     def auth(name: str) -> list[str]:
         return token_file + tls_flags(config, name)
