@@ -113,3 +113,6 @@ def test_grants_of_a_rotated_key_work_until_it_is_retired(tmp_path, services):
         _restart(chunks, key_file)
         with pytest.raises(Forbidden):
             a.get("a/x")
+        # Refused at once: one request per chunk, no failover to the other replica and no
+        # retry rounds (a refusal is not a server that cannot answer).
+        assert sum(c.faults.counters()["requests"] for c in chunks) <= 2
