@@ -393,15 +393,28 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     from blobtier.cache_l1_l2.owner import parse_namespace_policies
 
     namespace_policies = parse_namespace_policies(args.namespace_policy)
+    source = None
+    if args.fill_block_endpoints:  # the chunks homed here are read through (region/hosts.py)
+        import os
+
+        from blobtier.region.hosts import home_source
+
+        source = home_source(_csv(args.fill_block_endpoints), _csv(args.fill_flash_endpoints or ""),
+                             token=os.environ.get("BLOBTIER_AUTH_TOKEN") or None)
     daemon = HostDaemon(parse_size(args.memory, "--memory"), args.policy, args.socket,
                         args.metrics_port, listen=args.listen, peers=peers,
                         namespace_policies=namespace_policies, auth=_token_table(args),
-                        tls=_server_tls(args), grants=_grant_ring(args))
+                        tls=_server_tls(args), fill_source=source, host_id=args.host_id or "",
+                        grants=_grant_ring(args))
     extra = f", metrics on 127.0.0.1:{daemon.metrics_port}" if daemon.metrics_port else ""
     if daemon.peer_server is not None:
         extra += f", L2 peers served on {daemon.peer_server.address}"
     daemon.serve_until_signalled(ready=lambda: print(
         f"blobtier daemon: {args.memory} L1 ({args.policy}) on {daemon.socket_path}{extra}", flush=True))
+
+
+def _csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
@@ -612,6 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve this arena to the cluster's other daemons as their L2")
     p.add_argument("--peers", default=None, metavar="HOST:PORT,...",
                    help="the cluster's daemons as each --listens (the same list on every host)")
+    p.add_argument("--fill-block-endpoints", default=None, metavar="HOST:PORT,...",
+                   help="with --listen: read a chunk homed here that peers miss through from these "
+                        "chunk servers (block.endpoints order), once however many ask")
+    p.add_argument("--fill-flash-endpoints", default=None, metavar="HOST:PORT,...",
+                   help="...through these flash nodes (L3) first")
+    p.add_argument("--host-id", default=None, help="the simulated host this daemon is (host-N)")
     p.add_argument("--memory", default="1GiB", help="the L1's memory cap, e.g. 16GiB")
     p.add_argument("--policy", default="sieve", help="eviction: sieve, lru, keep, clairvoyant")
     p.add_argument("--namespace-policy", action="append", default=[], metavar="NAMESPACE=POLICY",

@@ -123,7 +123,10 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
                 *_metrics_flag(metrics), *auth(f"flash-{j}")]
         out.append(ServiceSpec(f"flash-{j}", "flash", argv, f"{sc.host}:{port}", metrics, None,
                                os.path.join(logs, f"flash-{j}.log"), token_env))
-    if sc.daemon:
+    if sc.daemon and sc.hosts > 1:
+        flash = [s.address for s in out if s.kind == "flash"]
+        out += _host_specs(config, ports, cli + ["daemon"], endpoints, flash, auth, token_env)
+    elif sc.daemon:
         _, metrics = ports["daemon"]
         sock = daemon_socket(config)
         argv = [*cli, "daemon", "--memory", str(sc.daemon_memory_bytes), "--policy", sc.daemon_policy,
@@ -134,6 +137,34 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
                 argv += ["--peers", ",".join(sc.daemon_peers)]
         out.append(ServiceSpec("daemon", "daemon", argv, None, metrics, sock,
                                os.path.join(logs, "daemon.log")))
+    return out
+
+
+def host_socket(config: RegionConfig, n: int) -> str:
+    """The socket of host ``n``'s daemon: the region's daemon socket with ``-n`` added."""
+    stem, ext = os.path.splitext(daemon_socket(config))
+    return f"{stem}-{n}{ext}"
+
+
+def _host_specs(config: RegionConfig, ports: dict[str, tuple[int | None, int | None]], daemon: list[str],
+                block: list[str], flash: list[str], auth: Callable[[str], list[str]],
+                env: dict[str, str]) -> list[ServiceSpec]:
+    """A daemon per simulated host (``region/hosts.py``): each the others' L2 peer, each
+    reading the chunks homed at it through from the flash nodes and chunk servers."""
+    from blobtier.region.hosts import host_address, host_id
+
+    sc, logs = config.services, os.path.join(config.root, "logs")
+    names = [f"daemon-{h}" for h in range(sc.hosts)]
+    listen = [f"{host_address(sc.host, h)}:{ports[name][0]}" for h, name in enumerate(names)]
+    out = []
+    for h, name in enumerate(names):
+        argv = [*daemon, "--memory", str(sc.daemon_memory_bytes), "--policy", sc.daemon_policy,
+                "--socket", host_socket(config, h), "--host-id", host_id(h), "--listen", listen[h],
+                "--peers", ",".join(listen), "--fill-block-endpoints", ",".join(block),
+                *(["--fill-flash-endpoints", ",".join(flash)] if flash else []),
+                *_metrics_flag(ports[name][1]), *auth(name)]
+        out.append(ServiceSpec(name, "daemon", argv, listen[h], ports[name][1], host_socket(config, h),
+                               os.path.join(logs, f"{name}.log"), env))
     return out
 
 

@@ -215,7 +215,7 @@ def _check_ports_free(host: str, todo: list[ServiceSpec]) -> None:
     for spec in todo:
         ports = [(spec.address.rsplit(":", 1)[1], "")] if spec.address else []
         ports += [(str(spec.metrics_port), " metrics")] if spec.metrics_port else []
-        where = host
+        where = spec.address.rpartition(":")[0] if spec.kind == "daemon" and spec.address else host
         if spec.kind == "redis":  # on loopback, whatever services.host says
             where = redis.HOST
             ports.append((str(int(ports[0][0]) + REDIS_BUS_OFFSET), " cluster bus"))
