@@ -112,6 +112,13 @@ class StorageFull(BlobtierError, _WithErrno):
     ERRNO = errno.ENOSPC
 
 
+class QuotaExceeded(StorageFull):
+    """A write would take a namespace past its quota of bytes or blobs (``errno``
+    EDQUOT); nothing of it was committed."""
+
+    ERRNO = errno.EDQUOT
+
+
 class RegionLocked(BlobtierError, _WithErrno, BlockingIOError):
     """Another process holds the embedded region's writer lock."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Protocol
 
 
@@ -301,3 +301,21 @@ def make_policy(name: str) -> EvictionPolicy:
         return POLICIES[name]()
     except KeyError:
         raise ValueError(f"unknown eviction policy {name!r}; choose one of {sorted(POLICIES)}") from None
+
+
+def check_shares(shares: Mapping[str, float], what: str = "namespace share") -> dict[str, float]:
+    """Per-namespace shares of a cache (the fraction of its capacity kept for each
+    namespace, used by L1 and L3) as a plain dict. Raises ``InvalidRequest`` naming the
+    first bad entry (not a namespace, a share outside (0, 1]) or a sum past 1."""
+    from blobtier.errors import InvalidRequest
+
+    out = {}
+    for ns, share in shares.items():
+        if not isinstance(ns, str) or not ns or "/" in ns or len(ns.encode()) > 255:
+            raise InvalidRequest(f"{what} {ns!r}: not a namespace")
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise InvalidRequest(f"{what} {ns}={share!r}: a share is a fraction in (0, 1]")
+        out[ns] = float(share)
+    if sum(out.values()) > 1 + 1e-9:
+        raise InvalidRequest(f"{what}s sum to {sum(out.values()):.3g}, more than 1")
+    return out

@@ -72,9 +72,8 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
         region's operator (an admin token: gc, scrub's repairs)."""
         if self.grants is None:
             return
-        bearer = caller(self.auth, context)
         try:
-            check_chunk(self.grants, raw, digest, version, index, right, seen, bearer)
+            check_chunk(self.grants, raw, digest, version, index, right, seen)
         except Forbidden:
             if not self._is_admin(context):
                 raise

@@ -23,6 +23,13 @@ its policy gives up nothing, from the namespace holding the most bytes, then the
 A ``keep`` namespace never gives up a chunk. (The equal-share guard keeps a namespace
 that arrives at a full arena from evicting only its own few chunks forever.)
 
+**Shares.** A namespace may be given a share of the arena (``namespace_shares``, a
+fraction; ``configure_namespaces`` changes them while serving: the daemon reads them from
+the region's namespace objects, ``blobtier ns set NS --l1-share``). Its share replaces the
+equal share above, and while it holds no more than its share, no other namespace's fill
+evicts its chunks (neither as a victim nor by moving its pages): such a fill evicts
+elsewhere or is refused.
+
 **Room for a size.** The arena is a slab allocator (``arena.py``): each size class owns
 runs of pages. When a class has no free slot and no free run of pages, the owner takes
 the policy's victim: a victim of the same class frees a slot; a victim of another class
@@ -54,7 +61,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from blobtier import checksum, forks
 from blobtier.cache_l1_l2.arena import Segment, SlabAllocator
 from blobtier.errors import InvalidRequest, TierUnavailable
-from blobtier.eviction import POLICIES, EvictionPolicy, make_policy
+from blobtier.eviction import POLICIES, EvictionPolicy, check_shares, make_policy
 
 Place = tuple[int, int]  # (offset in the segment, length)
 REFUSED, GRANTED, BUSY = 0, 1, 2  # answers to a claim
@@ -121,13 +128,15 @@ class ArenaOwner:
         namespace_policies: ``{namespace: policy name}`` for namespaces that do not use
             the default.
         max_chunk: the largest chunk the arena takes (default: ``default_max_chunk``).
+        namespace_shares: ``{namespace: fraction of the arena}`` kept for it (module doc).
     """
 
     def __init__(self, capacity: int, policy: str = "sieve", name: str | None = None,
                  namespace_policies: Mapping[str, str] | None = None,
-                 max_chunk: int | None = None) -> None:
+                 max_chunk: int | None = None, namespace_shares: Mapping[str, float] | None = None) -> None:
         make_policy(policy)  # a bad name fails here, not on the first fill
         self.namespace_policies = check_namespace_policies(namespace_policies or {})
+        self.namespace_shares = check_shares(namespace_shares or {})
         self.allocator = SlabAllocator(capacity, max_chunk)
         name = name or f"blobtier-l1-{os.getpid()}-{secrets.token_hex(4)}"  # unique per owner
         self.segment = Segment.create(name, self.allocator.capacity)
@@ -354,17 +363,44 @@ class ArenaOwner:
         """The next chunk to evict for a fill of ``namespace`` (the module's rule)."""
         holders = [ns for ns, n in self._ns_bytes.items() if n > 0]
         share = self.allocator.capacity // max(1, len(set(holders) | {namespace}))
+        if namespace in self.namespace_shares:
+            share = int(self.namespace_shares[namespace] * self.allocator.capacity)
         order = sorted(holders, key=lambda ns: -self._ns_bytes[ns])
         if self._ns_bytes[namespace] >= share:
             order.insert(0, namespace)
         elif namespace not in order:
             order.append(namespace)
         for ns in dict.fromkeys(order):
+            if ns != namespace and self._within_share(ns):
+                continue  # kept for it: another namespace's fill never takes it
             policy = self._policies.get(ns)
             victim = policy.victim() if policy is not None else None
             if victim is not None:
                 return victim
         return None
+
+    def _within_share(self, namespace: str) -> bool:
+        """Whether ``namespace`` has a share and holds no more than it."""
+        share = self.namespace_shares.get(namespace)
+        return share is not None and self._ns_bytes[namespace] <= share * self.allocator.capacity
+
+    def configure_namespaces(self, shares: Mapping[str, float], policies: Mapping[str, str]) -> None:
+        """Replace the namespaces' shares, and their policies where given (a namespace
+        whose policy changes files its chunks under the new one, as not yet used).
+
+        Raises ``InvalidRequest`` naming a bad entry (nothing changed then)."""
+        shares = check_shares(shares)
+        policies = check_namespace_policies(policies)
+        with self._cv:
+            self.namespace_shares = shares
+            for ns, name in policies.items():
+                if self.namespace_policies.get(ns, self.policy_name) == name:
+                    continue
+                self.namespace_policies[ns] = name
+                if self._policies.pop(ns, None) is not None:
+                    new = self._policy(ns)
+                    for digest in [d for d, owner in self._ns_of.items() if owner == ns]:
+                        new.insert(digest, accessed=False)
 
     def _pages_to_move(self, offset: int, k: int) -> list[bytes] | None:
         """The chunks to evict to free a run of pages for class ``k`` around the slab of
@@ -392,7 +428,8 @@ class ArenaOwner:
             for offset in used:
                 digest = self._at.get(offset)  # None: a fill in flight, or a zombie
                 if (digest is None or self._pins.get(offset)
-                        or not self._policy(self._ns_of[digest]).evicts):
+                        or not self._policy(self._ns_of[digest]).evicts
+                        or self._within_share(self._ns_of[digest])):
                     return None
                 chunks.append(digest)
                 cost += self.allocator.slot_size(offset)

@@ -8,6 +8,16 @@ and it is rewritten from the start; optionally, its entries read at least
 ``reinsert_hits`` times since they were written are first copied into the new open region.
 An admission policy (``admission.py``) decides which offered chunks are worth a write.
 
+Per-namespace shares: a fill may name its chunk's namespace (the first segment of its
+blob's key), and a namespace may be given a share of the capacity
+(``set_namespace_shares``; a flash node reads them from the region's namespace objects,
+``blobtier ns set NS --l3-share``). When a region is reclaimed for a fill, the entries of
+another namespace that holds no more than its share are copied forward into the new
+region instead of dropped (only what it holds beyond its share goes), so a namespace
+within its share is never evicted by another's fills; a fill that then finds no room is
+declined. Namespaces are known for the entries filled since the node started (they are
+not in the entry headers): recovered entries belong to none.
+
 Contracts, as the ``ChunkCache`` protocol states them:
 
 - a miss is an absent key, never an exception: a chunk that fails its header or checksum
@@ -29,12 +39,13 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from blobtier.checksum import xxh3
 from blobtier.chunks import Buffer, ChunkKey
 from blobtier.errors import InvalidRequest, TierUnavailable
+from blobtier.eviction import check_shares
 from blobtier.flash_l3 import snapshot
 from blobtier.flash_l3.admission import AdmissionPolicy, AdmitAll
 from blobtier.flash_l3.device import ALIGN, Device, DeviceFaults
@@ -72,6 +83,7 @@ class FlashCache:
         faults: failures to inject into the device (tests).
         full_retry_s: after a write fails with ENOSPC, admission stops this long.
         clock: monotonic seconds (tests).
+        namespace_shares: ``{namespace: fraction of the capacity}`` kept for it.
     """
 
     trusted = False  # bytes on disk can rot: the chain re-verifies what it gets
@@ -79,7 +91,8 @@ class FlashCache:
     def __init__(self, root: str, capacity: int, *, region_size: int = DEFAULT_REGION_SIZE,
                  admission: AdmissionPolicy | None = None, reinsert_hits: int = 0,
                  faults: DeviceFaults | None = None, full_retry_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic, name: str = "l3") -> None:
+                 clock: Callable[[], float] = time.monotonic, name: str = "l3",
+                 namespace_shares: Mapping[str, float] | None = None) -> None:
         if capacity < 2 * region_size:
             raise InvalidRequest(f"flash capacity {capacity} must hold at least two regions of "
                                  f"{region_size} bytes")
@@ -87,6 +100,7 @@ class FlashCache:
         self.name = name
         self.admission = admission or AdmitAll()
         self.reinsert_hits = reinsert_hits
+        self.namespace_shares = check_shares(namespace_shares or {}, "flash namespace share")
         self.full_retry_s = full_retry_s
         self._clock = clock
         self._full_until = float("-inf")
@@ -184,17 +198,29 @@ class FlashCache:
             return key.digest() in self._index
 
     # -- writing -------------------------------------------------------------------------
-    def put(self, key: ChunkKey, data: Buffer, touch: bool = True) -> bool:
-        """Offer a chunk; True if it is cached now. The admission policy and a full disk
-        may decline it."""
+    def set_namespace_shares(self, shares: Mapping[str, float]) -> None:
+        """Replace the per-namespace shares (module docstring). Raises ``InvalidRequest``
+        naming a bad entry; nothing changes then."""
+        shares = check_shares(shares, "flash namespace share")
+        with self._lock:
+            self.namespace_shares = shares
+
+    def namespace_bytes(self) -> dict[str, int]:
+        """Bytes cached per namespace (of the entries filed under one)."""
+        with self._lock:
+            return dict(self._index.ns_bytes)
+
+    def put(self, key: ChunkKey, data: Buffer, touch: bool = True, namespace: str = "") -> bool:
+        """Offer a chunk (of ``namespace``: shares); True if it is cached now. The
+        admission policy and a full disk may decline it."""
         view = memoryview(data).cast("B")
         digest = key.digest()
         if len(view) > self.max_chunk or self._disk_full() or not self.admission.admit(digest, len(view)):
             self._count("admissions_rejected")
             return False
-        return self.insert(key, view)
+        return self.insert(key, view, namespace=namespace)
 
-    def insert(self, key: ChunkKey, data: Buffer, checksum: int | None = None) -> bool:
+    def insert(self, key: ChunkKey, data: Buffer, checksum: int | None = None, namespace: str = "") -> bool:
         """Write a chunk past the admission policy (a prefetch asked for it); a full disk
         still declines it."""
         view = memoryview(data).cast("B")
@@ -208,7 +234,7 @@ class FlashCache:
             if digest in self._index:
                 return True  # chunks never change: the cached copy is as good
             try:
-                got = self._reserve(entry_span(n))
+                got = self._reserve(entry_span(n), namespace)
             except OSError as exc:
                 self._write_failed(exc)
                 return False
@@ -216,10 +242,10 @@ class FlashCache:
                 self.counters["admissions_rejected"] += 1
                 return False
             region, at = got
-        return self._write(region, at, key, digest, view, h)
+        return self._write(region, at, key, digest, view, h, namespace=namespace)
 
     def _write(self, region: Region, at: int, key: ChunkKey, digest: bytes, view: memoryview,
-               h: int, hits: int = 0) -> bool:
+               h: int, hits: int = 0, namespace: str = "") -> bool:
         n = len(view)
         pad = entry_span(n) - ENTRY_HEADER - n
         try:
@@ -232,7 +258,7 @@ class FlashCache:
             return False
         with self._lock:
             region.writers -= 1
-            self._index.insert(digest, Entry(region.slot, region.seq, at, n, h, hits))
+            self._index.insert(digest, Entry(region.slot, region.seq, at, n, h, hits), namespace)
             region.keys.append(digest)
             self.counters["inserts"] += 1
             self.counters["bytes_written"] += n
@@ -252,18 +278,18 @@ class FlashCache:
     def _disk_full(self) -> bool:
         return self._clock() < self._full_until
 
-    def _reserve(self, span: int) -> tuple[Region, int] | None:
-        """(region, offset) for an append; reclaims a region when the open one is full.
-        Called with the lock held; ``OSError`` when no region could be made ready."""
+    def _reserve(self, span: int, namespace: str = "") -> tuple[Region, int] | None:
+        """(region, offset) for an append of ``namespace``; reclaims a region when the open
+        one is full. Called with the lock held; ``OSError`` when no region could be made ready."""
         got = self._regions.reserve(span)
         if got is None:
             self._regions.seal()
-            if self._fresh_region() is None:
+            if self._fresh_region(namespace) is None:
                 return None
             got = self._regions.reserve(span)
         return got
 
-    def _fresh_region(self) -> Region | None:
+    def _fresh_region(self, namespace: str = "") -> Region | None:
         if self._regions.can_grow():
             try:
                 return self._regions.grow()
@@ -280,39 +306,75 @@ class FlashCache:
         victim = next((r for r in self._regions.sealed if not r.writers), None)
         if victim is None:
             return None
-        kept = self._evict(victim)
+        kept = self._evict(victim, namespace)
         self._regions.start(victim)
-        for key, data, h, hits in kept:
+        for key, data, h, hits, ns in kept:
             got = self._regions.reserve(entry_span(len(data)))
             if got is not None:
-                self._reinsert(got, key, data, h, hits)
+                self._reinsert(got, key, data, h, hits, ns)
         return victim
 
-    def _evict(self, region: Region) -> list[tuple[ChunkKey, memoryview, int, int]]:
-        """Drop a region's entries from the index; return the hot ones to keep (if any)."""
+    def _evict(self, region: Region, filler: str = "") -> list[tuple[ChunkKey, memoryview, int, int, str]]:
+        """Drop a region's entries from the index (for a fill of ``filler``); return those
+        to copy forward: first what keeps other namespaces at their shares, then hot ones."""
+        ns_of = {d: self._index.namespace(d) for d in region.keys} if self.namespace_shares else {}
+        keep = self._share_keep(region, ns_of, filler)
         gone = self._index.evict(region.keys, region.slot, region.seq)
         self.counters["evicted_regions"] += 1
         self.counters["evicted_entries"] += len(gone)
+        kept: list[tuple[ChunkKey, memoryview, int, int, str]] = []
+        budget = self.region_size - ALIGN
+        for digest, entry in gone:  # kept for a share: the whole region may be needed
+            ns = ns_of.get(digest, "")
+            if keep.get(ns, 0) > 0 and (got := self._copy(entry, budget, entry.hits)) is not None:
+                kept.append((*got, ns))
+                keep[ns] -= entry.length
+                budget -= entry_span(entry.length)
         if not self.reinsert_hits:
-            return []
-        kept, budget = [], (self.region_size - ALIGN) // 2
-        for _, entry in gone:
-            span = entry_span(entry.length)
-            if entry.hits < self.reinsert_hits or span > budget:
+            return kept
+        copied = {k[0].digest() for k in kept}
+        hot = min(budget, (self.region_size - ALIGN) // 2)
+        for digest, entry in gone:
+            if entry.hits < self.reinsert_hits or digest in copied:
                 continue
-            try:
-                buf = self.device.read(entry.slot, entry.offset, span)
-            except OSError:
-                continue
-            head = parse_entry_header(buf)
-            data = memoryview(buf)[ENTRY_HEADER:ENTRY_HEADER + entry.length]
-            if head is not None and head.seq == entry.seq and xxh3(data) == entry.xxh3:
-                kept.append((head.key, data, entry.xxh3, entry.hits - self.reinsert_hits))
-                budget -= span
+            if (got := self._copy(entry, hot, entry.hits - self.reinsert_hits)) is not None:
+                kept.append((*got, ns_of.get(digest, "")))
+                hot -= entry_span(entry.length)
         return kept
 
+    def _share_keep(self, region: Region, ns_of: dict[bytes, str], filler: str) -> dict[str, int]:
+        """Per namespace with a share (but the filler's): bytes of ``region`` to keep so
+        that reclaiming it leaves the namespace at its share (or what it holds, if less)."""
+        here: dict[str, int] = {}
+        for digest, ns in ns_of.items():
+            entry = self._index.get(digest)
+            if ns in self.namespace_shares and ns != filler and entry is not None \
+                    and entry.slot == region.slot and entry.seq == region.seq:
+                here[ns] = here.get(ns, 0) + entry.length
+        keep = {}
+        for ns, n in here.items():
+            share = int(self.namespace_shares[ns] * self.capacity)
+            keep[ns] = min(n, max(0, share - (self._index.ns_bytes[ns] - n)))
+        return keep
+
+    def _copy(self, entry: Entry, budget: int, hits: int) -> tuple[ChunkKey, memoryview, int, int] | None:
+        """An evicted entry's (key, bytes, xxh3, hits) read back to copy forward, if it fits
+        ``budget`` and reads back whole."""
+        span = entry_span(entry.length)
+        if span > budget:
+            return None
+        try:
+            buf = self.device.read(entry.slot, entry.offset, span)
+        except OSError:
+            return None
+        head = parse_entry_header(buf)
+        data = memoryview(buf)[ENTRY_HEADER:ENTRY_HEADER + entry.length]
+        if head is None or head.seq != entry.seq or xxh3(data) != entry.xxh3:
+            return None
+        return head.key, data, entry.xxh3, hits
+
     def _reinsert(self, got: tuple[Region, int], key: ChunkKey, data: memoryview, h: int,
-                  hits: int) -> None:
+                  hits: int, namespace: str = "") -> None:
         """Write a kept entry into the new open region; called with the lock held (only
         while a region is reclaimed, so the copy cannot race the reclaim it is part of)."""
         region, at = got
@@ -325,7 +387,7 @@ class FlashCache:
             region.writers -= 1
             return
         region.writers -= 1
-        self._index.insert(key.digest(), Entry(region.slot, region.seq, at, n, h, hits))
+        self._index.insert(key.digest(), Entry(region.slot, region.seq, at, n, h, hits), namespace)
         region.keys.append(key.digest())
         self.counters["reinserted"] += 1
 
@@ -526,3 +588,4 @@ def _check_layout(index: Index, regions: RegionManager) -> list[str]:
     if total != index.bytes:
         problems.append(f"index counts {index.bytes} bytes, entries hold {total}")
     return problems
+

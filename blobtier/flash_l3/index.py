@@ -9,6 +9,7 @@ reclaim sees another generation in the header and reports a miss.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 MAX_HITS = 255  # hits are counted for reinsertion, which only asks "at least N"
@@ -36,6 +37,20 @@ class Index:
     def __init__(self) -> None:
         self._map: dict[bytes, Entry] = {}
         self.bytes = 0  # data bytes of every indexed entry
+        # The namespace of entries filed under one (per-namespace shares, ``cache.py``);
+        # not persisted: entries recovered after a restart are of no namespace.
+        self._ns: dict[bytes, str] = {}
+        self.ns_bytes: Counter[str] = Counter()
+
+    def namespace(self, digest: bytes) -> str:
+        return self._ns.get(digest, "")
+
+    def _forget_ns(self, digest: bytes, entry: Entry) -> None:
+        ns = self._ns.pop(digest, None)
+        if ns is not None:
+            self.ns_bytes[ns] -= entry.length
+            if not self.ns_bytes[ns]:
+                del self.ns_bytes[ns]
 
     def get(self, digest: bytes) -> Entry | None:
         return self._map.get(digest)
@@ -46,12 +61,16 @@ class Index:
             entry.hits += 1
         return entry
 
-    def insert(self, digest: bytes, entry: Entry) -> None:
+    def insert(self, digest: bytes, entry: Entry, namespace: str = "") -> None:
         old = self._map.get(digest)
         if old is not None:
             self.bytes -= old.length
+            self._forget_ns(digest, old)
         self._map[digest] = entry
         self.bytes += entry.length
+        if namespace:
+            self._ns[digest] = namespace
+            self.ns_bytes[namespace] += entry.length
 
     def remove(self, digest: bytes, expect: Entry | None = None) -> bool:
         """Remove ``digest`` (only if it still maps to ``expect``, when given)."""
@@ -60,6 +79,7 @@ class Index:
             return False
         del self._map[digest]
         self.bytes -= entry.length
+        self._forget_ns(digest, entry)
         return True
 
     def evict(self, digests: list[bytes], slot: int, seq: int) -> list[tuple[bytes, Entry]]:
@@ -70,12 +90,15 @@ class Index:
             if entry is not None and entry.slot == slot and entry.seq == seq:
                 del self._map[digest]
                 self.bytes -= entry.length
+                self._forget_ns(digest, entry)
                 gone.append((digest, entry))
         return gone
 
     def clear(self) -> None:
         self._map.clear()
         self.bytes = 0
+        self._ns.clear()
+        self.ns_bytes.clear()
 
     def items(self) -> Iterator[tuple[bytes, Entry]]:
         return iter(list(self._map.items()))

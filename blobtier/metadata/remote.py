@@ -29,7 +29,9 @@ Batches larger than one message (``service.REPLY_BUDGET_BYTES``) are split: a la
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import grpc
@@ -39,9 +41,10 @@ from blobtier.backoff import ReplicaHealth
 from blobtier.errors import BlobNotFound, InvalidRequest, TierUnavailable
 from blobtier.grants import BOOK, refresher
 from blobtier.metadata import schema
+from blobtier.metadata.namespaces import NamespaceSpec, Usage
 from blobtier.metadata.schema import BlobRecord
 from blobtier.metadata.service import MAX_ITEMS, MAX_RECORD_BYTES, REPLY_BUDGET_BYTES
-from blobtier.metadata.store import ANY, MetadataStore
+from blobtier.metadata.store import ANY, Maintenance, MetadataStore
 from blobtier.rpc import status
 from blobtier.rpc.channel import LazyChannel
 from blobtier.rpc.gen import meta_pb2 as pb
@@ -239,6 +242,41 @@ class RemoteMetadataStore(MetadataStore):
 
     def origins(self) -> list[str]:
         return list(self._call("ListOrigins", pb.ListOriginsRequest()).urls)
+
+    # -- namespaces: the server's store keeps them, counts usage, leaves expired blobs out -----
+    def _ttls(self) -> dict[str, float]:
+        return {}  # the server's store applies them to every answer: no call here
+
+    def _commit_raw(self, batch: Sequence[tuple[bytes, int, bytes | None]]) -> list[bool]:
+        return self._cas_many(batch)  # the server's store checks quotas and counts usage
+
+    def namespaces(self) -> list[NamespaceSpec]:
+        reply = self._call("ListNamespaces", pb.ListNamespacesRequest())
+        return [NamespaceSpec.decode(e.spec) for e in reply.entries]
+
+    def namespace(self, name: str) -> NamespaceSpec | None:
+        entries = self._call("ListNamespaces", pb.ListNamespacesRequest(names=[name])).entries
+        return NamespaceSpec.decode(entries[0].spec) if entries and entries[0].spec else None
+
+    def namespace_usage(self, names: Sequence[str]) -> dict[str, Usage]:
+        reply = self._call("ListNamespaces", pb.ListNamespacesRequest(names=list(names), usage=True))
+        return {e.name: Usage.decode(e.usage) if e.usage else Usage() for e in reply.entries}
+
+    def create_namespace(self, spec: NamespaceSpec) -> NamespaceSpec:
+        fields = {k: v for k, v in asdict(spec.validate()).items() if k != "name" and v is not None}
+        return self._put_namespace(spec.name, fields, create=True)
+
+    def update_namespace(self, name: str, changes: Mapping[str, Any]) -> NamespaceSpec:
+        return self._put_namespace(name, dict(changes), create=False)
+
+    def _put_namespace(self, name: str, changes: dict[str, Any], create: bool) -> NamespaceSpec:
+        request = pb.PutNamespaceRequest(name=name, changes=json.dumps(changes), create=create)
+        self._ttl_cache = None
+        return NamespaceSpec.decode(self._call("PutNamespace", request).spec)
+
+    def maintain_namespaces(self) -> Maintenance:
+        reply = self._call("MaintainNamespaces", pb.MaintainNamespacesRequest())
+        return Maintenance(reply.expired, list(reply.reconciled), list(reply.busy))
 
     def close(self) -> None:
         self._stubs = [None] * len(self.endpoints)

@@ -24,14 +24,14 @@ component) of each key it names: Get and GetMany need ``read`` there, Commit, De
 GrantWrite ``write``; a refusal is PERMISSION_DENIED at once, before the store is read. A
 listing leaves out the keys and subdirectories of namespaces the token cannot read, so
 they are never revealed (a page may then hold fewer entries than asked, or none, with a
-``next_page_token``); a listing inside one namespace (a prefix with a '/') the token cannot
-read is refused. RegisterOrigins needs ``admin`` on ``*``. With a grant key ring
+``next_page_token``). RegisterOrigins needs ``admin`` on ``*``. With a grant key ring
 (``grants``) each record served carries a read grant for its blob version, and GrantWrite
 mints blob ids with write grants (``blobtier/grants.py``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 
@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter
 from blobtier.errors import BlobNotFound, CorruptRecord, Forbidden, InvalidRequest
 from blobtier.grants import ANY_VERSION, READ, WRITE, KeyRing
 from blobtier.metadata import schema
+from blobtier.metadata.namespaces import NamespaceSpec
 from blobtier.metadata.schema import BlobRecord
 from blobtier.metadata.store import ANY, MetadataStore
 from blobtier.metrics import RpcMetrics
@@ -53,7 +54,8 @@ from blobtier.rpc.tls import Tls
 
 log = logging.getLogger(__name__)
 SERVICES = ("blobtier.meta.v1.MetadataService",)
-METHODS = ("Get", "GetMany", "Commit", "Delete", "List", "RegisterOrigins", "ListOrigins", "GrantWrite")
+METHODS = ("Get", "GetMany", "Commit", "Delete", "List", "RegisterOrigins", "ListOrigins", "GrantWrite",
+           "ListNamespaces", "PutNamespace", "MaintainNamespaces")
 
 MAX_RECORD_BYTES = MAX_MESSAGE_BYTES - (64 << 10)
 """The largest encoded record the service carries (a blob of ~290k chunks at 3 replicas):
@@ -172,7 +174,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
                         self._check_owned(item, value)
             # The stores' raw surface: records arrive encoded and checked, so going through
             # commit_many would only decode and encode them once more.
-            applied = self._resent(batch) if request.resent else self.store._cas_many(batch)
+            applied = self._resent(batch) if request.resent else self.store._commit_raw(batch)
             self.metrics.committed.inc(sum(applied))
             return pb.CommitReply(applied=applied)
 
@@ -183,7 +185,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         current = self.store._get_many_raw([rkey for rkey, _, _ in batch])
         landed = [cur == value for (_, _, value), cur in zip(batch, current)]
         todo = [item for item, done in zip(batch, landed) if not done]
-        results = iter(self.store._cas_many(todo) if todo else ())
+        results = iter(self.store._commit_raw(todo) if todo else ())
         return [True if done else next(results) for done in landed]
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteReply:
@@ -202,8 +204,6 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             limit = request.limit or DEFAULT_PAGE
             if limit > MAX_PAGE:
                 raise InvalidRequest(f"limit must be at most {MAX_PAGE}, got {limit}")
-            if "/" in request.prefix:  # inside one namespace: refused outright, as a Get is
-                self._need(context, [request.prefix], "read")
             rows = self._rows(request.prefix, request.delimiter, _page_token(request.page_token), limit)
             readable = self._readable(context)
             entries = [pb.ListEntry(key=key, record=b"" if rec is None else schema.encoded(rec),
@@ -239,6 +239,56 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
                     context: grpc.ServicerContext) -> pb.ListOriginsReply:
         with self.metrics.observe("ListOrigins"), answering(context):
             return pb.ListOriginsReply(urls=self.store.origins())
+
+    # -- namespace objects (metadata/namespaces.py) -------------------------------------------
+    def ListNamespaces(self, request: pb.ListNamespacesRequest,
+                       context: grpc.ServicerContext) -> pb.ListNamespacesReply:
+        with self.metrics.observe("ListNamespaces"), answering(context):
+            _check_count(len(request.names), "names")
+            if request.names:
+                specs = {n: self.store.namespace(n) for n in request.names}
+            else:
+                specs = {s.name: s for s in self.store.namespaces()}
+            usage = self.store.namespace_usage(list(specs)) if request.usage else {}
+            return pb.ListNamespacesReply(entries=[
+                pb.NamespaceEntry(name=n, spec=b"" if spec is None else spec.encode(0),
+                                  usage=usage[n].encode(0) if n in usage else b"")
+                for n, spec in specs.items()])
+
+    def PutNamespace(self, request: pb.PutNamespaceRequest,
+                     context: grpc.ServicerContext) -> pb.PutNamespaceReply:
+        with self.metrics.observe("PutNamespace"), answering(context):
+            try:
+                changes = json.loads(request.changes or "{}")
+            except ValueError:
+                raise InvalidRequest("changes must be a JSON object") from None
+            if not isinstance(changes, dict) or "name" in changes:
+                raise InvalidRequest("changes must be a JSON object of namespace fields (not name)")
+            if request.create:
+                spec = self.store.create_namespace(_new_spec(request.name, changes))
+            else:
+                spec = self.store.update_namespace(request.name, changes)
+            return pb.PutNamespaceReply(spec=spec.encode(0))
+
+    def MaintainNamespaces(self, request: pb.MaintainNamespacesRequest,
+                           context: grpc.ServicerContext) -> pb.MaintainNamespacesReply:
+        with self.metrics.observe("MaintainNamespaces"), answering(context):
+            done = self.store.maintain_namespaces()
+            return pb.MaintainNamespacesReply(expired=done.expired, reconciled=done.reconciled,
+                                              busy=done.busy)
+
+
+def _new_spec(name: str, changes: dict) -> NamespaceSpec:
+    try:
+        return NamespaceSpec(name, **changes)
+    except TypeError as exc:
+        raise InvalidRequest(f"namespace fields: {exc}") from None
+
+
+def _namespace(key: str) -> str:
+    """The namespace of a key, or of a listed subdirectory ('ns/...')."""
+    return key.split("/", 1)[0]
+
 
 
 def _namespace(key: str) -> str:

@@ -10,11 +10,25 @@ of the store, not a bad argument: reads raise ``MetadataCorrupt`` for it (the co
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
-from blobtier.errors import CorruptRecord, InvalidRequest, MetadataCorrupt, VersionConflict
+from blobtier.errors import (
+    BlobNotFound,
+    CorruptRecord,
+    Forbidden,
+    InvalidRequest,
+    MetadataCorrupt,
+    TierUnavailable,
+    VersionConflict,
+)
+from blobtier.metadata import namespaces as nsmod
 from blobtier.metadata import schema
+from blobtier.metadata.namespaces import NamespaceSpec, Usage
 from blobtier.metadata.schema import BlobRecord
 
 ABSENT = 0
@@ -27,6 +41,18 @@ Commit = tuple[str, BlobRecord, int]
 
 
 _PAGE = 1000
+_Row = tuple[str, "BlobRecord | None"]
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Maintenance:
+    """What ``maintain_namespaces`` did: blobs deleted for their TTL, namespaces whose
+    usage was recomputed, and those left for the next run (a commit was in progress)."""
+
+    expired: int = 0
+    reconciled: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
 
 
 class MetadataStore(ABC):
@@ -37,6 +63,11 @@ class MetadataStore(ABC):
     """
 
     where = "metadata store"  # names the store in errors; backends say which one
+    clock: Callable[[], float] = staticmethod(time.time)
+    """Unix seconds: when a blob expires by its namespace's TTL (tests set a fake clock)."""
+    _ttl_cache: tuple[float, dict[str, float]] | None = None
+    ns_refresh_s = nsmod.REFRESH_S
+    """Seconds the namespaces' TTLs read are used before they are read again."""
 
     # Reads validate a key only when it is not found: every stored key was validated when
     # it was written, so the hit path (the hot one) skips the rules and a bad key still
@@ -61,7 +92,7 @@ class MetadataStore(ABC):
         except CorruptRecord as exc:
             raise MetadataCorrupt(f"{self.where}: the record of {key!r} is corrupt: {exc}") from exc
         rec.key = key
-        return rec
+        return None if self._expired(key, rec) else rec
 
     def get_many(self, keys: Sequence[str]) -> list[BlobRecord | None]:
         """One batched lookup (a RocksDB multi-get, a Redis pipeline)."""
@@ -80,7 +111,7 @@ class MetadataStore(ABC):
         except CorruptRecord:
             out = [None if raw is None else self._decode(key, raw)  # raises, naming the key
                    for key, raw in zip(keys, raws)]
-        return out
+        return self._unexpired_many(out) if self._ttls() else out
 
     def commit(self, key: str, record: BlobRecord, expected: int = ANY) -> None:
         """Make ``record`` the key's current version if its version is ``expected`` now
@@ -97,7 +128,12 @@ class MetadataStore(ABC):
         """Commit several records at once (one durable write); True where the CAS held."""
         batch = [(schema.record_key(schema.validate_key(k)), expected, schema.encode(rec))
                  for k, rec, expected in items]
-        return self._cas_many(batch)
+        return self._commit_raw(batch)
+
+    def _commit_raw(self, batch: Sequence[tuple[bytes, int, bytes | None]]) -> list[bool]:
+        """``_cas_many`` of record writes, keeping namespace usage and quotas
+        (``namespaces.commit_accounted``). Raises ``QuotaExceeded`` (nothing written)."""
+        return nsmod.commit_accounted(self, batch, self.clock)
 
     def delete(self, key: str, expected: int = ANY) -> BlobRecord | None:
         """Remove the key if its version is ``expected``; return the removed record."""
@@ -106,7 +142,7 @@ class MetadataStore(ABC):
         if raw is None:
             return None
         removed = self._decode(key, raw)
-        if not self._cas_many([(rkey, expected if expected != ANY else removed.version, None)])[0]:
+        if not self._commit_raw([(rkey, expected if expected != ANY else removed.version, None)])[0]:
             raise VersionConflict(f"{key}: expected version {expected}, found another")
         return removed
 
@@ -118,7 +154,8 @@ class MetadataStore(ABC):
         if after is not None:
             start = max(start, schema.record_key(after) + b"\x00")
         rows = self._scan_raw(schema.record_key(prefix), start, limit)
-        return [(key, self._decode(key, v)) for key, v in ((k[1:].decode(), v) for k, v in rows)]
+        return self._unexpired_rows([(key, self._decode(key, v))
+                                     for key, v in ((k[1:].decode(), v) for k, v in rows)])
 
     def listing(self, prefix: str = "") -> Iterator[tuple[str, BlobRecord]]:
         """Every (key, record) under ``prefix`` in key order, from one consistent view of
@@ -128,7 +165,9 @@ class MetadataStore(ABC):
         schema.validate_prefix(prefix)
         for rkey, raw in self._listing_raw(schema.record_key(prefix)):
             key = rkey[1:].decode()
-            yield key, self._decode(key, raw)
+            rec = self._decode(key, raw)
+            if not self._expired(key, rec):
+                yield key, rec
 
     def list_dir(self, prefix: str = "", after: str | None = None,
                  limit: int = 1000) -> list[tuple[str, BlobRecord | None]]:
@@ -156,7 +195,7 @@ class MetadataStore(ABC):
             if rec is not None:
                 rec.key = key
             out.append((key, rec))
-        return out
+        return self._unexpired_rows(out)
 
     def _decode(self, key: str, raw: bytes) -> BlobRecord:
         try:
@@ -189,6 +228,116 @@ class MetadataStore(ABC):
             out += [k[1:].decode() for k, _ in rows]
             start = rows[-1][0] + b"\x00"
         return out
+
+    # -- namespaces (quota, TTL, cache shares: ``namespaces.py``) -----------------------
+    def namespaces(self) -> list[NamespaceSpec]:
+        """Every namespace object, by name. Raises: ``MetadataCorrupt``; ``TierUnavailable``."""
+        out: list[NamespaceSpec] = []
+        start = nsmod.SPEC_PREFIX
+        while rows := self._scan_raw(nsmod.SPEC_PREFIX, start, 1000):
+            out += [NamespaceSpec.decode(v) for _, v in rows]
+            start = rows[-1][0] + b"\x00"
+        return out
+
+    def namespace(self, name: str) -> NamespaceSpec | None:
+        """The object of namespace ``name``, None when it has none."""
+        raw = self._get_raw(nsmod.spec_key(name))
+        return None if raw is None else NamespaceSpec.decode(raw)
+
+    def create_namespace(self, spec: NamespaceSpec) -> NamespaceSpec:
+        """Store a new namespace object and count what the namespace already holds.
+
+        Raises: ``InvalidRequest`` naming a bad field (or shares of all namespaces summing
+        past 1); ``VersionConflict`` (it exists already).
+        """
+        spec.validate()
+        self._check_shares(spec)
+        if not self._cas_many([(nsmod.spec_key(spec.name), ABSENT, spec.encode(1))])[0]:
+            raise VersionConflict(f"namespace {spec.name!r} exists already (change it with set)")
+        self._ttl_cache = None
+        for _ in range(8):  # a writer's reservation in flight: try again; else gc counts it
+            if nsmod.reconcile(self, spec.name, self.clock()):
+                break
+        return spec
+
+    def update_namespace(self, name: str, changes: Mapping[str, Any]) -> NamespaceSpec:
+        """Change some fields of a namespace object (a value None clears one).
+
+        Raises: ``BlobNotFound`` (no such namespace); ``InvalidRequest`` naming a bad or
+        unknown field; ``VersionConflict`` (others keep changing it).
+        """
+        known = {f.name for f in fields(NamespaceSpec)} - {"name"}
+        for bad in set(changes) - known:
+            raise InvalidRequest(f"namespace field {bad!r} is not one of {', '.join(sorted(known))}")
+        for _ in range(16):
+            raw = self._get_raw(nsmod.spec_key(name))
+            if raw is None:
+                raise BlobNotFound(f"namespace {name!r} does not exist (create it first)")
+            new = replace(NamespaceSpec.decode(raw), **changes).validate()
+            self._check_shares(new)
+            version = schema.peek_version(raw)
+            if self._cas_many([(nsmod.spec_key(name), version, new.encode(version + 1))])[0]:
+                self._ttl_cache = None
+                return new
+        raise VersionConflict(f"namespace {name!r}: others keep changing it")
+
+    def _check_shares(self, spec: NamespaceSpec) -> None:
+        specs = [s for s in self.namespaces() if s.name != spec.name] + [spec]
+        for name in ("l1_share", "l3_share"):
+            total = sum(getattr(s, name) or 0 for s in specs)
+            if total > 1 + 1e-9:
+                raise InvalidRequest(f"{name} {getattr(spec, name)} of {spec.name!r}: the shares of "
+                                     f"all namespaces would sum to {total:.3g}, more than 1")
+
+    def namespace_usage(self, names: Sequence[str]) -> dict[str, Usage]:
+        """Each namespace's usage counter (zero for one never counted)."""
+        raws = self._get_many_raw([nsmod.usage_key(n) for n in names])
+        return {n: Usage() if r is None else Usage.decode(r) for n, r in zip(names, raws)}
+
+    def maintain_namespaces(self) -> Maintenance:
+        """What ``gc`` runs first: delete every blob whose namespace's TTL has passed (by
+        compare-and-set: a newer version stays; their chunks become garbage), then
+        recompute each namespace's usage from a listing (``namespaces.reconcile``)."""
+        now = self.clock()
+        report = Maintenance()
+        for spec in self.namespaces():
+            expired = nsmod.expired_keys(self, spec, now)
+            for i in range(0, len(expired), 256):
+                batch = [(schema.record_key(k), v, None) for k, v in expired[i:i + 256]]
+                report.expired += sum(self._commit_raw(batch))
+            (report.reconciled if nsmod.reconcile(self, spec.name, now) else report.busy).append(spec.name)
+        return report
+
+    def _ttls(self) -> dict[str, float]:
+        """The TTLs this store's answers must apply (a remote store's server applies them)."""
+        return self._ttl_table()
+
+    def _ttl_table(self) -> dict[str, float]:
+        """{namespace: TTL seconds}, read again every ``ns_refresh_s``."""
+        now = time.monotonic()
+        cached = self._ttl_cache
+        if cached is None or now - cached[0] > self.ns_refresh_s:
+            try:
+                ttls = {s.name: s.ttl_s for s in self.namespaces() if s.ttl_s}
+            except (TierUnavailable, InvalidRequest, Forbidden) as exc:  # reads go on; try later
+                log.debug("%s: cannot read the namespaces' TTLs: %s", self.where, exc)
+                ttls = cached[1] if cached is not None else {}
+            cached = self._ttl_cache = (now, ttls)
+        return cached[1]
+
+    def _expired(self, key: str, rec: BlobRecord) -> bool:
+        ttls = self._ttls()
+        if not ttls:
+            return False
+        return nsmod.is_expired(rec.created_ns, ttls.get(key.split("/", 1)[0]), self.clock())
+
+    def _unexpired_many(self, recs: list[BlobRecord | None]) -> list[BlobRecord | None]:
+        return [None if rec is None or self._expired(rec.key, rec) else rec for rec in recs]
+
+    def _unexpired_rows(self, rows: list[_Row]) -> list[_Row]:
+        if not self._ttls():
+            return rows
+        return [(k, r) for k, r in rows if r is None or not self._expired(k, r)]
 
     # -- backend surface -------------------------------------------------------------
     @abstractmethod

@@ -37,6 +37,7 @@ from blobtier.errors import (
     InvalidRequest,
     MetadataCorrupt,
     OutOfRange,
+    QuotaExceeded,
     RegionLocked,
     StorageFull,
     TierUnavailable,
@@ -111,7 +112,8 @@ def error_of(exc: grpc.RpcError, where: str,
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
     number = _errno_of(exc)
     no_space = code == Code.RESOURCE_EXHAUSTED and number in _NO_SPACE
-    kind = StorageFull if no_space else exception_for(code, table)
+    full = QuotaExceeded if number == errno.EDQUOT else StorageFull  # a namespace's quota, or a disk
+    kind = full if no_space else exception_for(code, table)
     message = f"{where}: {details or code.name} ({code.name})"
     refused = tls.refusal(details) if code == Code.UNAVAILABLE and details else None
     if refused is not None:  # a configuration error, not a server that is down: no retries

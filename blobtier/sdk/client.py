@@ -28,6 +28,7 @@ from blobtier.metrics import TierStats
 from blobtier.runstate import resolve_running
 from blobtier.sdk import gc
 from blobtier.sdk.info import BlobInfo
+from blobtier.sdk.namespaces import Namespaces
 from blobtier.sdk.plans import ReadPlanCache
 from blobtier.sdk.prefetch import Prefetcher, PrefetchJob
 from blobtier.sdk.reader import BlobReader
@@ -360,6 +361,13 @@ class Client:
         writer = self._write_path()
         if writer.metadata.delete(key) is None:
             raise BlobNotFound(f"no such blob: {key}")
+
+    @property
+    def namespaces(self) -> Namespaces:
+        """Namespace objects: quotas, TTLs, cache shares (``sdk/namespaces.py``); changes
+        go through the write path (an embedded region's writer lock)."""
+        self._live()
+        return Namespaces(lambda: self._metadata, lambda: self._write_path().metadata)
 
     def gc(self, grace_s: float | None = None, *, force: bool = False) -> gc.GcReport:
         """Delete chunks no committed record references (and older than the grace period,

@@ -38,6 +38,12 @@ not known here. Two rules make that safe:
   deleted only if neither listing references it, so a commit that landed during the
   first listing (a slow writer's) keeps its chunks.
 
+Namespaces come first (``MetadataStore.maintain_namespaces``): the blobs past their
+namespace's TTL are deleted, so the listing below no longer references their chunks and
+this run collects them (once ``grace_s`` old); then each namespace's usage counter is
+recomputed from a listing where no commit is in progress (``metadata/namespaces.py``:
+the counter a crashed writer left high comes back to the truth).
+
 Nothing is deleted on another region's view either. An empty listing of lost metadata
 would make every chunk garbage, so the metadata and the chunk stores carry the region's id
 (``blobtier.region_id``): gc refuses when a store is bound to another region than the
@@ -69,6 +75,8 @@ class GcReport:
     spared_young: int
     skipped_servers: tuple[int, ...] = ()  # down: their garbage waits for the next run
     reclaimed_bytes: int = 0  # disk space compaction gave back (volume files)
+    expired_blobs: int = 0  # records deleted because their namespace's TTL had passed
+    busy_namespaces: tuple[str, ...] = ()  # usage not recounted: a commit was in progress
 
 
 def live_digests(metadata: MetadataStore) -> set[bytes]:
@@ -105,6 +113,7 @@ def collect(metadata: MetadataStore, servers: Mapping[int, ChunkStore], grace_s:
         raise InvalidRequest("gc with a grace period of 0 is only safe in an embedded region: over "
                              "a shared metadata store it would delete the chunks of writes other "
                              "processes have not committed yet (client.gc_grace_s, --grace)")
+    kept = metadata.maintain_namespaces()
     now = time.time()
     stored, skipped = _stored(servers)  # first: see the module docstring
     live = live_digests(metadata) | inflight()
@@ -126,7 +135,8 @@ def collect(metadata: MetadataStore, servers: Mapping[int, ChunkStore], grace_s:
         deleted += len(digests)
         reclaimed += _compact(sid, store)
     return GcReport(live_chunks=len(live), deleted_chunks=deleted, spared_young=young,
-                    skipped_servers=tuple(skipped), reclaimed_bytes=reclaimed)
+                    skipped_servers=tuple(skipped), reclaimed_bytes=reclaimed,
+                    expired_blobs=kept.expired, busy_namespaces=tuple(kept.busy))
 
 
 def _check_region(metadata: MetadataStore, servers: Mapping[int, ChunkStore],

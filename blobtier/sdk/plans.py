@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from blobtier import forks
+from blobtier.metadata.namespaces import NamespaceSpec, Usage
 from blobtier.metadata.schema import BlobRecord
-from blobtier.metadata.store import ANY, Commit, MetadataStore
+from blobtier.metadata.store import ANY, Commit, Maintenance, MetadataStore
 
 MAX_RECORDS = 1 << 18
 """Records kept at most; past it, expired ones go, then the oldest (a few hundred MB of
@@ -101,7 +103,9 @@ class ReadPlanCache(MetadataStore):
             hit = self._records.get(key)
         except TypeError:  # not a key at all: the store says why
             return None
-        return hit[1] if hit is not None and hit[0] > now else None
+        if hit is None or hit[0] <= now or self._expired(key, hit[1]):
+            return None
+        return hit[1]
 
     def _keep(self, epoch: int, sent: float, found: list[tuple[str, BlobRecord]]) -> None:
         expires = sent + self.ttl_s
@@ -166,6 +170,39 @@ class ReadPlanCache(MetadataStore):
 
     def origins(self) -> list[str]:
         return self.store.origins()
+
+    # -- namespaces: the store's (quotas are checked and TTLs known there) ----------------------
+    def namespaces(self) -> list[NamespaceSpec]:
+        return self.store.namespaces()
+
+    def namespace(self, name: str) -> NamespaceSpec | None:
+        return self.store.namespace(name)
+
+    def create_namespace(self, spec: NamespaceSpec) -> NamespaceSpec:
+        return self.store.create_namespace(spec)
+
+    def update_namespace(self, name: str, changes: Mapping[str, Any]) -> NamespaceSpec:
+        return self.store.update_namespace(name, changes)
+
+    def namespace_usage(self, names: Sequence[str]) -> dict[str, Usage]:
+        return self.store.namespace_usage(names)
+
+    def maintain_namespaces(self) -> Maintenance:
+        try:
+            return self.store.maintain_namespaces()
+        finally:
+            self._forget_all()  # expired blobs were deleted
+
+    def _ttls(self) -> dict[str, float]:
+        # A cached record may outlive its TTL: the cache checks it (the store's answers
+        # are checked where the store stands, a remote one's by its server).
+        return self.store._ttl_table()
+
+    def _commit_raw(self, batch: Sequence[tuple[bytes, int, bytes | None]]) -> list[bool]:
+        try:
+            return self.store._commit_raw(batch)
+        finally:
+            self._forget_all()
 
     def _get_raw(self, rkey: bytes) -> bytes | None:
         return self.store._get_raw(rkey)

@@ -7,14 +7,24 @@ store also overrides ``store_opener`` (the compare-and-set race then runs in pro
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
 
-from blobtier.errors import InvalidKey, InvalidRequest, MetadataCorrupt, VersionConflict
+from blobtier.errors import (
+    BlobNotFound,
+    InvalidKey,
+    InvalidRequest,
+    MetadataCorrupt,
+    QuotaExceeded,
+    VersionConflict,
+)
 from blobtier.metadata import schema
+from blobtier.metadata.namespaces import NamespaceSpec
 from blobtier.metadata.schema import BlobRecord
 from blobtier.metadata.store import ABSENT, ANY, MetadataStore
 
@@ -36,6 +46,11 @@ def make_record(version: int = 1, n_chunks: int = 2, **kw) -> BlobRecord:
     )
     fields.update(kw)
     return BlobRecord(**fields)
+
+
+def sized(size: int, version: int = 1, **kw) -> BlobRecord:
+    """A record of a blob of ``size`` bytes (as many chunks of 4 KiB as that takes)."""
+    return make_record(version, n_chunks=schema.chunk_count(size, 4096), size=size, **kw)
 
 
 def assert_same(got: BlobRecord | None, want: BlobRecord) -> None:
@@ -112,8 +127,133 @@ def run_race(store: MetadataStore, opener: Callable[[], MetadataStore] | None, w
     return [got[i] for i in range(writers)]
 
 
-class MetadataStoreContract:
-    """Tests every backend must pass; needs a ``store`` fixture."""
+class FakeClock:
+    """Unix seconds that move only when a test says so."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class NamespaceContract:
+    """Namespace objects (``metadata/namespaces.py``): every backend stores them, counts
+    usage, refuses writes over quota and hides blobs past their TTL. Mixed into
+    ``MetadataStoreContract``."""
+
+    def set_clock(self, store: MetadataStore, clock: FakeClock) -> None:
+        """The clock of ``store`` and of whatever it stands on (a cache's store, the
+        store behind a service)."""
+        for s in (store, getattr(store, "store", None), getattr(self, "backend", None)):
+            if s is not None:
+                s.clock = clock
+
+    def test_namespace_objects_round_trip(self, store):
+        assert store.namespaces() == [] and store.namespace("a") is None
+        store.create_namespace(NamespaceSpec("a", quota_bytes=10, ttl_s=60.0, l1_share=0.3, policy="lru"))
+        store.create_namespace(NamespaceSpec("b", l3_share=0.5))
+        assert [s.name for s in store.namespaces()] == ["a", "b"]
+        assert store.namespace("a") == NamespaceSpec("a", quota_bytes=10, ttl_s=60.0, l1_share=0.3,
+                                                     policy="lru")
+        with pytest.raises(VersionConflict):
+            store.create_namespace(NamespaceSpec("a"))
+        changed = store.update_namespace("a", {"quota_bytes": 20, "ttl_s": None})
+        assert changed == NamespaceSpec("a", quota_bytes=20, l1_share=0.3, policy="lru")
+        assert store.namespace("a") == changed
+        with pytest.raises(BlobNotFound):
+            store.update_namespace("zz", {"quota_bytes": 1})
+
+    @pytest.mark.parametrize("field,value", [("quota_bytes", -1), ("ttl_s", 0), ("l1_share", 1.5),
+                                             ("l3_share", 0), ("policy", "fifo"), ("bogus", 1)])
+    def test_bad_namespace_fields_are_refused_by_name(self, store, field, value):
+        store.create_namespace(NamespaceSpec("a"))
+        with pytest.raises(InvalidRequest, match=field):
+            store.update_namespace("a", {field: value})
+        assert store.namespace("a") == NamespaceSpec("a")
+
+    def test_shares_of_all_namespaces_sum_to_at_most_one(self, store):
+        store.create_namespace(NamespaceSpec("a", l1_share=0.6))
+        with pytest.raises(InvalidRequest, match="l1_share"):
+            store.create_namespace(NamespaceSpec("b", l1_share=0.5))
+        store.create_namespace(NamespaceSpec("b", l1_share=0.4))
+        with pytest.raises(InvalidRequest, match="l1_share"):
+            store.update_namespace("b", {"l1_share": 0.41})
+
+    def test_quota_bytes_refuses_at_the_byte_boundary(self, store):
+        store.create_namespace(NamespaceSpec("q", quota_bytes=1000))
+        store.commit("q/a", sized(600, 1))
+        store.commit("q/b", sized(400, 1))  # exactly the quota
+        with pytest.raises(QuotaExceeded) as err:
+            store.commit("q/c", sized(1, 1))
+        assert err.value.errno == errno.EDQUOT and "q" in str(err.value)
+        assert store.get("q/c") is None  # nothing half-written
+        with pytest.raises(QuotaExceeded):  # growing a blob past it, too
+            store.commit("q/b", sized(401, 2), expected=1)
+        assert store.get("q/b").version == 1
+        assert store.namespace_usage(["q"])["q"].bytes == 1000
+        store.commit("q/b", sized(100, 2), expected=1)  # shrinking makes room
+        store.commit("q/c", sized(300, 1))
+        store.delete("q/a")
+        usage = store.namespace_usage(["q"])["q"]
+        assert (usage.bytes, usage.blobs, usage.pending) == (400, 2, {})
+        store.commit("other/x", sized(10_000, 1))  # no object: no quota
+
+    def test_quota_blobs_and_a_batch_refused_whole(self, store):
+        store.create_namespace(NamespaceSpec("q", quota_blobs=2))
+        both = [("q/a", make_record(1), ABSENT), ("q/b", make_record(1), ABSENT)]
+        assert store.commit_many(both) == [True, True]
+        with pytest.raises(QuotaExceeded):
+            store.commit_many([("q/b", make_record(2), 1), ("q/c", make_record(1), ABSENT)])
+        assert store.get("q/b").version == 1 and store.get("q/c") is None
+        store.commit("q/b", make_record(2), expected=1)  # a new version is not a new blob
+        assert store.namespace_usage(["q"])["q"].blobs == 2
+
+    def test_a_lost_compare_and_set_counts_nothing(self, store):
+        store.create_namespace(NamespaceSpec("q", quota_bytes=1000))
+        store.commit("q/a", sized(500, 1))
+        assert store.commit_many([("q/a", sized(900, 2), 7)]) == [False]
+        assert store.namespace_usage(["q"])["q"].bytes == 500
+
+    def test_creating_a_namespace_counts_what_it_holds(self, store):
+        store.commit("old/a", sized(700, 1))
+        store.commit("old/b", sized(300, 1))
+        store.create_namespace(NamespaceSpec("old", quota_bytes=1000))
+        usage = store.namespace_usage(["old"])["old"]
+        assert (usage.bytes, usage.blobs) == (1000, 2)
+        with pytest.raises(QuotaExceeded):
+            store.commit("old/c", sized(1, 1))
+
+    def test_ttl_hides_expired_blobs_and_maintenance_deletes_them(self, store):
+        clock = FakeClock(time.time())
+        self.set_clock(store, clock)
+        store.create_namespace(NamespaceSpec("t", ttl_s=3600.0))
+        born = int(clock.now * 1e9)
+        store.commit("t/old", sized(10, 1, created_ns=born))
+        store.commit("t/d/new", sized(20, 1, created_ns=born + 1800 * 10**9))
+        store.commit("keep/x", make_record(1, created_ns=born))  # no TTL there
+        clock.now += 3599
+        assert store.get("t/old") is not None
+        clock.now += 1  # the old one's expiry, to the second
+        assert store.get("t/old") is None
+        assert [r is None for r in store.get_many(["t/old", "t/d/new"])] == [True, False]
+        assert [k for k, _ in store.scan("t/")] == ["t/d/new"]
+        assert [k for k, _ in store.listing("t/")] == ["t/d/new"]
+        assert [k for k, _ in store.list_dir("t/")] == ["t/d/"]
+        assert store.get("keep/x") is not None
+        done = store.maintain_namespaces()
+        assert done.expired == 1 and done.reconciled == ["t"] and done.busy == []
+        usage = store.namespace_usage(["t"])["t"]
+        assert (usage.bytes, usage.blobs) == (20, 1)
+        clock.now += 1800
+        assert store.get("t/d/new") is None
+        assert store.maintain_namespaces().expired == 1
+        assert store.namespace_usage(["t"])["t"].blobs == 0
+
+
+class MetadataStoreContract(NamespaceContract):
+    """Tests every backend must pass (``NamespaceContract`` included, below); needs a
+    ``store`` fixture."""
 
     @pytest.fixture
     def store_opener(self, store) -> Callable[[], MetadataStore] | None:
@@ -398,3 +538,4 @@ class MetadataStoreContract:
             store.list_dir("ns/")
         assert store.get("ns/ok").version == 1
         assert [k for k, _ in store.list_dir("ns/", after="ns/bad")] == ["ns/ok"]
+

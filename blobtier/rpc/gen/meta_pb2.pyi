@@ -147,3 +147,57 @@ class GrantWriteReply(_message.Message):
     GRANTS_FIELD_NUMBER: _ClassVar[int]
     grants: _containers.RepeatedCompositeFieldContainer[WriteGrant]
     def __init__(self, grants: _Optional[_Iterable[_Union[WriteGrant, _Mapping]]] = ...) -> None: ...
+
+class ListNamespacesRequest(_message.Message):
+    __slots__ = ("names", "usage")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    usage: bool
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., usage: _Optional[bool] = ...) -> None: ...
+
+class NamespaceEntry(_message.Message):
+    __slots__ = ("name", "spec", "usage")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    spec: bytes
+    usage: bytes
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[bytes] = ..., usage: _Optional[bytes] = ...) -> None: ...
+
+class ListNamespacesReply(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[NamespaceEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[NamespaceEntry, _Mapping]]] = ...) -> None: ...
+
+class PutNamespaceRequest(_message.Message):
+    __slots__ = ("name", "changes", "create")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    changes: str
+    create: bool
+    def __init__(self, name: _Optional[str] = ..., changes: _Optional[str] = ..., create: _Optional[bool] = ...) -> None: ...
+
+class PutNamespaceReply(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: bytes
+    def __init__(self, spec: _Optional[bytes] = ...) -> None: ...
+
+class MaintainNamespacesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MaintainNamespacesReply(_message.Message):
+    __slots__ = ("expired", "reconciled", "busy")
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    RECONCILED_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    expired: int
+    reconciled: _containers.RepeatedScalarFieldContainer[str]
+    busy: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, expired: _Optional[int] = ..., reconciled: _Optional[_Iterable[str]] = ..., busy: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -69,6 +69,21 @@ class MetadataServiceStub:
                 request_serializer=meta__pb2.ListOriginsRequest.SerializeToString,
                 response_deserializer=meta__pb2.ListOriginsReply.FromString,
                 _registered_method=True)
+        self.ListNamespaces = channel.unary_unary(
+                '/blobtier.meta.v1.MetadataService/ListNamespaces',
+                request_serializer=meta__pb2.ListNamespacesRequest.SerializeToString,
+                response_deserializer=meta__pb2.ListNamespacesReply.FromString,
+                _registered_method=True)
+        self.PutNamespace = channel.unary_unary(
+                '/blobtier.meta.v1.MetadataService/PutNamespace',
+                request_serializer=meta__pb2.PutNamespaceRequest.SerializeToString,
+                response_deserializer=meta__pb2.PutNamespaceReply.FromString,
+                _registered_method=True)
+        self.MaintainNamespaces = channel.unary_unary(
+                '/blobtier.meta.v1.MetadataService/MaintainNamespaces',
+                request_serializer=meta__pb2.MaintainNamespacesRequest.SerializeToString,
+                response_deserializer=meta__pb2.MaintainNamespacesReply.FromString,
+                _registered_method=True)
         self.GrantWrite = channel.unary_unary(
                 '/blobtier.meta.v1.MetadataService/GrantWrite',
                 request_serializer=meta__pb2.GrantWriteRequest.SerializeToString,
@@ -130,6 +145,28 @@ class MetadataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNamespaces(self, request, context):
+        """Namespace objects: quota, TTL, cache shares, policy (blobtier/metadata/namespaces.py).
+        Objects and usage counters travel as their stored bytes (versioned JSON).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutNamespace(self, request, context):
+        """Create (ABORTED if it exists) or change (NOT_FOUND if it does not) one namespace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MaintainNamespaces(self, request, context):
+        """gc's first step: delete the blobs past their namespace's TTL, recount usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GrantWrite(self, request, context):
         """A fresh blob id and a signed write grant for it per key, for a writer to put its
         chunks under before it commits (blobtier/grants.py). Needs the write right on each
@@ -176,6 +213,21 @@ def add_MetadataServiceServicer_to_server(servicer, server):
                     servicer.ListOrigins,
                     request_deserializer=meta__pb2.ListOriginsRequest.FromString,
                     response_serializer=meta__pb2.ListOriginsReply.SerializeToString,
+            ),
+            'ListNamespaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNamespaces,
+                    request_deserializer=meta__pb2.ListNamespacesRequest.FromString,
+                    response_serializer=meta__pb2.ListNamespacesReply.SerializeToString,
+            ),
+            'PutNamespace': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutNamespace,
+                    request_deserializer=meta__pb2.PutNamespaceRequest.FromString,
+                    response_serializer=meta__pb2.PutNamespaceReply.SerializeToString,
+            ),
+            'MaintainNamespaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.MaintainNamespaces,
+                    request_deserializer=meta__pb2.MaintainNamespacesRequest.FromString,
+                    response_serializer=meta__pb2.MaintainNamespacesReply.SerializeToString,
             ),
             'GrantWrite': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantWrite,
@@ -372,6 +424,87 @@ class MetadataService:
             '/blobtier.meta.v1.MetadataService/ListOrigins',
             meta__pb2.ListOriginsRequest.SerializeToString,
             meta__pb2.ListOriginsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNamespaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blobtier.meta.v1.MetadataService/ListNamespaces',
+            meta__pb2.ListNamespacesRequest.SerializeToString,
+            meta__pb2.ListNamespacesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutNamespace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blobtier.meta.v1.MetadataService/PutNamespace',
+            meta__pb2.PutNamespaceRequest.SerializeToString,
+            meta__pb2.PutNamespaceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MaintainNamespaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blobtier.meta.v1.MetadataService/MaintainNamespaces',
+            meta__pb2.MaintainNamespacesRequest.SerializeToString,
+            meta__pb2.MaintainNamespacesReply.FromString,
             options,
             channel_credentials,
             insecure,
