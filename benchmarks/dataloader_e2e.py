@@ -13,6 +13,12 @@ Configurations, all in one run:
   blockcache      fsspec ``blockcache::slowfile://`` (blocks cached on local disk)
   blobtier ...    the origin registered by reference (``ingest --reference``); the L1 at
                   50% of the dataset; prefetch on/off; clairvoyant, keep or LRU eviction
+  blobtier mixture  BlobMixture of the dataset's two halves at 70/30 (the merged order is
+                  announced to the cache), prefetch + clairvoyant
+  resume          a BlobDataLoader (workers, prefetch) resumed mid-epoch: time from
+                  load_state_dict to its first batch against a fresh epoch's first batch
+                  (expected <= 1.2x: the resume starts where it stopped, reading nothing
+                  twice)
 
 The fsspec baselines run over the first ``--baseline-samples`` samples only: their cold
 epoch is latency-bound and its rate does not depend on the dataset size.
@@ -42,7 +48,14 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 import blobtier  # noqa: E402
 from blobtier.config import parse_size  # noqa: E402
-from blobtier.dataloader import BlobDataset, BlobSampler, DataStallMeter, as_tensor  # noqa: E402
+from blobtier.dataloader import (  # noqa: E402
+    BlobDataLoader,
+    BlobDataset,
+    BlobMixture,
+    BlobSampler,
+    DataStallMeter,
+    as_tensor,
+)
 from blobtier.metrics import delta  # noqa: E402
 from blobtier.sdk.ingest import register  # noqa: E402
 
@@ -164,6 +177,41 @@ def train(loader, sampler, epochs: int, step_s: float, client=None) -> list[dict
     return rows
 
 
+def first_batch_s(loader: BlobDataLoader, state: dict | None = None) -> float:
+    """Seconds from (loading ``state`` and) starting a pass to its first batch."""
+    t0 = time.perf_counter()
+    if state is not None:
+        loader.load_state_dict(state)
+    next(iter(loader))
+    return time.perf_counter() - t0
+
+
+def resume_rows(client, args, repeats: int = 3) -> list[dict]:
+    """A fresh epoch's first batch against a mid-epoch resume's, each in a new loader
+    (its workers start, as after a restart), alternating, on the same warm cache."""
+    def loader() -> BlobDataLoader:
+        ds = BlobDataset("bench/e2e/", client=client, decode=decode)
+        return BlobDataLoader(ds, batch_size=args.batch, shuffle=True, seed=0,
+                              num_workers=args.workers, persistent_workers=True)
+
+    rows = []
+    for r in range(repeats):
+        fresh = loader()
+        fresh.sampler.set_epoch(10 + r)
+        fresh_s = first_batch_s(fresh)
+        source = loader()
+        source.sampler.set_epoch(10 + r)
+        it = iter(source)
+        for _ in range(args.resume_batches):
+            next(it)
+        state = source.state_dict()
+        del it, source
+        resume_s = first_batch_s(loader(), state)
+        rows.append({"repeat": r + 1, "fresh_first_batch_ms": 1000 * fresh_s,
+                     "resume_first_batch_ms": 1000 * resume_s, "ratio": resume_s / fresh_s})
+    return rows
+
+
 def main() -> None:
     p = h.parser(__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=20_000)
@@ -178,6 +226,8 @@ def main() -> None:
     p.add_argument("--baseline-samples", type=int, default=4000)
     p.add_argument("--prefetch-threads", type=int, default=None,
                    help="client.prefetch_threads (default: the config's)")
+    p.add_argument("--resume-batches", type=int, default=20,
+                   help="batches consumed before the resume row's checkpoint")
     p.add_argument("--only", default=None, metavar="TEXT",
                    help="run only the blobtier configs whose name contains TEXT (no baselines)")
     args = p.parse_args()
@@ -187,6 +237,7 @@ def main() -> None:
     step_s = args.step_ms / 1000
     work = args.dir or tempfile.mkdtemp(prefix="bench-e2e-")
     results: dict[str, list[dict]] = {}
+    resume: list[dict] = []
     try:
         src = os.path.join(work, "origin")
         os.makedirs(src)
@@ -244,12 +295,35 @@ def main() -> None:
                 sampler = BlobSampler(ds, seed=0)
                 results[name] = train(loader(ds, sampler), sampler, args.epochs, step_s, client)
             print(f"{name}: done", flush=True)
+        name = "blobtier mixture 70/30 clairvoyant"
+        if not args.only or args.only in name:
+            with blobtier.connect(region, cache={"l1_bytes": l1, "l1_policy": "clairvoyant"}) as client:
+                keys = BlobDataset("bench/e2e/", client=client).keys
+                half = len(keys) // 2
+                mix = BlobMixture([(BlobDataset(keys[:half], client=client, decode=decode), 0.7),
+                                   (BlobDataset(keys[half:], client=client, decode=decode), 0.3)],
+                                  seed=0)
+                sampler = BlobSampler(mix, seed=0)
+                results[name] = train(loader(mix, sampler), sampler, args.epochs, step_s, client)
+            print(f"{name}: done", flush=True)
+        if not args.only or args.only in "resume":
+            with blobtier.connect(region, cache={"l1_bytes": l1, "l1_policy": "clairvoyant"}) as client:
+                resume = resume_rows(client, args)
+            print("resume: done", flush=True)
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
     rows = [{"config": name, **row} for name, epochs in results.items() for row in epochs]
-    print(h.table(rows, ["config", "epoch", "samples_per_s", "stall_pct", "hit_pct"],
-                  "DataLoader end to end (hit_pct: samples served without an origin read)"))
+    if rows:
+        print(h.table(rows, ["config", "epoch", "samples_per_s", "stall_pct", "hit_pct"],
+                      "DataLoader end to end (hit_pct: samples served without an origin read)"))
+    resume_note = ""
+    if resume:
+        print(h.table(resume, ["repeat", "fresh_first_batch_ms", "resume_first_batch_ms", "ratio"],
+                      f"first batch: a fresh epoch vs a resume after {args.resume_batches} batches "
+                      "(new loader each, from load_state_dict)"))
+        ratio = sorted(r["ratio"] for r in resume)[len(resume) // 2]
+        resume_note = f"; resume's first batch {ratio:.2f}x a fresh epoch's (median, expected <= 1.2x)"
     if args.only:
         summary = "; ".join(f"{name}: " + ", ".join(f"{r['samples_per_s']:,.0f}/s {r['stall_pct']:.1f}%"
                                                    for r in rows) for name, rows in results.items())
@@ -262,8 +336,14 @@ def main() -> None:
                    f"later epochs stall {max(r['stall_pct'] for r in later):.1f}%, hit ratio "
                    f"{min(r['hit_pct'] for r in later):.1f}% at a {args.cache_share:.0%} cache "
                    f"(LRU {results['blobtier prefetch lru'][-1]['hit_pct']:.1f}%)")
+    mix = results.get("blobtier mixture 70/30 clairvoyant")
+    if mix and not args.only:
+        later = mix[1:] or mix
+        summary += (f"; mixture 70/30: later epochs stall {max(r['stall_pct'] for r in later):.1f}%, "
+                    f"hit ratio {min(r['hit_pct'] for r in later):.1f}%")
+    summary = (summary + resume_note).removeprefix("; ")
     print(summary)
-    h.write_json(args.out, "dataloader_e2e", vars(args), results, summary)
+    h.write_json(args.out, "dataloader_e2e", vars(args), {**results, "resume": resume}, summary)
 
 
 if __name__ == "__main__":
