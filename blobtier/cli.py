@@ -131,7 +131,7 @@ def cmd_block_serve(args: argparse.Namespace) -> None:
 
     server = ChunkServer(args.root, addr=f"{args.host}:{args.port}", server_id=args.id,
                          faults=_fault_profile(args), seed=args.seed, metrics_port=args.metrics_port,
-                         auth=_token_table(args), tls=_server_tls(args))
+                         auth=_token_table(args), tls=_server_tls(args), grants=_grant_ring(args))
     signal.signal(signal.SIGTERM, lambda *_: server.server.stop(STOP_GRACE_S))
     extra = f", metrics on 127.0.0.1:{server.metrics_port}" if server.metrics_port is not None else ""
     print(f"chunk server {args.id} serving {args.root} on {server.address}{extra}", flush=True)
@@ -164,6 +164,22 @@ def _token_table(args: argparse.Namespace):
     from blobtier.rpc.auth import TokenTable
 
     return TokenTable.load(args.token_file)
+
+
+def _grant_ring(args: argparse.Namespace):
+    """The region key ring of a server started with ``--grant-key-file`` (None: it needs
+    and signs no grants; ``blobtier/grants.py``)."""
+    if not args.grant_key_file:
+        return None
+    from blobtier.grants import KeyRing
+
+    return KeyRing.load(args.grant_key_file)
+
+
+def _add_grant_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grant-key-file", default=None, metavar="PATH",
+                   help="the region key (0600): sign (meta) or require (data services) grants "
+                        "for every chunk (blobtier/grants.py)")
 
 
 def _client_token(args: argparse.Namespace) -> str | None:
@@ -262,7 +278,7 @@ def cmd_flash_serve(args: argparse.Namespace) -> None:
         if metadata is not None:
             stack.callback(metadata.close)
         node = FlashNode(config, source, auth=_token_table(args), origins=origins,
-                         tls=_server_tls(args))
+                         tls=_server_tls(args), grants=_grant_ring(args))
         stack.callback(node.stop, STOP_GRACE_S)  # writes the index snapshot: the next start is warm
         signal.signal(signal.SIGTERM, lambda *_: node.server.stop(STOP_GRACE_S))
         stats = node.cache.stats()
@@ -352,7 +368,7 @@ def cmd_meta_serve(args: argparse.Namespace) -> None:
     store = open_backend(args.backend)
     try:
         server = MetadataServer(store, addr=f"{args.host}:{args.port}", metrics_port=args.metrics_port,
-                                auth=auth, tls=_server_tls(args))
+                                auth=auth, tls=_server_tls(args), grants=_grant_ring(args))
     except BaseException:
         store.close()
         raise
@@ -377,15 +393,28 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     from blobtier.cache_l1_l2.owner import parse_namespace_policies
 
     namespace_policies = parse_namespace_policies(args.namespace_policy)
+    source = None
+    if args.fill_block_endpoints:  # the chunks homed here are read through (region/hosts.py)
+        import os
+
+        from blobtier.region.hosts import home_source
+
+        source = home_source(_csv(args.fill_block_endpoints), _csv(args.fill_flash_endpoints or ""),
+                             token=os.environ.get("BLOBTIER_AUTH_TOKEN") or None)
     daemon = HostDaemon(parse_size(args.memory, "--memory"), args.policy, args.socket,
                         args.metrics_port, listen=args.listen, peers=peers,
                         namespace_policies=namespace_policies, auth=_token_table(args),
-                        tls=_server_tls(args))
+                        tls=_server_tls(args), fill_source=source, host_id=args.host_id or "",
+                        grants=_grant_ring(args))
     extra = f", metrics on 127.0.0.1:{daemon.metrics_port}" if daemon.metrics_port else ""
     if daemon.peer_server is not None:
         extra += f", L2 peers served on {daemon.peer_server.address}"
     daemon.serve_until_signalled(ready=lambda: print(
         f"blobtier daemon: {args.memory} L1 ({args.policy}) on {daemon.socket_path}{extra}", flush=True))
+
+
+def _csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
@@ -534,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed of the fault draws")
     p.add_argument("--token-file", default=None, metavar="TOML",
                    help="check a bearer token with the call's right on every call (rpc/auth.py)")
+    _add_grant_flag(p)
     _add_tls_flags(p)
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
@@ -570,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reads from chunk servers: hedge after this long (0: automatic, < 0: never)")
     p.add_argument("--token-file", default=None, metavar="TOML",
                    help="check a bearer token with the call's right on every call (rpc/auth.py)")
+    _add_grant_flag(p)
     _add_tls_flags(p)
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
@@ -585,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
     p.add_argument("--token-file", default=None, metavar="TOML",
                    help="check a bearer token with the call's right on every call (rpc/auth.py)")
+    _add_grant_flag(p)
     _add_tls_flags(p)
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
@@ -593,6 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve this arena to the cluster's other daemons as their L2")
     p.add_argument("--peers", default=None, metavar="HOST:PORT,...",
                    help="the cluster's daemons as each --listens (the same list on every host)")
+    p.add_argument("--fill-block-endpoints", default=None, metavar="HOST:PORT,...",
+                   help="with --listen: read a chunk homed here that peers miss through from these "
+                        "chunk servers (block.endpoints order), once however many ask")
+    p.add_argument("--fill-flash-endpoints", default=None, metavar="HOST:PORT,...",
+                   help="...through these flash nodes (L3) first")
+    p.add_argument("--host-id", default=None, help="the simulated host this daemon is (host-N)")
     p.add_argument("--memory", default="1GiB", help="the L1's memory cap, e.g. 16GiB")
     p.add_argument("--policy", default="sieve", help="eviction: sieve, lru, keep, clairvoyant")
     p.add_argument("--namespace-policy", action="append", default=[], metavar="NAMESPACE=POLICY",
@@ -601,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: the well-known one clients look for)")
     p.add_argument("--token-file", default=None, metavar="TOML",
                    help="check a bearer token with the call's right on every call (rpc/auth.py)")
+    _add_grant_flag(p)
     _add_tls_flags(p)
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")

@@ -140,6 +140,9 @@ class CacheConfig:
     l1_bytes: int = 512 * MiB  # host L1 (shared memory) when no daemon runs; 0: none
     l1_policy: str = "sieve"
     daemon: str = "auto"  # host daemon socket: auto (the well-known one if it answers), off, or a path
+    # The simulated host of a region `up` runs with services.hosts > 1 that this client is on
+    # (host-N; $BLOBTIER_HOST, or --host, when this is empty): its daemon is the client's.
+    host: str = ""
     # L1 hits checked against their record: off, sampled (1 in 64, random) or always.
     # Fills are always checked; this catches bytes changed in memory after their fill.
     verify_l1: str = "sampled"
@@ -251,6 +254,10 @@ class ServicesConfig:
     # cluster's daemons as each listens (host:port, the same list on every host).
     daemon_peer_port: int = 0
     daemon_peers: tuple[str, ...] = ()
+    # Simulated hosts on this machine (region/hosts.py): each its own daemon (daemon-N, L1 +
+    # L2 peer on a port of its own, after the Redis nodes unless daemon_peer_port sets the
+    # first), all sharing the region's metadata, flash nodes and chunk servers.
+    hosts: int = 1
     start_timeout_s: float = 60.0  # how long `up` waits for a service to answer its health check
     stop_timeout_s: float = 20.0  # how long `down` waits after SIGTERM before SIGKILL
 
@@ -260,9 +267,14 @@ class ServicesConfig:
         names = [f"block-{i}" for i in range(servers)] + [f"flash-{j}" for j in range(self.flash_nodes)]
         grpc_ports = (list(self.block_ports) or [self.base_port + i for i in range(servers)]) + \
             (list(self.flash_ports) or [self.base_port + servers + j for j in range(self.flash_nodes)])
-        names += ["daemon"] if self.daemon else []
-        grpc_ports += [self.daemon_peer_port or None] if self.daemon else []
         after = self.base_port + servers + self.flash_nodes
+        if self.daemon and self.hosts > 1:  # their L2 ports after every other service's
+            first = self.daemon_peer_port or after + self.meta_servers + redis_nodes
+            names += [f"daemon-{h}" for h in range(self.hosts)]
+            grpc_ports += [first + h for h in range(self.hosts)]
+        elif self.daemon:
+            names += ["daemon"]
+            grpc_ports += [self.daemon_peer_port or None]
         names += [f"meta-{i}" for i in range(self.meta_servers)]
         grpc_ports += list(self.meta_ports) or [after + i for i in range(self.meta_servers)]
         names += [f"redis-{n}" for n in range(redis_nodes)]
@@ -302,6 +314,9 @@ class ServicesConfig:
                    f"entry {peer!r} must be host:port (peers have no weights)")
         _check(not self.daemon_peers or bool(self.daemon_peer_port), "services.daemon_peers",
                "needs services.daemon_peer_port: a daemon with peers must listen for them")
+        _check(self.hosts == 1 or (self.daemon and not self.daemon_peers), "services.hosts",
+               "above 1 needs services.daemon (a daemon per host) and no services.daemon_peers "
+               "(the hosts' daemons are each other's peers)")
 
     def _check_clashes(self, servers: int, redis_nodes: int = 0) -> None:
         """Every port in range and used once; an error names the field the port came from."""
@@ -314,7 +329,7 @@ class ServicesConfig:
             kind = name.split("-")[0] + "-"
             if explicit.get(kind):
                 return f"services.{kind[:-1]}_ports"
-            if name == "daemon":
+            if name == "daemon" or name.startswith("daemon-"):
                 return "services.daemon_peer_port"
             return "services.base_port"
 
@@ -510,6 +525,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "services.flash_region_bytes": (MiB, 4 * GiB),
     "services.daemon_memory_bytes": (MiB, 4 * TiB),
     "services.daemon_peer_port": (0, 65535),  # 0: no L2
+    "services.hosts": (1, 64),
     "services.start_timeout_s": (0.001, 3600.0),
     "services.stop_timeout_s": (0.001, 3600.0),
     "flash_node.capacity_bytes": (0, PiB),  # and at least two regions (validate)
@@ -526,7 +542,7 @@ MAX_ITEMS = {"metadata.endpoints": 999, "metadata.redis": 999,
              "services.redis_ports": 64}
 MAX_TEXT = 4096  # characters of any string (a Linux path is at most 4096 bytes)
 # BLOBTIER_* environment variables that are documented and are not config fields.
-ENV_NOT_FIELDS = frozenset({"BLOBTIER_HOME"})
+ENV_NOT_FIELDS = frozenset({"BLOBTIER_HOME", "BLOBTIER_HOST"})
 
 
 def _check(ok: bool, name: str, why: str) -> None:

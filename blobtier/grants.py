@@ -42,6 +42,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from blobtier.errors import BlobtierError, Forbidden, InvalidRequest
 from blobtier.fsutil import private_file
@@ -205,13 +206,34 @@ def _write(path: str, keys: Sequence[tuple[bytes, bytes]]) -> None:
     os.replace(tmp, path)
 
 
+class Bearer(Protocol):
+    """The caller's token (``rpc/auth.Token``), as far as grants care."""
+
+    name: str
+
+    def allows(self, namespace: str, right: str) -> bool: ...
+
+
+def _check_bearer(grant: Grant, right: int, bearer: Bearer | None) -> None:
+    """A grant is used by a token with the same rights on its namespace (a leaked grant
+    does not let another namespace's token read): defence in depth, where tokens are
+    checked at all (``bearer`` None: no token table)."""
+    if bearer is None:
+        return
+    for name, bit in _RIGHT_BITS.items():
+        if right & bit and not bearer.allows(grant.namespace, name):
+            raise Forbidden(f"token {bearer.name!r} has no {name} right on namespace {grant.namespace!r}")
+
+
 def check_chunk(ring: KeyRing, raw: bytes, digest: bytes, version: int, index: int,
-                right: int, seen: dict[bytes, Grant] | None = None) -> Grant:
+                right: int, seen: dict[bytes, Grant] | None = None, bearer: Bearer | None = None) -> Grant:
     """Check that ``raw`` grants ``right`` on the chunk named ``digest`` (a chunk server's
     name for ChunkKey(blob id, version, index)); ``seen``: grants verified earlier in
-    the same request, each checked once.
+    the same request, each checked once; ``bearer``: the caller's token, which must have
+    ``right`` on the grant's namespace too.
 
-    Raises: ``Forbidden`` (no grant, a bad one, or one for another chunk).
+    Raises: ``Forbidden`` (no grant, a bad one, one for another chunk, or a token of
+    another namespace).
     """
     if not raw:
         raise Forbidden("this server serves chunks only under a grant from the metadata service")
@@ -223,6 +245,7 @@ def check_chunk(ring: KeyRing, raw: bytes, digest: bytes, version: int, index: i
     if not grant.covers(grant.blob_id, version, right) or \
             ChunkKey(grant.blob_id, version, index).digest() != digest:
         raise Forbidden(f"the grant for namespace {grant.namespace!r} does not cover this chunk")
+    _check_bearer(grant, right, bearer)
     return grant
 
 
@@ -239,9 +262,10 @@ class GrantCheck:
         return self.ring is not None
 
     def covered(self, raws: Iterable[bytes], wanted: Iterable[tuple[bytes, int]],
-                right: int = READ) -> list[Grant]:
+                right: int = READ, bearer: Bearer | None = None) -> list[Grant]:
         """Check that each (blob_id, version) of ``wanted`` has a grant among ``raws``
-        with ``right``; return the verified grants.
+        with ``right`` (and that ``bearer``, the caller's token, has it on each grant's
+        namespace); return the verified grants.
 
         Raises: ``Forbidden`` for a bad grant or an uncovered chunk (naming neither keys
         nor grant bytes).
@@ -249,6 +273,8 @@ class GrantCheck:
         if self.ring is None:
             return []
         grants = [self.ring.verify(raw) for raw in dict.fromkeys(raws)]
+        for g in grants:
+            _check_bearer(g, right, bearer)
         by_blob: dict[bytes, list[Grant]] = {}
         for g in grants:
             by_blob.setdefault(g.blob_id, []).append(g)

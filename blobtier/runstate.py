@@ -146,9 +146,9 @@ def attach(config: RegionConfig) -> RegionConfig:
         block = replace(block, endpoints=tuple(s.address for s in state.of_kind("block")))
     if not flash.endpoints and state.of_kind("flash"):
         flash = replace(flash, endpoints=tuple(s.address for s in state.of_kind("flash")))
-    daemons = state.of_kind("daemon")
-    if cache.daemon == "auto" and daemons and daemons[0].socket:
-        cache = replace(cache, daemon=daemons[0].socket)
+    daemon = host_daemon(config, state)
+    if cache.daemon == "auto" and daemon is not None and daemon.socket:
+        cache = replace(cache, daemon=daemon.socket)
     metadata = _metadata(config, state)
     tls = _tls(config, state)
     if (block, flash, cache, metadata, tls) == (config.block, config.flash, config.cache, config.metadata,
@@ -164,6 +164,27 @@ def _tls(config: RegionConfig, state: RegionState) -> TlsConfig:
     if tc.mode == "off" or tc.ca or not state.tls:
         return tc
     return TlsConfig(ca=state.tls["ca"], cert=state.tls.get("cert", ""), key=state.tls.get("key", ""))
+
+
+def host_daemon(config: RegionConfig, state: RegionState) -> ServiceRecord | None:
+    """The daemon of the host this client is on: ``cache.host``, else ``$BLOBTIER_HOST``
+    (``host-N`` or ``N``), else the first. A region of simulated hosts names its daemons
+    ``daemon-N`` (``region/hosts.py``); a single host's is ``daemon``, host 0.
+
+    Raises ``InvalidRequest`` for a host the region does not run, naming those it runs."""
+    daemons = state.of_kind("daemon")
+    wanted = config.cache.host or os.environ.get("BLOBTIER_HOST", "")
+    if not wanted:
+        return daemons[0] if daemons else None
+    n = wanted.removeprefix("host-")
+    by_host = {s.name.removeprefix("daemon").lstrip("-") or "0": s for s in daemons}
+    if n not in by_host:
+        from blobtier.errors import InvalidRequest
+
+        where = "cache.host" if config.cache.host else "BLOBTIER_HOST"
+        hosts = ", ".join(f"host-{h}" for h in by_host) or "none"
+        raise InvalidRequest(f"{where} is {wanted!r}, but region {state.root} runs hosts: {hosts}")
+    return by_host[n]
 
 
 def _metadata(config: RegionConfig, state: RegionState) -> MetadataConfig:

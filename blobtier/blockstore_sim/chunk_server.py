@@ -72,8 +72,9 @@ class ChunkServicer(pb_grpc.ChunkServiceServicer):
         region's operator (an admin token: gc, scrub's repairs)."""
         if self.grants is None:
             return
+        bearer = caller(self.auth, context)
         try:
-            check_chunk(self.grants, raw, digest, version, index, right, seen)
+            check_chunk(self.grants, raw, digest, version, index, right, seen, bearer)
         except Forbidden:
             if not self._is_admin(context):
                 raise

@@ -32,11 +32,13 @@ from blobtier.cache_l1_l2.l1 import socket_dir
 from blobtier.cache_l1_l2.owner import ArenaOwner
 from blobtier.cache_l1_l2.trust import check_socket_dir
 from blobtier.cache_l1_l2.wire import OwnerClient, OwnerServer
+from blobtier.chunks import ChunkSource
 from blobtier.errors import Forbidden, InvalidRequest, TierUnavailable, UntrustedPath
 from blobtier.metrics import serve_metrics, stop_metrics
 
 if TYPE_CHECKING:  # grpc loads only in a daemon that serves peers
     from blobtier.cache_l1_l2.peers import PeerServer
+    from blobtier.grants import KeyRing
     from blobtier.rpc.auth import TokenTable
     from blobtier.rpc.tls import Tls
 
@@ -116,6 +118,13 @@ class ArenaCollector(Collector):
                 fam = CounterMetricFamily(f"blobtier_l2_served_{name}", f"L2 requests from peers: {name}")
                 fam.add_metric([], served.get(name, 0))
                 yield fam
+            fill = self.peers.fill
+            for name, what in (("filled", "chunks homed here read from below for peers"),
+                               ("failed", "chunks homed here that could not be read from below"),
+                               ("coalesced", "requests that waited for a fill already in flight")):
+                fam = CounterMetricFamily(f"blobtier_l2_home_{name}", f"L2 home fills: {what}")
+                fam.add_metric([], fill.counters.get(name, 0) if fill is not None else 0)
+                yield fam
 
 
 class HostDaemon:
@@ -130,12 +139,21 @@ class HostDaemon:
         auth: the tokens peers must present (None: none needed).
         namespace_policies: ``{namespace: policy name}`` for namespaces that evict by
             another policy than ``policy`` (``owner.py``).
+        fill_source: with ``listen``, where the chunks homed here that peers miss are
+            read from (``peers.HomeFill``); None: a peer's miss is a MISS. Closed by
+            ``stop``.
+        host_id: the simulated host this daemon is (``blobtier up`` with
+            ``services.hosts``), told to clients in its INFO.
+        grants: the region key ring: peers are served chunks only under its grants
+            (``rpc/cache_service.py``; None: no grants needed).
     """
 
     def __init__(self, memory: int, policy: str = "sieve", socket_path: str | None = None,
                  metrics_port: int | None = None, listen: str | None = None,
                  peers: tuple[str, ...] = (), tls: Tls | None = None, auth: TokenTable | None = None,
-                 namespace_policies: Mapping[str, str] | None = None) -> None:
+                 namespace_policies: Mapping[str, str] | None = None,
+                 fill_source: ChunkSource | None = None, host_id: str = "",
+                 grants: KeyRing | None = None) -> None:
         self.socket_path = socket_path or default_socket()
         check_socket_dir(os.path.dirname(self.socket_path) or ".")  # a clear refusal, first
         if listen is None and peers:
@@ -153,10 +171,16 @@ class HostDaemon:
             if listen is not None:
                 from blobtier.cache_l1_l2.peers import PeerServer, cluster
 
-                self.peer_server = PeerServer(self.owner, listen, tls, auth=auth)
+                self.peer_server = PeerServer(self.owner, listen, tls, auth=auth, source=fill_source,
+                                              grants=grants)
                 running.callback(self.peer_server.stop, 1)
                 self.server.info = {"peer": self.peer_server.address,
-                                    "peers": cluster(self.peer_server.address, peers)}
+                                    "peers": cluster(self.peer_server.address, peers),
+                                    "fills": fill_source is not None}
+            elif fill_source is not None:
+                raise InvalidRequest("a daemon that fills its peers' misses must --listen for them")
+            if host_id:
+                self.server.info = {**(self.server.info or {}), "host": host_id}
             self.metrics_port = None
             if metrics_port is not None:
                 registry = CollectorRegistry()

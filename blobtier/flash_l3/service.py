@@ -79,8 +79,9 @@ class TimedCacheServicer(CacheServicer):
     """``CacheServicer`` whose Gets are timed (to the last reply) for the node's histogram."""
 
     def __init__(self, cache: FlashCache, readthrough: ReadThrough,
-                 observe: Callable[[float], None], grants: KeyRing | None = None) -> None:
-        super().__init__(cache, readthrough, grants)
+                 observe: Callable[[float], None], grants: KeyRing | None = None,
+                 auth: TokenTable | None = None) -> None:
+        super().__init__(cache, readthrough, grants, auth)
         self._observe = observe
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -129,7 +130,8 @@ class FlashNode(Service):
                                            origins=origins)
             self.metrics.track(self.readthrough)
             self._start([(wire.add_cache_service, TimedCacheServicer(self.cache, self.readthrough,
-                                                                     self.metrics.observe_get, grants)),
+                                                                     self.metrics.observe_get, grants,
+                                                                     auth)),
                          (pb_grpc.add_CacheAdminServicer_to_server,
                           AdminServicer(config.node_id, self.cache, self.readthrough))],
                         config.addr, tls, workers=config.workers, auth=auth,

@@ -7,6 +7,7 @@ Layout under the region root (beside the embedded region's ``metadata/`` and ``b
     redis/NNN/      Redis node NNN's nodes.conf and AOF (metadata.backend redis-cluster; redis.py)
     logs/<name>.log each service's stdout and stderr
     run/region.json the state file (``state.py``); run/daemon.sock the daemon's socket
+    run/grant.key   the region key signing grants (0600; with auth.token_file and meta_servers)
 
 Every service is ``python -m blobtier.cli ...`` with the same interpreter as ``up``, but
 the Redis nodes (``redis-server``).
@@ -58,6 +59,19 @@ def daemon_socket(config: RegionConfig) -> str:
     return os.path.join(socket_dir(), f"region-{digest}.sock")
 
 
+def uses_grants(config: RegionConfig) -> bool:
+    """Grants need tokens and a metadata service to sign them: clients of a region's
+    RocksDB opened directly have nothing to sign their reads (the Unix user is the
+    boundary there)."""
+    return bool(config.auth.token_file) and config.services.meta_servers > 0
+
+
+def grant_key_file(config: RegionConfig) -> str:
+    """The region key that signs and checks grants (``blobtier/grants.py``); a path in
+    argv, the key itself only in the file."""
+    return os.path.join(config.root, "run", "grant.key")
+
+
 def flash_dir(config: RegionConfig) -> str:
     return _under(config.root, config.services.flash_dir, "flash")
 
@@ -84,6 +98,8 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
     # Every server checks the token file; a flash node reads chunk servers with auth.token.
     # A service given TLS files serves with them and presents them when it calls others.
     token_file = ["--token-file", config.auth.token_file] if config.auth.token_file else []
+    if uses_grants(config):  # the metadata service signs grants, data services check them
+        token_file += ["--grant-key-file", grant_key_file(config)]
 
     def auth(name: str) -> list[str]:
         return token_file + tls_flags(config, name)
@@ -107,7 +123,10 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
                 *_metrics_flag(metrics), *auth(f"flash-{j}")]
         out.append(ServiceSpec(f"flash-{j}", "flash", argv, f"{sc.host}:{port}", metrics, None,
                                os.path.join(logs, f"flash-{j}.log"), token_env))
-    if sc.daemon:
+    if sc.daemon and sc.hosts > 1:
+        flash = [s.address for s in out if s.kind == "flash"]
+        out += _host_specs(config, ports, cli + ["daemon"], endpoints, flash, auth, token_env)
+    elif sc.daemon:
         _, metrics = ports["daemon"]
         sock = daemon_socket(config)
         argv = [*cli, "daemon", "--memory", str(sc.daemon_memory_bytes), "--policy", sc.daemon_policy,
@@ -118,6 +137,34 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
                 argv += ["--peers", ",".join(sc.daemon_peers)]
         out.append(ServiceSpec("daemon", "daemon", argv, None, metrics, sock,
                                os.path.join(logs, "daemon.log")))
+    return out
+
+
+def host_socket(config: RegionConfig, n: int) -> str:
+    """The socket of host ``n``'s daemon: the region's daemon socket with ``-n`` added."""
+    stem, ext = os.path.splitext(daemon_socket(config))
+    return f"{stem}-{n}{ext}"
+
+
+def _host_specs(config: RegionConfig, ports: dict[str, tuple[int | None, int | None]], daemon: list[str],
+                block: list[str], flash: list[str], auth: Callable[[str], list[str]],
+                env: dict[str, str]) -> list[ServiceSpec]:
+    """A daemon per simulated host (``region/hosts.py``): each the others' L2 peer, each
+    reading the chunks homed at it through from the flash nodes and chunk servers."""
+    from blobtier.region.hosts import host_address, host_id
+
+    sc, logs = config.services, os.path.join(config.root, "logs")
+    names = [f"daemon-{h}" for h in range(sc.hosts)]
+    listen = [f"{host_address(sc.host, h)}:{ports[name][0]}" for h, name in enumerate(names)]
+    out = []
+    for h, name in enumerate(names):
+        argv = [*daemon, "--memory", str(sc.daemon_memory_bytes), "--policy", sc.daemon_policy,
+                "--socket", host_socket(config, h), "--host-id", host_id(h), "--listen", listen[h],
+                "--peers", ",".join(listen), "--fill-block-endpoints", ",".join(block),
+                *(["--fill-flash-endpoints", ",".join(flash)] if flash else []),
+                *_metrics_flag(ports[name][1]), *auth(name)]
+        out.append(ServiceSpec(name, "daemon", argv, listen[h], ports[name][1], host_socket(config, h),
+                               os.path.join(logs, f"{name}.log"), env))
     return out
 
 

@@ -86,6 +86,7 @@ def up(config: RegionConfig, say: Say = print) -> RegionState:
         for n in range(config.metadata.redis_nodes):
             private_dir(redis_dir(config, n))
         _make_certificates(config, todo, renew=True)
+        _make_grant_key(config)
         started = _start(config, todo, say)
         region = RegionState(root, services=[s.record() for s in started], tls=client_tls_files(config))
         state.write(region)
@@ -128,6 +129,17 @@ def _make_certificates(config: RegionConfig, todo: list[ServiceSpec], renew: boo
     served = [s for s in todo if s.kind != "redis"]
     hosts = [config.services.host] + [s.address.rpartition(":")[0].strip("[]") for s in served if s.address]
     tlsconf.make_region(config.root, [s.name for s in served], tlsconf.default_hosts(hosts), renew=renew)
+
+
+def _make_grant_key(config: RegionConfig) -> None:
+    """With tokens, the region key its services sign and check grants with (0600, kept
+    across restarts; ``blobtier/grants.py``)."""
+    from blobtier.region.services import grant_key_file, uses_grants
+
+    if uses_grants(config):
+        from blobtier.grants import KeyRing
+
+        KeyRing.create(grant_key_file(config))
 
 
 def _form_cluster(config: RegionConfig, say: Say) -> None:
@@ -203,7 +215,7 @@ def _check_ports_free(host: str, todo: list[ServiceSpec]) -> None:
     for spec in todo:
         ports = [(spec.address.rsplit(":", 1)[1], "")] if spec.address else []
         ports += [(str(spec.metrics_port), " metrics")] if spec.metrics_port else []
-        where = host
+        where = spec.address.rpartition(":")[0] if spec.kind == "daemon" and spec.address else host
         if spec.kind == "redis":  # on loopback, whatever services.host says
             where = redis.HOST
             ports.append((str(int(ports[0][0]) + REDIS_BUS_OFFSET), " cluster bus"))
@@ -416,6 +428,7 @@ def restart(config: RegionConfig, names: Sequence[str] = (), say: Say = print) -
         for record, spec in zip(todo, todo_specs):
             _check_port_free_for(config, record, spec)
         _make_certificates(config, todo_specs, renew=False)  # the running ones' CA
+        _make_grant_key(config)  # the running ones' key, or a new one if it is gone
         at = {spec.name: region.services.index(record) for record, spec in zip(todo, todo_specs)}
 
         def record(started: list[_Started]) -> None:

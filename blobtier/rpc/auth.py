@@ -27,7 +27,8 @@ Rights are given on namespace patterns (``fnmatch``: ``imagenet``, ``team-a-*``,
     grants = [{ns = "team-a-*", rights = ["read", "write"]}, {ns = "shared", rights = ["read"]}]
 
 The interceptor checks a call's right on *some* namespace (a token with no read right
-anywhere cannot call Get at all); the metadata service then checks the namespace of every
+anywhere cannot call Get at all; the admin services, which act on a whole server, need
+their right on ``*``); the metadata service then checks the namespace of every
 key a call names (``Token.allows``, ``caller``) and signs a grant for each record it returns
 (``blobtier/grants.py``). Data services serve chunks under those grants, so a token alone
 never reads a chunk where the region has a grant key. Calls that touch every namespace
@@ -205,7 +206,10 @@ class TokenAuth(grpc.ServerInterceptor):
         if token is None:
             return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
                             "a bearer token this server knows is required")
-        if need not in token.rights:
+        # An admin service (faults, stats, drop, resize) acts on the whole server, so on
+        # every namespace: it needs the right on '*'.
+        region_wide = handler_call_details.method.lstrip("/").rpartition("/")[0].endswith("Admin")
+        if not (token.allows_every(need) if region_wide else need in token.rights):
             return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
                             f"token {token.name!r} lacks the {need} right for {handler_call_details.method}")
         return handler

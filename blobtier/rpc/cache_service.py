@@ -34,6 +34,7 @@ from blobtier.grants import BOOK, READ, GrantCheck, KeyRing
 from blobtier.records import BlobRecord, decode
 from blobtier.rpc import cache_wire as wire
 from blobtier.rpc import put_stream
+from blobtier.rpc.auth import TokenTable, caller
 from blobtier.rpc.gen import flash_pb2 as pb
 from blobtier.rpc.gen import flash_pb2_grpc as pb_grpc
 from blobtier.rpc.server import MAX_PIECE_BYTES
@@ -125,14 +126,20 @@ def _answer(out: wire.ReplyBatcher, item: int, answer: Answer, req: pb.GetItem) 
 
 class CacheServicer(pb_grpc.CacheServiceServicer):
     def __init__(self, cache: ServedCache, readthrough: Filler | None = None,
-                 grants: KeyRing | None = None) -> None:
+                 grants: KeyRing | None = None, auth: TokenTable | None = None) -> None:
         self.cache = cache
         self.readthrough = readthrough
         self.check = GrantCheck(grants)
+        self.auth = auth
 
-    def _granted(self, raws: Sequence[bytes], keys: Sequence[ChunkKey]) -> None:
-        """Forbidden unless ``raws`` cover every key; keep them for reading through."""
-        for grant in self.check.covered(raws, ((k.blob_id, k.version) for k in keys), READ):
+    def _granted(self, context: grpc.ServicerContext, raws: Sequence[bytes],
+                 keys: Sequence[ChunkKey]) -> None:
+        """Forbidden unless ``raws`` cover every key (and the caller's token reads their
+        namespaces); keep them for reading through."""
+        if not self.check.on:
+            return
+        bearer = caller(self.auth, context)
+        for grant in self.check.covered(raws, ((k.blob_id, k.version) for k in keys), READ, bearer):
             BOOK.add(grant.raw)
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -141,7 +148,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 raise InvalidRequest(f"at most {wire.MAX_ITEMS} chunks per Get")
             records = _records(list(request.records))
             keys = [wire.key_from_pb(item.key) for item in request.items]
-            self._granted(request.grants, keys)
+            self._granted(context, request.grants, keys)
             refs = {i: self._checked_ref(records, item, key)  # a bad request fails before any answer
                     for i, (item, key) in enumerate(zip(request.items, keys)) if item.HasField("record")}
             if refs and self.readthrough is not None:
@@ -179,8 +186,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             admitted = rejected = 0
             # Each chunk is offered as soon as it arrived whole and checked.
             for key, head, data in put_stream.receive(request_iterator, _key):
-                if self.check.on:
-                    self._granted([head.grant], [key])
+                self._granted(context, [head.grant], [key])
                 if self.cache.put(key, data, head.touch):
                     admitted += 1
                 else:
@@ -195,7 +201,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             if len(request.keys) > wire.MAX_ITEMS:
                 raise InvalidRequest(f"at most {wire.MAX_ITEMS} chunks per Locate")
             keys = [wire.key_from_pb(k) for k in request.keys]
-            self._granted(request.grants, keys)
+            self._granted(context, request.grants, keys)
             where, entries = locate(keys, request.touch)
             reply = pb.LocateReply(host=boot_id(), dir=where)
             for e in entries:
@@ -211,7 +217,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 raise InvalidRequest(f"at most {wire.MAX_ITEMS} chunks per Prefetch")
             records = _records(list(request.records))
             refs = [_ref(records, item.record, item.index) for item in request.items]
-            self._granted(request.grants, [rec.chunk_key(i) for rec, i in refs])
+            self._granted(context, request.grants, [rec.chunk_key(i) for rec, i in refs])
             self.readthrough.check(refs)
             reply = pb.PrefetchReply()
             todo = []

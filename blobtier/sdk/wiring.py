@@ -106,6 +106,10 @@ class Wiring:
         verify = self.config.cache.verify_l1
         if daemon is not None:
             self.l1, self.l2 = SharedL1Cache(socket_path=daemon["socket"], verify=verify), self._peers(daemon)
+            if daemon.get("fills") and self.l2 is not None:  # hosts of a region: keep this one's share
+                from blobtier.cache_l1_l2.peers import HomeShare  # grpc only when used
+
+                self.l1 = HomeShare(self.l1, self.l2, daemon["peer"])
         elif not self.config.cache.l1_bytes:
             self.l1 = self.l2 = None
         elif self.arena is not None:  # inherited: attach to the parent's
@@ -126,13 +130,17 @@ class Wiring:
         fc = self.config.flash
         return ShardedChunkCache.connect([(p, 1.0) for p in daemon["peers"]], name="l2",
                                          timeout_s=fc.request_timeout_s, retry_after_s=fc.retry_after_s,
-                                         read_through=False, local=daemon["peer"],
+                                         read_through=bool(daemon.get("fills")),
+                                         local=None if daemon.get("fills") else daemon["peer"],
                                          token=self.config.auth.token or None,
                                          tls=Tls.from_config(self.config.tls))
 
     def _flash(self) -> ChunkCache | None:
-        """The L3 tier over ``flash.endpoints`` (None without them), shared by every chain."""
+        """The L3 tier over ``flash.endpoints``, shared by every chain; without them the
+        embedded one on local disk (``flash.local_l3``), else None."""
         fc = self.config.flash
+        if self.local_l3 is not None:
+            return self.local_l3.tier()
         if self.l3 is None and fc.endpoints:
             from blobtier.flash_l3.local_reads import RegionReader
             from blobtier.rpc.sharded_cache import ShardedChunkCache  # grpc only when used

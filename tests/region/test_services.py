@@ -37,8 +37,13 @@ def test_servers_check_the_token_file_and_flash_nodes_present_the_token(tmp_path
     config = from_mapping({"root": str(tmp_path), "services": {"base_port": 17400},
                            "auth": {"token_file": str(tokens), "token": "s3cret"}}, env={})
     for spec in specs(config):
-        assert spec.argv[-2:] == ["--token-file", str(tokens)], spec.name
+        assert spec.argv[-2:] == ["--token-file", str(tokens)], spec.name  # no metadata service: no grants
         assert "s3cret" not in " ".join(spec.argv)  # never on a command line
+    config = from_mapping({"root": str(tmp_path), "services": {"base_port": 17400, "meta_servers": 1},
+                           "auth": {"token_file": str(tokens), "token": "s3cret"}}, env={})
+    key = str(tmp_path / "run" / "grant.key")
+    for spec in specs(config):  # with one, every service is given the key file's path, never a key
+        assert spec.argv[-4:] == ["--token-file", str(tokens), "--grant-key-file", key], spec.name
     flash = [s for s in specs(config) if s.kind == "flash"]
     assert flash and all(s.env == {"BLOBTIER_AUTH_TOKEN": "s3cret"} for s in flash)
     with pytest.raises(InvalidRequest, match="auth.token_file"):
