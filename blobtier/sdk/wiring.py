@@ -136,11 +136,8 @@ class Wiring:
                                          tls=Tls.from_config(self.config.tls))
 
     def _flash(self) -> ChunkCache | None:
-        """The L3 tier over ``flash.endpoints``, shared by every chain; without them the
-        embedded one on local disk (``flash.local_l3``), else None."""
+        """The L3 tier over ``flash.endpoints`` (None without them), shared by every chain."""
         fc = self.config.flash
-        if self.local_l3 is not None:
-            return self.local_l3.tier()
         if self.l3 is None and fc.endpoints:
             from blobtier.flash_l3.local_reads import RegionReader
             from blobtier.rpc.sharded_cache import ShardedChunkCache  # grpc only when used
