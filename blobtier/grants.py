@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from blobtier import forks
 from blobtier.errors import BlobtierError, Forbidden, InvalidRequest
 from blobtier.fsutil import private_file
 from blobtier.records import ChunkKey
@@ -303,6 +304,12 @@ class GrantBook:
         self.capacity = capacity
         self._lock = threading.Lock()
         self._grants: OrderedDict[bytes, tuple[Grant, Refresher | None]] = OrderedDict()
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked DataLoader worker keeps the grants (its parent's to give) but not the
+        lock, which a parent thread may have held at the fork."""
+        self._lock = threading.Lock()
 
     def add(self, raw: bytes, refresh: Refresher | None = None) -> None:
         """Keep ``raw`` (ignored if malformed or empty)."""

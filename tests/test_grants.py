@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import time
 
@@ -117,3 +118,16 @@ def test_the_book_refreshes_a_grant_near_its_expiry(key_file):
     assert calls == [1] and parse(fresh).expires > time.time() + 600
     assert book.get(BLOB) == fresh and calls == [1]  # fresh now: no second fetch
     assert book.get(OTHER) is None
+
+
+def test_a_forked_child_reads_the_book_while_a_parent_thread_held_its_lock(key_file):
+    book = GrantBook()
+    raw = KeyRing.load(key_file).sign(BLOB, 1, "ns", READ)
+    book.add(raw)
+    with book._lock:  # as a parent thread may hold it at a DataLoader worker's fork
+        pid = os.fork()
+        if pid == 0:  # the child: a deadlock on the inherited lock ends by the alarm
+            signal.alarm(10)
+            os._exit(0 if book.get(BLOB) == raw else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -24,7 +24,9 @@ component) of each key it names: Get and GetMany need ``read`` there, Commit, De
 GrantWrite ``write``; a refusal is PERMISSION_DENIED at once, before the store is read. A
 listing leaves out the keys and subdirectories of namespaces the token cannot read, so
 they are never revealed (a page may then hold fewer entries than asked, or none, with a
-``next_page_token``). RegisterOrigins needs ``admin`` on ``*``. With a grant key ring
+``next_page_token``); a listing inside one namespace (a prefix with a '/') the token cannot
+read is refused. ListNamespaces shows the namespaces the token reads, PutNamespace needs
+``admin`` on the namespace; RegisterOrigins and MaintainNamespaces ``admin`` on ``*``. With a grant key ring
 (``grants``) each record served carries a read grant for its blob version, and GrantWrite
 mints blob ids with write grants (``blobtier/grants.py``).
 """
@@ -102,6 +104,13 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             if token is None or not token.allows(ns, right):
                 name = token.name if token is not None else "(none)"
                 raise Forbidden(f"token {name!r} has no {right} right on namespace {ns!r}")
+
+    def _need_every(self, context: grpc.ServicerContext, right: str, what: str) -> None:
+        """Raise ``Forbidden`` unless the caller's token has ``right`` on every namespace
+        (``*``): for calls that act on all of them."""
+        token = caller(self.auth, context)
+        if self.auth is not None and (token is None or not token.allows_every(right)):
+            raise Forbidden(f"{what} needs the {right} right on every namespace ('*')")
 
     def _readable(self, context: grpc.ServicerContext):  # noqa: ANN202 - key -> bool
         """A test of whether the caller may read a key (a listing's filter)."""
@@ -204,6 +213,8 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             limit = request.limit or DEFAULT_PAGE
             if limit > MAX_PAGE:
                 raise InvalidRequest(f"limit must be at most {MAX_PAGE}, got {limit}")
+            if "/" in request.prefix:  # inside one namespace: refused outright, as a Get is
+                self._need(context, [request.prefix], "read")
             rows = self._rows(request.prefix, request.delimiter, _page_token(request.page_token), limit)
             readable = self._readable(context)
             entries = [pb.ListEntry(key=key, record=b"" if rec is None else schema.encoded(rec),
@@ -229,9 +240,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
                         context: grpc.ServicerContext) -> pb.RegisterOriginsReply:
         with self.metrics.observe("RegisterOrigins"), answering(context):
             _check_count(len(request.urls), "urls")
-            token = caller(self.auth, context)
-            if self.auth is not None and (token is None or not token.allows_every("admin")):
-                raise Forbidden("registering origins needs the admin right on every namespace ('*')")
+            self._need_every(context, "admin", "registering origins")
             self.store.register_origins(list(request.urls))
             return pb.RegisterOriginsReply()
 
@@ -246,9 +255,11 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         with self.metrics.observe("ListNamespaces"), answering(context):
             _check_count(len(request.names), "names")
             if request.names:
+                self._need(context, list(request.names), "read")
                 specs = {n: self.store.namespace(n) for n in request.names}
-            else:
-                specs = {s.name: s for s in self.store.namespaces()}
+            else:  # every namespace the token reads, and no other's name
+                readable = self._readable(context)
+                specs = {s.name: s for s in self.store.namespaces() if readable(s.name)}
             usage = self.store.namespace_usage(list(specs)) if request.usage else {}
             return pb.ListNamespacesReply(entries=[
                 pb.NamespaceEntry(name=n, spec=b"" if spec is None else spec.encode(0),
@@ -258,6 +269,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def PutNamespace(self, request: pb.PutNamespaceRequest,
                      context: grpc.ServicerContext) -> pb.PutNamespaceReply:
         with self.metrics.observe("PutNamespace"), answering(context):
+            self._need(context, [request.name], "admin")
             try:
                 changes = json.loads(request.changes or "{}")
             except ValueError:
@@ -273,6 +285,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def MaintainNamespaces(self, request: pb.MaintainNamespacesRequest,
                            context: grpc.ServicerContext) -> pb.MaintainNamespacesReply:
         with self.metrics.observe("MaintainNamespaces"), answering(context):
+            self._need_every(context, "admin", "maintaining namespaces (TTL deletes, recounts)")
             done = self.store.maintain_namespaces()
             return pb.MaintainNamespacesReply(expired=done.expired, reconciled=done.reconciled,
                                               busy=done.busy)
@@ -283,12 +296,6 @@ def _new_spec(name: str, changes: dict) -> NamespaceSpec:
         return NamespaceSpec(name, **changes)
     except TypeError as exc:
         raise InvalidRequest(f"namespace fields: {exc}") from None
-
-
-def _namespace(key: str) -> str:
-    """The namespace of a key, or of a listed subdirectory ('ns/...')."""
-    return key.split("/", 1)[0]
-
 
 
 def _namespace(key: str) -> str:

@@ -50,13 +50,14 @@ from blobtier.rpc.gen import meta_pb2 as mpb
 from blobtier.rpc.gen import meta_pb2_grpc as mgrpc
 from blobtier.sdk.writer import WritePath
 
-A, RO, B, ADMIN, SVC = "tok-a", "tok-a-ro", "tok-b", "tok-admin", "tok-svc"
+A, RO, B, ADMIN, SVC, A_ADMIN = "tok-a", "tok-a-ro", "tok-b", "tok-admin", "tok-svc", "tok-a-admin"
 TOKENS = {"token": [
     {"name": "a", "sha256": digest(A), "grants": [{"ns": "a", "rights": ["read", "write"]}]},
     {"name": "a-ro", "sha256": digest(RO), "grants": [{"ns": "a", "rights": ["read"]}]},
     {"name": "b", "sha256": digest(B), "grants": [{"ns": "b", "rights": ["read", "write"]}]},
     {"name": "admin", "sha256": digest(ADMIN), "rights": ["read", "write", "admin"]},
     {"name": "svc", "sha256": digest(SVC), "rights": ["read"]},  # the flash node's reads below
+    {"name": "a-admin", "sha256": digest(A_ADMIN), "grants": [{"ns": "a", "rights": ["read", "admin"]}]},
 ]}
 CHUNK = 64 << 10
 DATA = bytes(range(256)) * (CHUNK // 256)  # one chunk per blob
@@ -189,6 +190,12 @@ META = {
     "Delete": ("write", lambda r, t, g: meta_stub(r, t).Delete(mpb.DeleteRequest(key="a/c")).record),
     "RegisterOrigins": ("admin", lambda r, t, g: [meta_stub(r, t).RegisterOrigins(
         mpb.RegisterOriginsRequest(urls=["file:///nowhere/"]))]),
+    "ListNamespaces": ("read", lambda r, t, g: list(meta_stub(r, t).ListNamespaces(
+        mpb.ListNamespacesRequest(names=["a"])).entries)),
+    "PutNamespace": ("admin", lambda r, t, g: meta_stub(r, t).PutNamespace(mpb.PutNamespaceRequest(
+        name="a", changes='{"quota_bytes": 1000000000}', create=True)).spec),
+    "MaintainNamespaces": ("admin", lambda r, t, g: [meta_stub(r, t).MaintainNamespaces(
+        mpb.MaintainNamespacesRequest())]),
 }
 
 
@@ -348,3 +355,24 @@ def test_every_cell_is_refused_and_the_right_credentials_succeed(region, service
     assert got, f"{service}.{rpc} with the right credentials answered nothing"
     if rpc == "Get" and service != "metadata":
         assert got == DATA
+
+
+def test_namespace_objects_are_guarded_per_namespace(region):
+    """An admin of namespace a manages a's object, not b's nor every namespace's, and a
+    listing of namespace objects shows only those the token reads."""
+    if not region.auth:
+        pytest.skip("tokens only")
+    admin, a_admin, a = meta_stub(region, ADMIN), meta_stub(region, A_ADMIN), meta_stub(region, A)
+    for name in ("a", "b"):
+        admin.PutNamespace(mpb.PutNamespaceRequest(name=f"{name}-q", changes="{}", create=True))
+    exists = bool(a.ListNamespaces(mpb.ListNamespacesRequest(names=["a"])).entries[0].spec)
+    a_admin.PutNamespace(mpb.PutNamespaceRequest(name="a", changes='{"quota_blobs": 100}',
+                                                 create=not exists))  # its own: allowed
+    for call in (lambda: a_admin.PutNamespace(mpb.PutNamespaceRequest(name="b", changes="{}", create=True)),
+                 lambda: a_admin.MaintainNamespaces(mpb.MaintainNamespacesRequest()),
+                 lambda: a.ListNamespaces(mpb.ListNamespacesRequest(names=["b-q"]))):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    names = {e.name for e in a.ListNamespaces(mpb.ListNamespacesRequest()).entries}
+    assert "a" in names and not names & {"b", "a-q", "b-q"}

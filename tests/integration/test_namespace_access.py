@@ -5,12 +5,15 @@ Grants signed with a rotated-out key keep working until the key is retired."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import blobtier
 from blobtier.blockstore_sim.chunk_server import ChunkServer
 from blobtier.errors import Forbidden
-from blobtier.grants import BOOK, KeyRing
+from blobtier.grants import BOOK, READ, KeyRing
+from blobtier.metadata.remote import RemoteMetadataStore
 from blobtier.metadata.rocksdb_store import RocksDBStore
 from blobtier.metadata.service import MetadataServer
 from blobtier.rpc.auth import TokenTable, digest
@@ -116,3 +119,24 @@ def test_grants_of_a_rotated_key_work_until_it_is_retired(tmp_path, services):
         # Refused at once: one request per chunk, no failover to the other replica and no
         # retry rounds (a refusal is not a server that cannot answer).
         assert sum(c.faults.counters()["requests"] for c in chunks) <= 2
+
+
+def test_an_expired_grant_is_refreshed_by_fetching_the_record_again(tmp_path, services):
+    meta, chunks, key_file = services
+    ring = KeyRing.load(key_file)
+    with connect(tmp_path, meta, chunks, A) as a:
+        a.put("a/x", b"x" * 100_000)
+        store = RemoteMetadataStore(meta.address, token=A)  # the record's fetcher, kept open
+        try:
+            rec = store.get("a/x")
+            gets = _meta_gets(meta)
+            # The grant the client holds expires; the book keeps its way to fetch a new one.
+            BOOK.add(ring.sign(rec.blob_id, rec.version, "a", READ, expires=time.time() - 1))
+            assert bytes(a.get("a/x")) == b"x" * 100_000
+            assert _meta_gets(meta) == gets + 1  # the record fetched once, then the chunks read
+        finally:
+            store.close()
+
+
+def _meta_gets(meta) -> float:
+    return meta.metrics.registry.get_sample_value("blobtier_meta_requests_total", {"method": "Get"}) or 0
