@@ -121,9 +121,10 @@ def hit_throughput(work: str, chunk: int, total: int, batch_bytes: int, passes: 
                               flash={"endpoints": [addr]}) as c:
             out["fill_MiB_s"] = sdk_pass(c, keys, batch, total)  # read through: fills L3
             before = c.stats()
-            warm_l3 = [sdk_pass(c, keys, batch, total) for _ in range(passes)]
-            warm_file = [file_pass(plain, chunk, total) for _ in range(passes)]
-            cold_l3, cold_file = [], []
+            warm_l3, warm_file, cold_l3, cold_file = [], [], [], []
+            for _ in range(passes):  # interleaved: a busy machine slows both alike
+                warm_l3.append(sdk_pass(c, keys, batch, total))
+                warm_file.append(file_pass(plain, chunk, total))
             for _ in range(passes):
                 drop_page_cache(region_files(flash_dir))
                 cold_l3.append(sdk_pass(c, keys, batch, total))

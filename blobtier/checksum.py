@@ -7,6 +7,7 @@ alternative and also guards every metadata record and on-disk header.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import crc32c as _crc32c
 import xxhash
@@ -36,6 +37,34 @@ def algorithm_id(name: str) -> int:
 def _function(name: str) -> Callable[[Buffer], int]:
     try:
         return ALGORITHMS[name][1]
+    except KeyError:
+        raise InvalidRequest(f"unknown checksum {name!r}; choose one of {sorted(ALGORITHMS)}") from None
+
+
+class _Crc32c:
+    """crc32c fed piece by piece, as ``xxhash.xxh3_64`` is."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: Buffer) -> None:
+        self.value = _crc32c.crc32c(data, self.value)
+
+    def intdigest(self) -> int:
+        return self.value
+
+
+_STREAMING: dict[str, Callable[[], Any]] = {"crc32c": _Crc32c, "xxh3": xxhash.xxh3_64}
+
+
+def streaming(name: str) -> Any:
+    """A hasher of ``name`` fed with ``update(piece)``; ``intdigest()`` is then what
+    ``compute`` gives for the pieces joined (to hash bytes while they are still in the
+    CPU's cache, piece by piece as they arrive)."""
+    try:
+        return _STREAMING[name]()
     except KeyError:
         raise InvalidRequest(f"unknown checksum {name!r}; choose one of {sorted(ALGORITHMS)}") from None
 

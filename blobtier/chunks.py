@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 from blobtier.records import ChunkKey
 
@@ -38,6 +38,23 @@ ChunkRef = tuple["BlobRecord", int]
 Claim = tuple[ChunkKey, int, str]
 """(key, size in bytes, namespace) of a chunk to claim. The namespace is its blob key's
 first segment: that namespace's eviction policy rules the chunk ("" for the default)."""
+
+
+class LocatedEntry(NamedTuple):
+    """A chunk's entry in a cache node's region files, as the node located it (for a
+    client on its host to read itself), and when ``checksum`` is set the (algorithm,
+    value) its data must hash to."""
+
+    key: ChunkKey
+    slot: int
+    offset: int
+    length: int
+    seq: int
+    checksum: tuple[str, int] | None = None
+
+
+CORRUPT = type("Corrupt", (), {"__repr__": lambda self: "CORRUPT"})()
+"""A local read's answer for an entry whose data fails its checksum."""
 
 
 @dataclass(slots=True)

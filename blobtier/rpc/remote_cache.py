@@ -26,10 +26,10 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from blobtier import checksum, forks
+from blobtier import forks
 from blobtier.checksum import xxh3
-from blobtier.chunks import Buffer, ChunkKey, ChunkRef, Lookup
-from blobtier.errors import ChecksumError, InvalidRequest, TierUnavailable
+from blobtier.chunks import CORRUPT, Buffer, ChunkKey, ChunkRef, LocatedEntry, Lookup
+from blobtier.errors import InvalidRequest, TierUnavailable
 from blobtier.grants import BOOK
 from blobtier.records import encode
 from blobtier.rpc import cache_wire as wire
@@ -64,7 +64,9 @@ class LocalRegions(Protocol):
 
     directory: str
 
-    def read(self, key: ChunkKey, slot: int, offset: int, length: int, seq: int) -> memoryview | None: ...
+    def read_many(self, wanted: Sequence[LocatedEntry]) -> list[memoryview | None | object]:
+        """Per entry: its bytes (verified when its checksum is given), None when it is
+        gone, ``CORRUPT`` when it fails its checksum. Raises ``OSError`` (no access)."""
 
     def close(self) -> None: ...
 
@@ -159,32 +161,32 @@ class RemoteChunkCache:
                 return keys, refs
             if self._regions is None or self._regions.directory != reply.dir:
                 self._regions = self._open_regions(reply.dir)
-            for i, (key, at) in enumerate(zip(part, reply.locations), start):
-                view = None
-                if at.found:
-                    try:
-                        view = self._regions.read(key, at.slot, at.offset, at.length, at.seq)
-                    except OSError as exc:  # not ours to read (another user, a container)
-                        log.info("%s: no local reads (%s)", self.where, exc)
-                        self.local_reads = False
-                        left.extend(range(i, len(keys)))
-                        break
-                if view is not None and refs is not None:
-                    # Checked now, while the bytes are still in the CPU's cache, not after
-                    # the whole batch is read (the chain skips what is verified).
-                    rec, index = refs[i]
-                    try:
-                        checksum.verify(rec.checksum_algo, view, rec.checksums[index],
-                                        f"chunk {key} read from {self.where}'s files")
-                        found.verified.add(key)
-                    except ChecksumError as exc:
-                        log.warning("%s; refetching it", exc)
-                        bad.append(key)
-                        view = None
+            wanted = [(i, LocatedEntry(key, at.slot, at.offset, at.length, at.seq,
+                                 None if refs is None else _checksum_of(refs[i])))
+                      for i, (key, at) in enumerate(zip(part, reply.locations), start) if at.found]
+            left.extend(i for i, at in enumerate(reply.locations, start) if not at.found)
+            try:
+                # Verified as each entry lands, while its bytes are in the CPU's cache (the
+                # chain skips what is verified).
+                views = self._regions.read_many([w for _, w in wanted])
+            except OSError as exc:  # not ours to read (another user, a container)
+                log.info("%s: no local reads (%s)", self.where, exc)
+                self.local_reads = False
+                left.extend(i for i, _ in wanted)
+                left.extend(range(start + len(part), len(keys)))
+                break
+            for (i, w), view in zip(wanted, views):
+                if view is CORRUPT:
+                    log.warning("checksum mismatch for chunk %s read from %s's files; refetching it",
+                                w.key, self.where)
+                    bad.append(w.key)
+                    view = None
                 if view is None:
                     left.append(i)
                 else:
-                    found.found[key] = view
+                    found.found[w.key] = view
+                    if w.checksum is not None:
+                        found.verified.add(w.key)
             if not self.local_reads:
                 break
         if bad:  # the node forgets them before the Get below reads them through again
@@ -194,6 +196,7 @@ class RemoteChunkCache:
                 log.debug("%s not told of corrupt chunks: %s", self.where, exc)
         found.corrupt += len(bad)
         self._tally({"hits": len(found.found), "local_hits": len(found.found), "corrupt": len(bad)})
+        left.sort()
         return [keys[i] for i in left], None if refs is None else [refs[i] for i in left]
 
     def _get_remote(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None,
@@ -353,6 +356,11 @@ def _grants(keys: Sequence[ChunkKey]) -> list[bytes]:
     """The grants this process holds for the blobs of ``keys`` (``grants.BOOK``), each once:
     a node with a grant key serves only chunks they cover."""
     return BOOK.many(k.blob_id for k in keys)
+
+
+def _checksum_of(ref: ChunkRef) -> tuple[str, int]:
+    rec, index = ref
+    return rec.checksum_algo, rec.checksums[index]
 
 
 def _record_positions(refs: Sequence[ChunkRef], records: Any) -> list[int]:

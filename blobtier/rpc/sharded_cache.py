@@ -123,11 +123,7 @@ class ShardedChunkCache:
         failed: frozenset[str] = frozenset()
         todo = list(keys)
         for _ in range(2):
-            groups: dict[str, list[ChunkKey]] = {}
-            for key in todo:
-                node = self.home(key, failed)
-                if node is not None and node != self.local:
-                    groups.setdefault(node, []).append(key)
+            groups = self._homes(todo, failed)
             if not groups:
                 break
             todo = []
@@ -140,6 +136,19 @@ class ShardedChunkCache:
             if not todo:
                 break
         return found
+
+    def _homes(self, keys: list[ChunkKey], failed: frozenset[str]) -> dict[str, list[ChunkKey]]:
+        """Keys grouped by their home node (``home``), leaving out those homed here."""
+        if len(self.ids) == 1:  # one node: every key's home, no ranking to do per key
+            node = self.ids[0]
+            usable = node not in failed and node != self.local and self.health.usable(node)
+            return {node: keys} if usable and keys else {}
+        groups: dict[str, list[ChunkKey]] = {}
+        for key in keys:
+            node = self.home(key, failed)
+            if node is not None and node != self.local:
+                groups.setdefault(node, []).append(key)
+        return groups
 
     def _ask(self, groups: dict[str, list[ChunkKey]], touch: bool, ref_of: dict | None):
         def call(node: str, sub: list[ChunkKey]) -> Lookup | None:
@@ -183,12 +192,7 @@ class ShardedChunkCache:
     def report_corrupt(self, keys: Sequence[ChunkKey]) -> None:
         """Tell each key's home that its copy failed its checksum. A node that cannot be
         told is skipped like any failing node; the others are told all the same."""
-        groups: dict[str, list[ChunkKey]] = {}
-        for key in keys:
-            node = self.home(key)
-            if node is not None and node != self.local:
-                groups.setdefault(node, []).append(key)
-        for node, sub in groups.items():
+        for node, sub in self._homes(list(keys), frozenset()).items():
             member = self.members[node]
             if not isinstance(member, ReportsCorrupt):
                 continue

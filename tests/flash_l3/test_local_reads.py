@@ -7,11 +7,14 @@ import os
 import pytest
 
 import blobtier
+from blobtier import checksum
 from blobtier.blockstore_sim.replicated import ReplicatedBlockStore
 from blobtier.blockstore_sim.volume import VolumeStore
+from blobtier.chunks import CORRUPT, LocatedEntry
 from blobtier.config import FlashNodeConfig
 from blobtier.flash_l3.cache import FlashCache
 from blobtier.flash_l3.local_reads import RegionReader
+from blobtier.flash_l3.regions import ENTRY_HEADER
 from blobtier.flash_l3.service import FlashNode
 from blobtier.rpc import remote_cache
 from blobtier.rpc.remote_cache import RemoteChunkCache
@@ -91,7 +94,7 @@ def test_unreadable_region_files_turn_local_reads_off(node, monkeypatch):
     def denied(self, *args):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(RegionReader, "read", denied)
+    monkeypatch.setattr(RegionReader, "read_many", denied)
     r = remote(node)
     try:
         got = r.get_many(list(chunks))
@@ -175,3 +178,72 @@ def test_a_forked_child_closes_the_region_descriptors_and_opens_its_own(tmp_path
         assert bytes(reader.read(key, entry.slot, entry.offset, entry.length, entry.seq)) == chunks[key]
     finally:
         reader.close()
+
+
+def _located(cache: FlashCache, chunks: dict) -> tuple[str, list[LocatedEntry]]:
+    where, entries = cache.locate(list(chunks))
+    return where, [LocatedEntry(k, e.slot, e.offset, e.length, e.seq, ("xxh3", checksum.xxh3(d)))
+                   for (k, d), e in zip(chunks.items(), entries)]
+
+
+def _flip(where: str, entry: LocatedEntry, at: int) -> None:
+    path = os.path.join(where, f"{entry.slot:06d}.reg")
+    with open(path, "r+b") as f:
+        f.seek(entry.offset + ENTRY_HEADER + at)
+        byte = f.read(1)
+        f.seek(entry.offset + ENTRY_HEADER + at)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_back_to_back_entries_are_one_preadv_each_verified(tmp_path, monkeypatch):
+    """Small entries written one after another come in with one preadv per window, and
+    each is checked against its checksum: a flipped byte in the middle of a run is
+    CORRUPT for that entry only, a stale entry None for itself only."""
+    cache = FlashCache(str(tmp_path / "c"), 8 * REGION, region_size=REGION)
+    try:
+        chunks = keys_and_data(6, 20_000)  # 6 entries of 5 pages: one 30-page window
+        for key, data in chunks.items():
+            cache.put(key, data)
+        where, wanted = _located(cache, chunks)
+        calls = []
+        real = os.preadv
+        monkeypatch.setattr(os, "preadv",
+                            lambda fd, bufs, off: calls.append(len(bufs)) or real(fd, bufs, off))
+        reader = RegionReader(where)
+        got = reader.read_many(wanted)
+        assert [bytes(v) for v in got] == list(chunks.values())
+        assert len(calls) == 1 and calls[0] == 2 * len(chunks) - 1  # entries and the gaps between
+        _flip(where, wanted[2], 7_000)
+        stale = wanted[4]._replace(seq=wanted[4].seq + 1)
+        got = reader.read_many([*wanted[:4], stale, wanted[5]])
+        assert got[2] is CORRUPT and got[4] is None
+        assert [bytes(got[i]) for i in (0, 1, 3, 5)] == [chunks[wanted[i].key] for i in (0, 1, 3, 5)]
+        reader.close()
+    finally:
+        cache.close()
+
+
+def test_a_big_entry_is_read_and_hashed_a_window_at_a_time(tmp_path, monkeypatch):
+    """An entry bigger than a window: read in pieces, hashed as they land; a flipped byte
+    in its last window is CORRUPT, never its bytes."""
+    cache = FlashCache(str(tmp_path / "c"), 16 * (4 << 20), region_size=4 << 20)
+    try:
+        chunks = keys_and_data(2, 1_500_000)
+        for key, data in chunks.items():
+            cache.put(key, data)
+        where, wanted = _located(cache, chunks)
+        calls = []
+        real = os.preadv
+        monkeypatch.setattr(os, "preadv", lambda fd, bufs, off: calls.append(off) or real(fd, bufs, off))
+        reader = RegionReader(where)
+        got = reader.read_many(wanted)
+        assert [bytes(v) for v in got] == list(chunks.values())
+        windows = -(-(ENTRY_HEADER + 1_500_000) // RegionReader.WINDOW)
+        assert len(calls) == 2 * windows
+        _flip(where, wanted[1], 1_499_000)
+        got = reader.read_many(wanted)
+        assert bytes(got[0]) == chunks[wanted[0].key] and got[1] is CORRUPT
+        assert bytes(reader.read(wanted[1].key, *wanted[1][1:5])) != chunks[wanted[1].key]  # unchecked read
+        reader.close()
+    finally:
+        cache.close()
