@@ -100,7 +100,8 @@ def below_hosts(root: str) -> dict[str, float]:
         m = metrics(s.metrics_port)
         if s.kind == "block":
             total["block_gets"] += m['blobtier_chunkserver_requests_total{method="Get"}']
-            total["block_bytes"] += m["blobtier_chunkserver_sent_bytes_total"]
+            total["block_bytes"] += m.get("blobtier_chunkserver_sent_bytes_total",
+                                          m.get("blobtier_chunkserver_bytes_sent_total"))  # its old name
         elif s.kind == "flash":
             total["l3_gets"] += m["blobtier_flash_hits_total"] + m["blobtier_flash_misses_total"]
     return total
