@@ -349,13 +349,14 @@ def _flash_source(args: argparse.Namespace):
 
 
 def _outgoing_tls(args: argparse.Namespace):
-    """What a server presents when it calls others: its own certificate, trusting
-    ``--tls-ca``; without that flag, the ``[tls]`` of ``--region``."""
+    """What a server presents when it calls others (a flash node its chunk servers, a
+    host's daemon what it fills from): its own certificate, trusting ``--tls-ca``; without
+    that flag, the ``[tls]`` of ``--region``."""
     from blobtier.rpc.tls import Tls
 
     if args.tls_ca:
         return Tls(args.tls_cert, args.tls_key, args.tls_ca)
-    region = args.flash_region or args.region
+    region = getattr(args, "flash_region", None) or args.region
     return _client_tls(region) if region else None
 
 
@@ -400,7 +401,7 @@ def cmd_daemon(args: argparse.Namespace) -> None:
         from blobtier.region.hosts import home_source
 
         source = home_source(_csv(args.fill_block_endpoints), _csv(args.fill_flash_endpoints or ""),
-                             token=os.environ.get("BLOBTIER_AUTH_TOKEN") or None)
+                             token=os.environ.get("BLOBTIER_AUTH_TOKEN") or None, tls=_outgoing_tls(args))
     daemon = HostDaemon(parse_size(args.memory, "--memory"), args.policy, args.socket,
                         args.metrics_port, listen=args.listen, peers=peers,
                         namespace_policies=namespace_policies, auth=_token_table(args),
@@ -469,12 +470,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     with _connect(args, creates=True) as client:
         demo.run(client, samples=args.samples, epochs=args.epochs, workers=args.workers,
                  batch_size=args.batch_size)
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from blobtier.plan.command import run
-
-    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -656,11 +651,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--region", dest="demo_region", default=None, metavar="DIR_OR_TOML",
                    help="run against this region (e.g. one started by `blobtier up`)")
-    p = add("plan", cmd_plan, "what-if: predict tier hit ratios, block egress and data stall of a "
-                              "region's caches over a synthetic or recorded trace")
-    from blobtier.plan.command import add_arguments as add_plan_arguments
-
-    add_plan_arguments(p)
     from blobtier.region.commands import add_commands
 
     add_commands(add)

@@ -18,8 +18,12 @@ from __future__ import annotations
 import functools
 import socket
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from blobtier.chunks import ChunkRef, ChunkSource
+
+if TYPE_CHECKING:
+    from blobtier.rpc.tls import Tls
 
 HOST_PREFIX = "host-"
 
@@ -66,10 +70,11 @@ class ChainSource:
 
 
 def home_source(block_endpoints: Sequence[str], flash_endpoints: Sequence[str],
-                token: str | None = None, timeout_s: float = 10.0) -> ChunkSource:
+                token: str | None = None, timeout_s: float = 10.0, tls: Tls | None = None) -> ChunkSource:
     """What a daemon reads the chunks it is home to from: the flash nodes at
     ``flash_endpoints`` (none: no L3) over the chunk servers at ``block_endpoints`` (in the
-    region's ``block.endpoints`` order: records name servers by position)."""
+    region's ``block.endpoints`` order: records name servers by position); ``tls``: how it
+    connects to them."""
     from blobtier.blockstore_sim.remote import RemoteChunkStore
     from blobtier.blockstore_sim.replicated import ReplicatedBlockStore
     from blobtier.metrics import TierStats
@@ -78,9 +83,9 @@ def home_source(block_endpoints: Sequence[str], flash_endpoints: Sequence[str],
     from blobtier.sdk.routing import RoutingSource
 
     stats = TierStats()
-    servers = {sid: RemoteChunkStore(addr, timeout_s=timeout_s, token=token)
+    servers = {sid: RemoteChunkStore(addr, timeout_s=timeout_s, token=token, tls=tls)
                for sid, addr in enumerate(block_endpoints)}
     blocks = RoutingSource(ReplicatedBlockStore(servers, 1, stats=stats))
     tiers = [ShardedChunkCache.connect([(a, 1.0) for a in flash_endpoints], name="l3", timeout_s=timeout_s,
-                                       token=token)] if flash_endpoints else []
+                                       token=token, tls=tls)] if flash_endpoints else []
     return ChainSource(TierChain(tiers, blocks, stats), [*tiers, blocks])

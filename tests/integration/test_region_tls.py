@@ -81,3 +81,42 @@ def test_mutual_tls_region_up_put_get_refusals_down(tls_region, tmp_path):
     down = run_cli("down", "-c", path)
     assert down.returncode == 0, down.stderr
     assert processes_under(root) == []
+
+
+HOSTS_TLS = '''hosts = 2
+[block]
+servers = 1
+replicas = 1
+[tls]
+mode = "auto"
+require_client_cert = true
+'''
+
+
+def test_hosts_read_through_their_l2_peers_over_mutual_tls(tmp_path, monkeypatch):
+    """Two simulated hosts: each daemon serves its L2 peers over TLS and fills the chunks
+    homed at it from the flash node and chunk server over TLS, presenting its own
+    certificate (a fill refused there would send the client below L2: origin reads)."""
+    root = tmp_path / "region"
+    path = write_config(tmp_path / "region.toml", root, free_base_port(), extra=HOSTS_TLS)
+    path_text = open(path).read().replace("[block]\nservers = 3\n", "")  # the section above instead
+    with open(path, "w") as f:
+        f.write(path_text)
+    try:
+        up = run_cli("up", "-c", path)
+        assert up.returncode == 0, up.stderr
+        data = {f"ds/{i}": os.urandom(64 << 10) for i in range(8)}  # a chunk each
+        with blobtier.connect(path, cache={"daemon": "off", "l1_bytes": 0}) as client:
+            client.put_many(data)
+        for host in ("host-0", "host-1"):
+            monkeypatch.setenv("BLOBTIER_HOST", host)
+            with blobtier.connect(path) as client:
+                assert [bytes(v) for v in client.get_many(list(data))] == list(data.values())
+                stats = client.stats()
+            # Every byte came from the hosts' L1 and L2 (a home daemon's fills included): none
+            # from the flash node or the chunk server directly.
+            assert stats["l3"]["bytes"] == stats["origin"]["bytes"] == 0, (host, stats)
+            assert stats["l1"]["bytes"] + stats["l2"]["bytes"] == sum(map(len, data.values())), (host, stats)
+        assert run_cli("down", "-c", path).returncode == 0
+    finally:
+        kill_leftovers(str(root))
