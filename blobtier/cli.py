@@ -280,6 +280,11 @@ def cmd_flash_serve(args: argparse.Namespace) -> None:
         node = FlashNode(config, source, auth=_token_table(args), origins=origins,
                          tls=_server_tls(args), grants=_grant_ring(args))
         stack.callback(node.stop, STOP_GRACE_S)  # writes the index snapshot: the next start is warm
+        if metadata is not None:  # the namespaces' L3 shares, read again while it serves
+            from blobtier.sdk.namespaces import SettingsRefresher, l3_shares
+
+            stack.callback(SettingsRefresher(metadata, lambda specs: node.cache.set_namespace_shares(
+                l3_shares(specs))).close)
         signal.signal(signal.SIGTERM, lambda *_: node.server.stop(STOP_GRACE_S))
         stats = node.cache.stats()
         extra = f", metrics on 127.0.0.1:{node.metrics_port}" if node.metrics_port is not None else ""
@@ -402,6 +407,7 @@ def cmd_daemon(args: argparse.Namespace) -> None:
 
         source = home_source(_csv(args.fill_block_endpoints), _csv(args.fill_flash_endpoints or ""),
                              token=os.environ.get("BLOBTIER_AUTH_TOKEN") or None, tls=_outgoing_tls(args))
+    metadata = _region_metadata(args.daemon_region) if args.daemon_region else None
     daemon = HostDaemon(parse_size(args.memory, "--memory"), args.policy, args.socket,
                         args.metrics_port, listen=args.listen, peers=peers,
                         namespace_policies=namespace_policies, auth=_token_table(args),
@@ -410,8 +416,36 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     extra = f", metrics on 127.0.0.1:{daemon.metrics_port}" if daemon.metrics_port else ""
     if daemon.peer_server is not None:
         extra += f", L2 peers served on {daemon.peer_server.address}"
-    daemon.serve_until_signalled(ready=lambda: print(
-        f"blobtier daemon: {args.memory} L1 ({args.policy}) on {daemon.socket_path}{extra}", flush=True))
+    refresher = None
+    if metadata is not None:  # the namespaces' L1 shares and policies, read again while it serves
+        from blobtier.sdk.namespaces import SettingsRefresher, l1_settings
+
+        refresher = SettingsRefresher(metadata, lambda specs: daemon.owner.configure_namespaces(
+            *l1_settings(specs)))
+    try:
+        daemon.serve_until_signalled(ready=lambda: print(
+            f"blobtier daemon: {args.memory} L1 ({args.policy}) on {daemon.socket_path}{extra}", flush=True))
+    finally:
+        if refresher is not None:
+            refresher.close()
+        if metadata is not None:
+            metadata.close()
+
+
+def _region_metadata(region: str):
+    """A reader of ``region``'s metadata (its RocksDB, or its metadata service or Redis)."""
+    import os
+
+    from blobtier.runstate import resolve_running
+
+    config = resolve_running(region)
+    if config.metadata.remote:
+        from blobtier.sdk.stores import RegionStores
+
+        return RegionStores(config).shared_metadata()
+    from blobtier.metadata.rocksdb_store import RocksDBStore
+
+    return RocksDBStore(os.path.join(config.root, "metadata"), scratch_dir=os.path.join(config.root, "tmp"))
 
 
 def _csv(text: str) -> list[str]:
@@ -636,6 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="sieve", help="eviction: sieve, lru, keep, clairvoyant")
     p.add_argument("--namespace-policy", action="append", default=[], metavar="NAMESPACE=POLICY",
                    help="evict NAMESPACE's chunks by POLICY instead of --policy (repeatable)")
+    p.add_argument("--region", dest="daemon_region", default=None, metavar="REGION",
+                   help="apply the L1 shares and policies of REGION's namespaces (blobtier ns), "
+                        "read again every 10 s")
     p.add_argument("--socket", default=None, help="Unix socket for local clients "
                                                    "(default: the well-known one clients look for)")
     p.add_argument("--token-file", default=None, metavar="TOML",

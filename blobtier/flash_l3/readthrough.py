@@ -147,14 +147,15 @@ class ReadThrough:
         started = time.perf_counter()
         answers: dict[int, Answer] = {}
         try:
-            for i, result in zip(positions, self._read_source(refs)):
+            for i, (rec, _), result in zip(positions, refs, self._read_source(refs)):
                 if isinstance(result, BaseException):
                     answers[i] = Answer(FAILED, None, result)
                     continue
+                # Filed under its blob's namespace (per-namespace shares, ``cache.py``).
                 if force:
-                    self.cache.insert(keys[i], result)
+                    self.cache.insert(keys[i], result, namespace=rec.namespace)
                 else:
-                    self.cache.put(keys[i], result)
+                    self.cache.put(keys[i], result, namespace=rec.namespace)
                 answers[i] = Answer(FILLED, result)
         finally:
             self._settle(positions, keys, answers)

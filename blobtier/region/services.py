@@ -130,7 +130,7 @@ def specs(config: RegionConfig) -> list[ServiceSpec]:
         _, metrics = ports["daemon"]
         sock = daemon_socket(config)
         argv = [*cli, "daemon", "--memory", str(sc.daemon_memory_bytes), "--policy", sc.daemon_policy,
-                "--socket", sock, *_metrics_flag(metrics), *auth("daemon")]
+                "--socket", sock, "--region", root, *_metrics_flag(metrics), *auth("daemon")]
         if sc.daemon_peer_port:  # L2: this host's arena served to the other hosts' daemons
             argv += ["--listen", f"{sc.host}:{sc.daemon_peer_port}"]
             if sc.daemon_peers:
@@ -159,7 +159,8 @@ def _host_specs(config: RegionConfig, ports: dict[str, tuple[int | None, int | N
     out = []
     for h, name in enumerate(names):
         argv = [*daemon, "--memory", str(sc.daemon_memory_bytes), "--policy", sc.daemon_policy,
-                "--socket", host_socket(config, h), "--host-id", host_id(h), "--listen", listen[h],
+                "--socket", host_socket(config, h), "--region", config.root, "--host-id", host_id(h),
+                "--listen", listen[h],
                 "--peers", ",".join(listen), "--fill-block-endpoints", ",".join(block),
                 *(["--fill-flash-endpoints", ",".join(flash)] if flash else []),
                 *_metrics_flag(ports[name][1]), *auth(name)]

@@ -88,10 +88,17 @@ def _key(header: pb.PutHeader) -> ChunkKey:
     return wire.key_from_pb(header.key)
 
 
-def _records(raw: list[bytes]) -> list[BlobRecord]:
+def _records(raw: list[bytes], keys: Sequence[str] = ()) -> list[BlobRecord]:
+    """The request's records, each with the key the caller names for it (its namespace
+    rules the chunks a node reads through: shares); ``keys`` empty: none named."""
     if len(raw) > wire.MAX_RECORDS:
         raise InvalidRequest(f"at most {wire.MAX_RECORDS} records per request")
-    return [decode(r) for r in raw]
+    if keys and len(keys) != len(raw):
+        raise InvalidRequest(f"{len(keys)} keys for {len(raw)} records")
+    records = [decode(r) for r in raw]
+    for rec, key in zip(records, keys):
+        rec.key = key
+    return records
 
 
 def _ref(records: list[BlobRecord], record: int, index: int) -> ChunkRef:
@@ -146,7 +153,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         with answering(context):
             if len(request.items) > wire.MAX_ITEMS:
                 raise InvalidRequest(f"at most {wire.MAX_ITEMS} chunks per Get")
-            records = _records(list(request.records))
+            records = _records(list(request.records), request.keys)
             keys = [wire.key_from_pb(item.key) for item in request.items]
             self._granted(context, request.grants, keys)
             refs = {i: self._checked_ref(records, item, key)  # a bad request fails before any answer
@@ -215,7 +222,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         with answering(context):
             if len(request.items) > wire.MAX_ITEMS:
                 raise InvalidRequest(f"at most {wire.MAX_ITEMS} chunks per Prefetch")
-            records = _records(list(request.records))
+            records = _records(list(request.records), request.keys)
             refs = [_ref(records, item.record, item.index) for item in request.items]
             self._granted(context, request.grants, [rec.chunk_key(i) for rec, i in refs])
             self.readthrough.check(refs)

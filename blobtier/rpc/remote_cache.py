@@ -221,7 +221,7 @@ class RemoteChunkCache:
         if refs is None:
             request.items.extend(pb.GetItem(key=wire.key_to_pb(k)) for k in keys)
         else:
-            at = _record_positions(refs, request.records)
+            at = _record_positions(refs, request.records, request.keys)
             request.items.extend(pb.GetItem(key=wire.key_to_pb(k), record=r) for k, r in zip(keys, at))
         return self._call(request, keys)
 
@@ -266,7 +266,7 @@ class RemoteChunkCache:
         """Have the node read chunks from the block layer into its cache; returns how many
         were cached already, fetched, rejected and failed."""
         request = pb.PrefetchRequest(grants=_grants([rec.chunk_key(i) for rec, i in refs]))
-        at = _record_positions(refs, request.records)
+        at = _record_positions(refs, request.records, request.keys)
         request.items.extend(pb.PrefetchItem(record=r, index=i) for (_, i), r in zip(refs, at))
         with _calling(self.where):
             reply = self._stub().Prefetch(request, timeout=self.timeout_s)
@@ -363,9 +363,10 @@ def _checksum_of(ref: ChunkRef) -> tuple[str, int]:
     return rec.checksum_algo, rec.checksums[index]
 
 
-def _record_positions(refs: Sequence[ChunkRef], records: Any) -> list[int]:
+def _record_positions(refs: Sequence[ChunkRef], records: Any, keys: Any) -> list[int]:
     """Each ref's position in ``records`` (a request's repeated field), to which every
-    record is appended once, encoded: the chunks of one blob share it."""
+    record is appended once, encoded: the chunks of one blob share it; its key goes to
+    ``keys`` (the node files the chunks under its namespace)."""
     position: dict[int, int] = {}
     out = []
     for rec, _ in refs:
@@ -373,6 +374,7 @@ def _record_positions(refs: Sequence[ChunkRef], records: Any) -> list[int]:
         if at is None:
             at = position[id(rec)] = len(records)
             records.append(encode(rec))
+            keys.append(rec.key)
         out.append(at)
     return out
 

@@ -12,6 +12,7 @@ durations as ``pytimeparse`` does (``7d``, ``1h30m``, ``90`` seconds), shares as
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from blobtier.errors import BlobNotFound, InvalidRequest
 from blobtier.metadata.namespaces import POLICIES, NamespaceSpec
 from blobtier.metadata.store import MetadataStore
 
+_log = logging.getLogger(__name__)
 CLEAR = "none"  # a flag's value that clears its field
 
 
@@ -243,3 +245,56 @@ def run_command(spaces: Namespaces, command: str, name: str | None,
 
 def _usage_of(spaces: Namespaces, name: str) -> NamespaceUsage:
     return next(u for u in spaces.usage() if u.name == name)
+
+
+SETTINGS_REFRESH_S = 10.0
+"""How often a daemon or a flash node reads the namespace objects again."""
+
+
+def l1_settings(specs: list[NamespaceSpec]) -> tuple[dict[str, float], dict[str, str]]:
+    """(shares, policies) of the namespaces that set them, for ``ArenaOwner.configure_namespaces``."""
+    return ({s.name: s.l1_share for s in specs if s.l1_share is not None},
+            {s.name: s.policy for s in specs if s.policy is not None})
+
+
+def l3_shares(specs: list[NamespaceSpec]) -> dict[str, float]:
+    """The L3 shares of the namespaces that set one, for ``FlashCache.set_namespace_shares``."""
+    return {s.name: s.l3_share for s in specs if s.l3_share is not None}
+
+
+class SettingsRefresher:
+    """How the caches learn the namespaces' shares and policies: pulled from the region's
+    metadata, once at start and every ``interval_s`` after (a daemon thread), and handed to
+    ``apply``. Pulled rather than pushed so that a cache started later, or one that missed
+    a change while down, needs no one to tell it; a change reaches every cache within
+    ``interval_s``. A read that fails keeps the settings in force (logged) until the next.
+    """
+
+    def __init__(self, store: MetadataStore, apply: Callable[[list[NamespaceSpec]], None],
+                 interval_s: float = SETTINGS_REFRESH_S) -> None:
+        import threading
+
+        self.store = store
+        self.apply = apply
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name="blobtier-ns-settings", daemon=True)
+        self._thread.start()
+
+    def refresh(self) -> bool:
+        """Read and apply the settings now; False (logged) when that failed."""
+        try:
+            self.apply(self.store.namespaces())
+            return True
+        except (OSError, ValueError) as exc:  # blobtier's errors are OSError or ValueError
+            _log.warning("namespace settings not refreshed from %s: %s", self.store.where, exc)
+            return False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -140,8 +140,8 @@ def test_ns_cli_create_set_show_ls(cli):
     assert code == 0 and "l1 share    30%" in out and "policy      clairvoyant" in out
     assert "0 B of 53,687,091,200 B (0%), 0 blobs of 1000 (0%)" in out
     code, out, _ = cli("ns", "ls")
-    assert code == 0 and out.splitlines()[1].split() == ["imagenet", "0", "B", "53,687,091,200", "B", "0/1000",
-                                                         "-", "30%", "50%", "clairvoyant"]
+    row = ["imagenet", "0", "B", "53,687,091,200", "B", "0/1000", "-", "30%", "50%", "clairvoyant"]
+    assert code == 0 and out.splitlines()[1].split() == row
 
 
 @pytest.mark.parametrize("args,named", [

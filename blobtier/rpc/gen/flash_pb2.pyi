@@ -43,16 +43,18 @@ class GetItem(_message.Message):
     def __init__(self, key: _Optional[_Union[ChunkId, _Mapping]] = ..., record: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("items", "records", "touch", "grants")
+    __slots__ = ("items", "records", "touch", "grants", "keys")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     TOUCH_FIELD_NUMBER: _ClassVar[int]
     GRANTS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[GetItem]
     records: _containers.RepeatedScalarFieldContainer[bytes]
     touch: bool
     grants: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, items: _Optional[_Iterable[_Union[GetItem, _Mapping]]] = ..., records: _Optional[_Iterable[bytes]] = ..., touch: _Optional[bool] = ..., grants: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[GetItem, _Mapping]]] = ..., records: _Optional[_Iterable[bytes]] = ..., touch: _Optional[bool] = ..., grants: _Optional[_Iterable[bytes]] = ..., keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetReply(_message.Message):
     __slots__ = ("item", "outcome", "length", "data", "detail")
@@ -113,14 +115,16 @@ class PrefetchItem(_message.Message):
     def __init__(self, record: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class PrefetchRequest(_message.Message):
-    __slots__ = ("items", "records", "grants")
+    __slots__ = ("items", "records", "grants", "keys")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     GRANTS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[PrefetchItem]
     records: _containers.RepeatedScalarFieldContainer[bytes]
     grants: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, items: _Optional[_Iterable[_Union[PrefetchItem, _Mapping]]] = ..., records: _Optional[_Iterable[bytes]] = ..., grants: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[PrefetchItem, _Mapping]]] = ..., records: _Optional[_Iterable[bytes]] = ..., grants: _Optional[_Iterable[bytes]] = ..., keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PrefetchReply(_message.Message):
     __slots__ = ("cached", "fetched", "rejected", "failed")
