@@ -506,6 +506,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
                  batch_size=args.batch_size)
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from blobtier.plan.command import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blobtier", description=__doc__.splitlines()[0])
     parser.add_argument("--region", "-r", default=None,
@@ -688,6 +694,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--region", dest="demo_region", default=None, metavar="DIR_OR_TOML",
                    help="run against this region (e.g. one started by `blobtier up`)")
+    p = add("plan", cmd_plan, "what-if: predict tier hit ratios, block egress and data stall of a "
+                              "region's caches over a synthetic or recorded trace")
+    from blobtier.plan.command import add_arguments as add_plan_arguments
+
+    add_plan_arguments(p)
     from blobtier.region.commands import add_commands
 
     add_commands(add)

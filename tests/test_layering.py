@@ -22,7 +22,7 @@ import blobtier
 
 PKG = pathlib.Path(blobtier.__file__).parent
 TIERS = {"metadata", "blockstore_sim", "flash_l3", "cache_l1_l2"}
-TOP = {"region", "cli", "demo"}  # wiring and orchestration: may import anything below
+TOP = {"region", "cli", "demo", "plan"}  # wiring, orchestration and the what-if planner (over every part)
 # ``api`` is ``blobtier`` itself (``connect``, ``Client``): for the plugins above the SDK.
 LAYER = {"rpc": 1, **{t: 2 for t in TIERS}, "sdk": 3, "api": 3, "dataloader": 4, **{t: 5 for t in TOP}}
 

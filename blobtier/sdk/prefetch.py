@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 Sample = Sequence[ChunkRef]  # the chunks of one sample (one blob, usually one chunk)
 
 
+def window(rate: float | None, latency: float | None, batch: int, concurrency: int) -> int:
+    """Samples a follower keeps fetched ahead of a consumer taking ``rate`` samples/s when
+    a batch of ``batch`` takes ``latency`` seconds (0.05 until measured): rate x latency
+    x 2 plus a batch, at least ``batch x concurrency`` (``blobtier plan`` uses it too)."""
+    latency = latency or 0.05
+    return max(batch * concurrency, int(2 * (rate or 0.0) * latency) + batch)
+
+
 class _Rate:
     """An exponentially weighted average."""
 
@@ -144,9 +152,7 @@ class Prefetcher:
         """Samples to keep fetched ahead: rate x latency x 2, within the memory bound."""
         if job.progress is None:
             return len(job.samples)
-        rate = self._rate.value or 0.0
-        latency = self._latency.value or 0.05
-        return max(self.batch * self.concurrency, int(2 * rate * latency) + self.batch)
+        return window(self._rate.value, self._latency.value, self.batch, self.concurrency)
 
     def _run(self) -> None:
         while True:
