@@ -12,12 +12,12 @@ from __future__ import annotations
 import multiprocessing
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from blobtier import forks
@@ -80,21 +80,6 @@ class TierStatsCollector(Collector):
             for tier, values in snap.items():
                 fam.add_metric([tier], values[f])
             yield fam
-
-
-class CountersCollector(Collector):
-    """Exposes a component's own counters (``counters()`` -> name: value), e.g. the block
-    store's requests, hedges, retries and concurrency limit, as
-    ``blobtier_<subsystem>_<name>``."""
-
-    def __init__(self, subsystem: str, counters: Callable[[], Mapping[str, float]],
-                 namespace: str = "blobtier") -> None:
-        self.prefix = f"{namespace}_{subsystem}"
-        self.counters = counters
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        for name, value in self.counters().items():
-            yield GaugeMetricFamily(f"{self.prefix}_{name}", f"{self.prefix} {name}", value=value)
 
 
 class StallMetrics:

@@ -4,8 +4,8 @@ Per RPC method (``method`` label: Get, Put, Delete, Stat, List, Compact):
 ``blobtier_chunkserver_requests_total``, ``blobtier_chunkserver_errors_total`` (answered
 with an error status) and the histogram ``blobtier_chunkserver_request_seconds`` (a
 streamed Get is timed to its last piece). Read from the fault injector when scraped:
-``blobtier_chunkserver_bytes_sent_total`` (chunk bytes served: the block layer's egress),
-``blobtier_chunkserver_bytes_received_total``, and ``blobtier_chunkserver_faults_total``
+``blobtier_chunkserver_sent_bytes_total`` (chunk bytes served: the block layer's egress),
+``blobtier_chunkserver_received_bytes_total``, and ``blobtier_chunkserver_faults_total``
 (``kind``: refused, errors, delayed, stragglers, throttled, corrupted, cancelled), plus the
 gauge ``blobtier_chunkserver_down`` (1 while set down).
 """
@@ -32,9 +32,9 @@ class FaultCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         counters = self.faults.counters()
-        for name in ("bytes_sent", "bytes_received"):
-            yield CounterMetricFamily(f"{self.prefix}_{name}", f"chunk bytes {name.split('_')[1]}",
-                                      value=counters[name])
+        for name in ("sent", "received"):  # the unit last: <what>_bytes_total
+            yield CounterMetricFamily(f"{self.prefix}_{name}_bytes", f"chunk bytes {name}",
+                                      value=counters[f"bytes_{name}"])
         fam = CounterMetricFamily(f"{self.prefix}_faults", "requests hit by an injected fault",
                                   labels=["kind"])
         for kind in FAULT_KINDS:

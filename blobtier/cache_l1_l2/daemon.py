@@ -103,14 +103,17 @@ class ArenaCollector(Collector):
 
     def collect(self) -> Iterator:
         stats = self.owner.stats()
-        for name in ("hits", "misses", "inserts", "evictions", "rejected", "corrupt", "refused_commits"):
+        for name in ("hits", "misses", "hit_bytes", "inserts", "evictions", "rejected", "corrupt",
+                     "refused_commits"):
             fam = CounterMetricFamily(f"blobtier_l1_{name}", f"L1 arena {name}")
             fam.add_metric([], stats.get(name, 0))
             yield fam
-        for name, what in (("used_bytes", "bytes of slots in use"), ("capacity", "arena bytes"),
-                           ("chunks", "chunks indexed"), ("pinned", "slots pinned by readers")):
+        for key, name, what in (("used_bytes", "used_bytes", "bytes of slots in use"),
+                                ("capacity", "capacity_bytes", "arena bytes"),
+                                ("chunks", "chunks", "chunks indexed"),
+                                ("pinned", "pinned", "slots pinned by readers")):
             fam = GaugeMetricFamily(f"blobtier_l1_{name}", f"L1 arena {what}")
-            fam.add_metric([], stats.get(name, 0))
+            fam.add_metric([], stats.get(key, 0))
             yield fam
         if self.peers is not None:
             served = self.peers.cache.counters

@@ -224,7 +224,7 @@ class ArenaOwner:
         out: list[Place | None] = []
         # The hot path of every L1 hit: plain dict get/set (Counter's += and del run Python
         # code), counters added once per batch.
-        hits = misses = 0
+        hits = misses = hit_bytes = 0
         with self._cv:
             self._apply_deferred()
             pins = self._session_pins.get(session)
@@ -251,8 +251,10 @@ class ArenaOwner:
                     all_pins[offset] = all_pins.get(offset, 0) + 1
                     pins[offset] = pins.get(offset, 0) + 1
                 hits += 1
+                hit_bytes += place[1]
                 out.append(place)
             self.counters["hits"] += hits
+            self.counters["hit_bytes"] += hit_bytes  # L1 throughput: bytes readers found here
             self.counters["misses"] += misses
         return out
 

@@ -1,9 +1,9 @@
 """A flash node's Prometheus series, read from its components' counters when scraped.
 
-Counters (``blobtier_flash_<name>_total``): hits, misses, bytes_read, bytes_written,
+Counters (``blobtier_flash_<name>_total``): hits, misses, read_bytes, written_bytes,
 inserts, admissions_rejected, evicted_regions, evicted_entries, reinserted, corrupt,
 io_errors, write_errors, disk_full, dropped, and read-through fills, fill_failures and
-coalesced (requests that waited on another's fill). Gauges: entries (index), region_fill
+coalesced (requests that waited on another's fill). Gauges: entries (index), region_fill_ratio
 (share of the capacity written), used_bytes, capacity_bytes, regions. Histograms:
 ``blobtier_flash_fill_seconds``, the time of each batch read from the block layer, and
 ``blobtier_flash_get_seconds``, the time to answer one Get (hits and read-through alike).
@@ -23,8 +23,9 @@ from blobtier.flash_l3.readthrough import ReadThrough
 _COUNTERS = ("hits", "located", "misses", "bytes_read", "bytes_written", "inserts", "admissions_rejected",
              "evicted_regions", "evicted_entries", "reinserted", "corrupt", "io_errors",
              "write_errors", "disk_full", "dropped")
+_EXPORTED = {"bytes_read": "read_bytes", "bytes_written": "written_bytes"}  # the unit last
 _GAUGES = (("entries", "entries", "chunks in the index"),
-           ("region_fill", "region_fill", "share of the capacity written"),
+           ("region_fill", "region_fill_ratio", "share of the capacity written"),
            ("used_bytes", "used_bytes", "bytes of entries in the regions"),
            ("capacity", "capacity_bytes", "most bytes the regions may take"),
            ("regions", "regions", "region files"))
@@ -40,7 +41,8 @@ class FlashCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         stats = self.cache.stats()
         for name in _COUNTERS:
-            yield CounterMetricFamily(f"{self.prefix}_{name}", f"flash cache {name}", value=stats[name])
+            yield CounterMetricFamily(f"{self.prefix}_{_EXPORTED.get(name, name)}", f"flash cache {name}",
+                                      value=stats[name])
         for key, name, what in _GAUGES:
             yield GaugeMetricFamily(f"{self.prefix}_{name}", f"flash cache {what}", value=stats[key])
         if self.readthrough is not None:

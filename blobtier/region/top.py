@@ -146,7 +146,7 @@ def render(region: RegionState, cur: Scrape, prev: Scrape | None) -> list[str]:
             f"{w.rate('daemon', 'blobtier_l1_misses_total'):.0f}", "-", "-", "-",
             f"{w.delta('daemon', 'blobtier_l1_evictions_total'):.0f}",
             f"{cur.total('daemon', 'blobtier_l1_used_bytes') / MiB:,.0f}/"
-            f"{cur.total('daemon', 'blobtier_l1_capacity') / MiB:,.0f} MiB"))
+            f"{cur.total('daemon', 'blobtier_l1_capacity_bytes') / MiB:,.0f} MiB"))
         if cur.total("daemon", "blobtier_l2_served_hits_total") or \
                 cur.total("daemon", "blobtier_l2_served_misses_total"):
             lines.append(_row(
@@ -160,7 +160,7 @@ def render(region: RegionState, cur: Scrape, prev: Scrape | None) -> list[str]:
             "L3", _pct(w.ratio("flash", "blobtier_flash_hits_total", "blobtier_flash_misses_total")),
             f"{w.rate('flash', 'blobtier_flash_hits_total'):.0f}",
             f"{w.rate('flash', 'blobtier_flash_misses_total'):.0f}",
-            f"{w.rate('flash', 'blobtier_flash_bytes_read_total') / MiB:.1f}",
+            f"{w.rate('flash', 'blobtier_flash_read_bytes_total') / MiB:.1f}",
             _ms(w.percentile(0.5, "flash", "blobtier_flash_get_seconds")),
             _ms(w.percentile(0.99, "flash", "blobtier_flash_get_seconds")),
             f"{w.delta('flash', 'blobtier_flash_evicted_entries_total'):.0f}",
@@ -171,16 +171,16 @@ def render(region: RegionState, cur: Scrape, prev: Scrape | None) -> list[str]:
         gets = w.delta("block", "blobtier_chunkserver_requests_total", method="Get")
         lines.append(_row(
             "block", "-", f"{gets / w.seconds('block'):.0f}", "-",
-            f"{w.rate('block', 'blobtier_chunkserver_bytes_sent_total') / MiB:.1f}",
+            f"{w.rate('block', 'blobtier_chunkserver_sent_bytes_total') / MiB:.1f}",
             _ms(w.percentile(0.5, "block", "blobtier_chunkserver_request_seconds", method="Get")),
             _ms(w.percentile(0.99, "block", "blobtier_chunkserver_request_seconds", method="Get")),
             "-", f"{len(cur.by_kind['block'])} chunk servers"))
         faults = {k: w.delta("block", "blobtier_chunkserver_faults_total", kind=k)
                   for k in ("refused", "errors", "stragglers", "corrupted")}
         lines.append(
-            f"block egress {w.rate('block', 'blobtier_chunkserver_bytes_sent_total') / MiB:.1f} MiB/s "
-            f"(total {cur.total('block', 'blobtier_chunkserver_bytes_sent_total') / MiB:,.1f} MiB), "
-            f"ingress {w.rate('block', 'blobtier_chunkserver_bytes_received_total') / MiB:.1f} MiB/s; "
+            f"block egress {w.rate('block', 'blobtier_chunkserver_sent_bytes_total') / MiB:.1f} MiB/s "
+            f"(total {cur.total('block', 'blobtier_chunkserver_sent_bytes_total') / MiB:,.1f} MiB), "
+            f"ingress {w.rate('block', 'blobtier_chunkserver_received_bytes_total') / MiB:.1f} MiB/s; "
             f"errors {w.delta('block', 'blobtier_chunkserver_errors_total'):.0f}; injected faults "
             + ", ".join(f"{k} {v:.0f}" for k, v in faults.items()))
     if "flash" in cur.by_kind:

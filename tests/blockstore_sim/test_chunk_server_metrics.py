@@ -26,7 +26,7 @@ def test_series_move_with_requests(server):
     m = fetch(server.metrics_port)
     for method in ("Get", "Put", "Delete", "Stat", "List"):  # present before any request
         assert m[("blobtier_chunkserver_requests_total", (("method", method),))] == 0
-    assert m[("blobtier_chunkserver_bytes_sent_total", ())] == 0
+    assert m[("blobtier_chunkserver_sent_bytes_total", ())] == 0
     assert m[("blobtier_chunkserver_faults_total", (("kind", "refused"),))] == 0
     assert m[("blobtier_chunkserver_down", ())] == 0
     data = os.urandom(300_000)
@@ -47,8 +47,8 @@ def test_series_move_with_requests(server):
     assert m[("blobtier_chunkserver_errors_total", get)] >= 2  # not found, then down
     assert m[("blobtier_chunkserver_request_seconds_count", get)] >= 3
     assert m[("blobtier_chunkserver_request_seconds_bucket", (("le", "+Inf"), ("method", "Get")))] >= 3
-    assert m[("blobtier_chunkserver_bytes_sent_total", ())] == len(data)
-    assert m[("blobtier_chunkserver_bytes_received_total", ())] == len(data)
+    assert m[("blobtier_chunkserver_sent_bytes_total", ())] == len(data)
+    assert m[("blobtier_chunkserver_received_bytes_total", ())] == len(data)
     assert m[("blobtier_chunkserver_faults_total", (("kind", "refused"),))] >= 1
     assert m[("blobtier_chunkserver_down", ())] == 1
 

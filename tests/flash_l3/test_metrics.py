@@ -29,7 +29,7 @@ def test_series_follow_the_cache_and_the_fills(tmp_path):
     assert value("blobtier_flash_fill_seconds_count") == 1
     assert value("blobtier_flash_evicted_regions_total") >= 1
     assert value("blobtier_flash_entries") == cache.stats()["entries"]
-    assert 0 < value("blobtier_flash_region_fill") <= 1
+    assert 0 < value("blobtier_flash_region_fill_ratio") <= 1
     assert value("blobtier_flash_capacity_bytes") == 4 << 20
     assert value("blobtier_flash_admissions_rejected_total") == 0
     cache.close()

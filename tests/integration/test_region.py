@@ -104,7 +104,7 @@ def test_up_status_read_down_then_a_warm_restart(region_config, tmp_path, capsys
         assert total(metrics(root, "flash"), "blobtier_flash_misses_total") == 0
         block = metrics(root, "block")
         assert total(block, "blobtier_chunkserver_requests_total", method="Get") == 0
-        assert total(block, "blobtier_chunkserver_bytes_sent_total") == 0
+        assert total(block, "blobtier_chunkserver_sent_bytes_total") == 0
     finally:
         assert main(["down", "-c", path]) == 0
     assert processes_under(root) == []
@@ -164,14 +164,14 @@ def running(tmp_path_factory):
 
 SERIES = {
     "block": ["blobtier_chunkserver_requests_total", "blobtier_chunkserver_errors_total",
-              "blobtier_chunkserver_request_seconds_bucket", "blobtier_chunkserver_bytes_sent_total",
-              "blobtier_chunkserver_bytes_received_total", "blobtier_chunkserver_faults_total"],
-    "flash": ["blobtier_flash_hits_total", "blobtier_flash_misses_total", "blobtier_flash_bytes_read_total",
+              "blobtier_chunkserver_request_seconds_bucket", "blobtier_chunkserver_sent_bytes_total",
+              "blobtier_chunkserver_received_bytes_total", "blobtier_chunkserver_faults_total"],
+    "flash": ["blobtier_flash_hits_total", "blobtier_flash_misses_total", "blobtier_flash_read_bytes_total",
               "blobtier_flash_evicted_regions_total", "blobtier_flash_admissions_rejected_total",
               "blobtier_flash_fills_total", "blobtier_flash_get_seconds_bucket",
               "blobtier_flash_fill_seconds_bucket", "blobtier_flash_used_bytes"],
     "daemon": ["blobtier_l1_hits_total", "blobtier_l1_misses_total", "blobtier_l1_evictions_total",
-               "blobtier_l1_used_bytes", "blobtier_l1_capacity"],
+               "blobtier_l1_used_bytes", "blobtier_l1_capacity_bytes"],
 }
 
 
@@ -194,7 +194,7 @@ def test_metrics_endpoints_expose_series_that_move(running):
 
     assert grew("block", "blobtier_chunkserver_requests_total", method="Get") >= n
     # At least every byte once (a flash node may hedge a slow read to a second replica).
-    assert grew("block", "blobtier_chunkserver_bytes_sent_total") >= sum(map(len, blobs.values()))
+    assert grew("block", "blobtier_chunkserver_sent_bytes_total") >= sum(map(len, blobs.values()))
     assert grew("block", "blobtier_chunkserver_request_seconds_count", method="Get") >= n
     assert grew("flash", "blobtier_flash_misses_total") == n  # counted once, by the Get
     assert grew("flash", "blobtier_flash_fills_total") == n
