@@ -306,6 +306,7 @@ class GrantBook:
         self.capacity = capacity
         self._lock = threading.Lock()
         self._grants: OrderedDict[bytes, tuple[Grant, Refresher | None]] = OrderedDict()
+        self._fetchers: list[weakref.WeakMethod] = []
         forks.register(self)
 
     def _after_fork_in_child(self) -> None:
@@ -348,6 +349,32 @@ class GrantBook:
                 entry = self._grants.get(blob_id, entry)
             grant = entry[0]
         return grant.raw
+
+    def add_fetcher(self, method: Callable[[str], object]) -> None:
+        """A bound method that fetches the record of a key (and so its grant) from a
+        metadata service: ``ensure`` uses it for a grant the book no longer holds. Held
+        weakly."""
+        with self._lock:
+            self._fetchers = [f for f in self._fetchers if f() is not None]
+            self._fetchers.append(weakref.WeakMethod(method))  # type: ignore[arg-type]
+
+    def ensure(self, records: Iterable[object]) -> None:
+        """Fetch the records again whose grants the book lacks (evicted: the read-plan
+        cache may hold a record longer), by their keys (``BlobRecord.key``), before a
+        request that needs their grants is built."""
+        for rec in records:
+            blob_id, key = rec.blob_id, rec.key  # type: ignore[attr-defined]
+            if blob_id in self._grants or not key:
+                continue
+            for ref in list(self._fetchers):
+                fetch = ref()
+                try:
+                    if fetch is not None:
+                        fetch(key)
+                except BlobtierError:
+                    continue  # that service does not answer for it: the next one may
+                if blob_id in self._grants:
+                    break
 
     def many(self, blob_ids: Iterable[bytes]) -> list[bytes]:
         """The grants of these blobs (each once; those the book lacks left out)."""

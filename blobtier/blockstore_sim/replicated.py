@@ -53,6 +53,7 @@ from blobtier.errors import (
     TierUnavailable,
     TimedOut,
 )
+from blobtier.grants import BOOK
 from blobtier.metrics import TierStats
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,7 @@ class ReplicatedBlockStore:
     def read_many(self, refs: Sequence[ChunkRef]) -> list[memoryview]:
         if not self._remote:
             return [self._read_local(rec, index) for rec, index in refs]
+        BOOK.ensure(rec for rec, _ in refs)  # the grants the requests carry
         if len(refs) == 1:
             return [self._read_remote(*refs[0])]
         pool = self._pools()[0]

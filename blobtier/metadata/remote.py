@@ -78,6 +78,7 @@ class RemoteMetadataStore(MetadataStore):
             [None] * len(self.endpoints)
         self._turn = itertools.count()
         forks.register(self)
+        BOOK.add_fetcher(self._fetch_grant)
 
     def _after_fork_in_child(self) -> None:
         """The child's calls go through channels of its own (``LazyChannel`` resets them);
@@ -126,6 +127,10 @@ class RemoteMetadataStore(MetadataStore):
             return None
         self._keep_grant(key, reply.grant)
         return reply.record
+
+    def _fetch_grant(self, key: str) -> None:
+        """Fetch ``key``'s record, for its grant (``GrantBook.ensure``)."""
+        self._get_raw(schema.record_key(key))
 
     def _keep_grant(self, key: str, grant: bytes) -> None:
         if grant:

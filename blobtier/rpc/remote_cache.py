@@ -123,6 +123,7 @@ class RemoteChunkCache:
         in number)."""
         if len(refs) != len(keys):
             raise InvalidRequest(f"{len(keys)} keys but {len(refs)} refs")
+        BOOK.ensure(rec for rec, _ in refs)  # the grants the requests carry
         return self._lookup(keys, refs, touch)
 
     def _lookup(self, keys: Sequence[ChunkKey], refs: Sequence[ChunkRef] | None, touch: bool) -> Lookup:
@@ -265,6 +266,7 @@ class RemoteChunkCache:
     def prefetch(self, refs: Sequence[ChunkRef]) -> dict[str, int]:
         """Have the node read chunks from the block layer into its cache; returns how many
         were cached already, fetched, rejected and failed."""
+        BOOK.ensure(rec for rec, _ in refs)
         request = pb.PrefetchRequest(grants=_grants([rec.chunk_key(i) for rec, i in refs]))
         at = _record_positions(refs, request.records, request.keys)
         request.items.extend(pb.PrefetchItem(record=r, index=i) for (_, i), r in zip(refs, at))

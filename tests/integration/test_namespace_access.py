@@ -140,3 +140,14 @@ def test_an_expired_grant_is_refreshed_by_fetching_the_record_again(tmp_path, se
 
 def _meta_gets(meta) -> float:
     return meta.metrics.registry.get_sample_value("blobtier_meta_requests_total", {"method": "Get"}) or 0
+
+
+def test_a_grant_the_book_dropped_is_fetched_again_for_a_cached_record(tmp_path, services):
+    meta, chunks, _ = services
+    with connect(tmp_path, meta, chunks, A) as a:
+        a.put("a/x", b"y" * 100_000)
+        assert bytes(a.get("a/x")) == b"y" * 100_000
+        gets = _meta_gets(meta)
+        BOOK.clear()  # evicted (a bounded book), while the read-plan cache keeps the record
+        assert bytes(a.get("a/x")) == b"y" * 100_000
+        assert _meta_gets(meta) == gets + 1
