@@ -516,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blobtier", description=__doc__.splitlines()[0])
     parser.add_argument("--region", "-r", default=None,
                         help="region directory or region TOML (default: $BLOBTIER_HOME or ~/.blobtier)")
+    parser.add_argument("--host", dest="client_host", default=None, metavar="host-N",
+                        help="in a region of simulated hosts, the one this command runs on "
+                             "(default: $BLOBTIER_HOST, else host-0)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func, help: str, **kw) -> argparse.ArgumentParser:
@@ -708,6 +711,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.client_host:  # as $BLOBTIER_HOST: every client this command opens is on that host
+        import os
+
+        os.environ["BLOBTIER_HOST"] = args.client_host
     for stream in (sys.stdout, sys.stderr):  # a key the terminal cannot encode prints escaped
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")

@@ -155,6 +155,7 @@ def render(region: RegionState, cur: Scrape, prev: Scrape | None) -> list[str]:
                 f"{w.rate('daemon', 'blobtier_l2_served_hits_total'):.0f}",
                 f"{w.rate('daemon', 'blobtier_l2_served_misses_total'):.0f}",
                 f"{w.rate('daemon', 'blobtier_l2_served_bytes_total') / MiB:.1f}", "-", "-", "-", ""))
+        lines += _host_lines(region, cur)
     if "flash" in cur.by_kind:
         lines.append(_row(
             "L3", _pct(w.ratio("flash", "blobtier_flash_hits_total", "blobtier_flash_misses_total")),
@@ -192,3 +193,25 @@ def render(region: RegionState, cur: Scrape, prev: Scrape | None) -> list[str]:
     if cur.down:
         lines.append("not answering: " + ", ".join(cur.down))
     return lines
+
+
+def _host_lines(region: RegionState, cur: Scrape) -> list[str]:
+    """A line per simulated host (``services.hosts``; region/hosts.py), since its start:
+    its L1, what it served its peers, and the chunks homed at it that it read from below."""
+    names = [s.name for s in region.of_kind("daemon") if s.metrics_port and s.name not in cur.down]
+    if len(names) < 2:
+        return []
+
+    def one(samples: dict, name: str) -> float:
+        return sum(v for (n, _), v in samples.items() if n == name)
+
+    out = []
+    for name, samples in zip(names, cur.by_kind.get("daemon", [])):
+        hits, misses = one(samples, "blobtier_l1_hits_total"), one(samples, "blobtier_l1_misses_total")
+        ratio = _pct(hits / (hits + misses) if hits + misses else None)
+        out.append(f"  host-{name.rpartition('-')[2]:<3} L1 {ratio} of {hits + misses:.0f}, "
+                   f"{one(samples, 'blobtier_l1_used_bytes') / MiB:,.0f}/"
+                   f"{one(samples, 'blobtier_l1_capacity_bytes') / MiB:,.0f} MiB; served peers "
+                   f"{one(samples, 'blobtier_l2_served_hits_total'):.0f} hits; read for its homes "
+                   f"{one(samples, 'blobtier_l2_home_filled_total'):.0f} chunks")
+    return out

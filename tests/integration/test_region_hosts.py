@@ -185,6 +185,12 @@ def test_up_runs_a_daemon_per_host_and_status_lists_them(region):
     ls = subprocess.run([sys.executable, "-m", "blobtier.cli", "-r", path, "ls", "ds/"],
                         capture_output=True, text=True, env={**env, "BLOBTIER_HOST": "host-7"})
     assert ls.returncode == 1 and "BLOBTIER_HOST" in ls.stderr and "host-0, host-1, host-2" in ls.stderr
+    ls = subprocess.run([sys.executable, "-m", "blobtier.cli", "-r", path, "--host", "host-9", "ls", "ds/"],
+                        capture_output=True, text=True, env=env)  # --host wins over the environment
+    assert ls.returncode == 1 and "'host-9'" in ls.stderr
+    ls = subprocess.run([sys.executable, "-m", "blobtier.cli", "-r", path, "--host", "host-1", "ls", "ds/"],
+                        capture_output=True, text=True, env=env)
+    assert ls.returncode == 0 and "ds/0079" in ls.stdout, ls.stderr
 
 
 @pytest.mark.slow
