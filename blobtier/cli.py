@@ -407,7 +407,6 @@ def cmd_daemon(args: argparse.Namespace) -> None:
 
         source = home_source(_csv(args.fill_block_endpoints), _csv(args.fill_flash_endpoints or ""),
                              token=os.environ.get("BLOBTIER_AUTH_TOKEN") or None, tls=_outgoing_tls(args))
-    metadata = _region_metadata(args.daemon_region) if args.daemon_region else None
     daemon = HostDaemon(parse_size(args.memory, "--memory"), args.policy, args.socket,
                         args.metrics_port, listen=args.listen, peers=peers,
                         namespace_policies=namespace_policies, auth=_token_table(args),
@@ -417,19 +416,17 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     if daemon.peer_server is not None:
         extra += f", L2 peers served on {daemon.peer_server.address}"
     refresher = None
-    if metadata is not None:  # the namespaces' L1 shares and policies, read again while it serves
+    if args.daemon_region:  # the namespaces' L1 shares and policies, read again while it serves
         from blobtier.sdk.namespaces import SettingsRefresher, l1_settings
 
-        refresher = SettingsRefresher(metadata, lambda specs: daemon.owner.configure_namespaces(
-            *l1_settings(specs)))
+        refresher = SettingsRefresher(lambda: _region_metadata(args.daemon_region),
+                                      lambda specs: daemon.owner.configure_namespaces(*l1_settings(specs)))
     try:
         daemon.serve_until_signalled(ready=lambda: print(
             f"blobtier daemon: {args.memory} L1 ({args.policy}) on {daemon.socket_path}{extra}", flush=True))
     finally:
         if refresher is not None:
             refresher.close()
-        if metadata is not None:
-            metadata.close()
 
 
 def _region_metadata(region: str):

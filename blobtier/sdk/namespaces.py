@@ -268,33 +268,48 @@ class SettingsRefresher:
     ``apply``. Pulled rather than pushed so that a cache started later, or one that missed
     a change while down, needs no one to tell it; a change reaches every cache within
     ``interval_s``. A read that fails keeps the settings in force (logged) until the next.
+
+    ``store``: the metadata store, or a function that opens one (called again at each
+    refresh until it succeeds; the store it opened is closed by ``close``): a cache must
+    start and serve even while its region's metadata cannot be reached.
     """
 
-    def __init__(self, store: MetadataStore, apply: Callable[[list[NamespaceSpec]], None],
+    def __init__(self, store: MetadataStore | Callable[[], MetadataStore],
+                 apply: Callable[[list[NamespaceSpec]], None],
                  interval_s: float = SETTINGS_REFRESH_S) -> None:
         import threading
 
-        self.store = store
+        self._open = None if isinstance(store, MetadataStore) else store
+        self.store = store if isinstance(store, MetadataStore) else None
         self.apply = apply
         self.interval_s = interval_s
         self._stop = threading.Event()
-        self.refresh()
+        self._lock = threading.Lock()
+        if self._open is None:
+            self.refresh()
         self._thread = threading.Thread(target=self._run, name="blobtier-ns-settings", daemon=True)
         self._thread.start()
 
     def refresh(self) -> bool:
         """Read and apply the settings now; False (logged) when that failed."""
-        try:
-            self.apply(self.store.namespaces())
-            return True
-        except (OSError, ValueError) as exc:  # blobtier's errors are OSError or ValueError
-            _log.warning("namespace settings not refreshed from %s: %s", self.store.where, exc)
-            return False
+        with self._lock:
+            try:
+                if self.store is None:
+                    self.store = self._open()
+                self.apply(self.store.namespaces())
+                return True
+            except (OSError, ValueError) as exc:  # blobtier's errors are OSError or ValueError
+                _log.warning("namespace settings not refreshed: %s", exc)
+                return False
 
     def _run(self) -> None:
+        if self._open is not None:
+            self.refresh()  # opening may wait on the network: never before the cache serves
         while not self._stop.wait(self.interval_s):
             self.refresh()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+        if self._open is not None and self.store is not None:
+            self.store.close()

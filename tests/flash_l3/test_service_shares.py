@@ -9,6 +9,7 @@ import pytest
 
 from blobtier.cache_l1_l2.owner import ArenaOwner
 from blobtier.config import FlashNodeConfig
+from blobtier.errors import TierUnavailable
 from blobtier.flash_l3.service import FlashNode
 from blobtier.metadata.namespaces import NamespaceSpec
 from blobtier.metadata.rocksdb_store import RocksDBStore
@@ -90,3 +91,26 @@ def test_the_caches_read_their_settings_from_the_namespace_objects(tmp_path, nod
         assert node.cache.namespace_shares == {"eval": 0.25}
     finally:
         owner.close()
+
+
+def test_a_cache_serves_while_its_regions_metadata_cannot_be_opened(tmp_path, node):
+    """The daemon's refresher opens the metadata itself, again at each refresh until that
+    works: a cache starts whatever the metadata's state."""
+    reachable = []
+
+    def open_store():
+        if not reachable:
+            raise TierUnavailable("the metadata service is down")
+        return RocksDBStore(str(tmp_path / "meta"), writable=True)
+
+    with RocksDBStore(str(tmp_path / "meta"), writable=True) as store:
+        store.create_namespace(NamespaceSpec("train", l3_share=0.5))
+    refresher = SettingsRefresher(open_store, lambda specs: node.cache.set_namespace_shares(l3_shares(specs)),
+                                  interval_s=3600)
+    try:
+        assert not refresher.refresh() and node.cache.namespace_shares == {}
+        reachable.append(True)
+        assert refresher.refresh() and node.cache.namespace_shares == {"train": 0.5}
+    finally:
+        refresher.close()  # closes the store it opened
+    assert refresher.store._db is None
