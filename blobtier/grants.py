@@ -6,7 +6,9 @@ version until it expires. The metadata service hands one out with each record it
 (after checking the caller's token on the record's namespace, ``rpc/auth.py``) and one
 for each new blob id a writer asks for; a data service that has the region key serves a
 chunk only under a valid, unexpired grant covering the chunk's blob id and version. The
-grant says which namespace it was issued for, so logs and errors can name it.
+grant says which namespace it was issued for: where tokens are checked, a data service
+also requires the caller's token to have the right on that namespace, so a leaked grant
+does not let another namespace's token read.
 
 Wire format (little-endian), the MAC covering every byte before it::
 
@@ -23,9 +25,10 @@ keep working until ``retire`` removes it. The file is 0600 (``fsutil``); a key t
 users can read is refused. Keys never appear in argv, logs or errors: servers are given
 the file's path.
 
-Clients keep the grants they were given in ``BOOK`` (one per process, by blob id), which
-the remote stores and caches read when they build a request; an expired one is refreshed
-by fetching its record again (``GrantBook.get``).
+Clients keep the grants they were given in ``BOOK`` (one per process, by blob id, bounded;
+a forked worker inherits it), which the remote stores and caches read when they build a
+request; one near its expiry is refreshed by fetching its record again (``GrantBook.get``),
+and one the book dropped is fetched again by the record's key (``GrantBook.ensure``).
 """
 
 from __future__ import annotations
