@@ -29,6 +29,7 @@ epoch is latency-bound and its rate does not depend on the dataset size.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -182,13 +183,20 @@ def first_batch_s(loader: BlobDataLoader, state: dict | None = None) -> float:
     t0 = time.perf_counter()
     if state is not None:
         loader.load_state_dict(state)
-    next(iter(loader))
-    return time.perf_counter() - t0
+    it = iter(loader)
+    next(it)
+    elapsed = time.perf_counter() - t0
+    del it
+    loader._iterator = None  # its persistent workers stop now, not during the next measurement
+    gc.collect()
+    return elapsed
 
 
-def resume_rows(client, args, repeats: int = 3) -> list[dict]:
-    """A fresh epoch's first batch against a mid-epoch resume's, each in a new loader
-    (its workers start, as after a restart), alternating, on the same warm cache."""
+def resume_rows(client, args, repeats: int = 5) -> list[dict]:
+    """A fresh epoch's first batch against a mid-epoch resume's, each in a new loader (its
+    workers start, as after a restart). Each repeat first consumes ``--resume-batches`` of
+    an epoch and checkpoints; then both are measured, in alternating order, after the same
+    activity and on the same cache."""
     def loader() -> BlobDataLoader:
         ds = BlobDataset("bench/e2e/", client=client, decode=decode)
         return BlobDataLoader(ds, batch_size=args.batch, shuffle=True, seed=0,
@@ -196,17 +204,25 @@ def resume_rows(client, args, repeats: int = 3) -> list[dict]:
 
     rows = []
     for r in range(repeats):
-        fresh = loader()
-        fresh.sampler.set_epoch(10 + r)
-        fresh_s = first_batch_s(fresh)
         source = loader()
         source.sampler.set_epoch(10 + r)
         it = iter(source)
         for _ in range(args.resume_batches):
             next(it)
         state = source.state_dict()
-        del it, source
-        resume_s = first_batch_s(loader(), state)
+        del it
+        source._iterator = None
+        gc.collect()
+
+        def fresh(r=r) -> float:
+            ds = loader()
+            ds.sampler.set_epoch(100 + r)
+            return first_batch_s(ds)
+
+        if r % 2:
+            fresh_s, resume_s = fresh(), first_batch_s(loader(), state)
+        else:
+            resume_s, fresh_s = first_batch_s(loader(), state), fresh()
         rows.append({"repeat": r + 1, "fresh_first_batch_ms": 1000 * fresh_s,
                      "resume_first_batch_ms": 1000 * resume_s, "ratio": resume_s / fresh_s})
     return rows
