@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 import blobtier
 from blobtier.dataloader.dataset import BlobDataset
@@ -57,7 +57,7 @@ class BlobMixture(Dataset):
 
     Raises:
         ValueError: no sources, a weight that is not positive (or not an int with
-            ``by="count"``), an unknown ``by``, or an empty source.
+            ``by="count"``), an unknown ``by``, an empty source or an iterable one.
     """
 
     def __init__(self, sources: Sequence[tuple[Dataset | str, float]], seed: int = 0,
@@ -70,6 +70,10 @@ class BlobMixture(Dataset):
             client = blobtier.connect()
         self.datasets = [BlobDataset(src, client=client, decode=decode, with_keys=with_keys)
                          if isinstance(src, str) else src for src, _ in sources]
+        for j, ds in enumerate(self.datasets):
+            if isinstance(ds, IterableDataset):
+                raise ValueError(f"source {j} is an IterableDataset: BlobMixture draws samples "
+                                 "by index from map-style datasets")
         self.weights = [w for _, w in sources]
         self.seed = seed
         self.sizes = [len(ds) for ds in self.datasets]

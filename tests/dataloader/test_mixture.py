@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from blobtier.dataloader import BlobDataLoader, BlobMixture, BlobSampler
 
@@ -72,6 +72,16 @@ def test_bad_weights():
         BlobMixture([(Tagged("a", 4), 1.5)], by="count")
     with pytest.raises(ValueError, match="by must"):
         BlobMixture([(Tagged("a", 4), 1)], by="share")
+    with pytest.raises(ValueError, match="source 1 is an IterableDataset"):
+        BlobMixture([(Tagged("a", 4), 1), (Stream(), 1)])
+
+
+class Stream(IterableDataset):
+    def __len__(self) -> int:
+        return 3
+
+    def __iter__(self):
+        return iter(range(3))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
