@@ -499,8 +499,30 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if args.demo_region:
         args.region = args.demo_region
     with _connect(args, creates=True) as client:
-        demo.run(client, samples=args.samples, epochs=args.epochs, workers=args.workers,
-                 batch_size=args.batch_size)
+        recorder = None
+        if args.report or args.json:
+            from blobtier.region.report import recorder_for
+
+            recorder = recorder_for(client).start()
+        epochs = demo.run(client, samples=args.samples, epochs=args.epochs, workers=args.workers,
+                          batch_size=args.batch_size)
+    if recorder is not None:
+        from blobtier.region.report import save_run
+
+        record = {"source": "blobtier demo", "epochs": epochs, "timeline": recorder.stop()}
+        print("\n".join(save_run(record, args.json, args.report)))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from blobtier.region import report
+
+    if args.source:
+        record = report.load(args.source)
+    else:
+        from blobtier.config import resolve
+
+        record = report.record_region(resolve(args.region).root, args.duration, args.interval)
+    print("\n".join(report.save_run(record, None, args.out)))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -694,6 +716,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--region", dest="demo_region", default=None, metavar="DIR_OR_TOML",
                    help="run against this region (e.g. one started by `blobtier up`)")
+    p.add_argument("--report", default=None, metavar="HTML",
+                   help="at the end, write the run's plots (blobtier report) to this file")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="at the end, write the run's record (per epoch, and sampled over time) "
+                        "for `blobtier report --from`")
+    p = add("report", cmd_report, "plot a run as HTML: samples/s, data stall, hit ratio per tier, "
+                                  "block egress, L1/L3 fill")
+    p.add_argument("--from", dest="source", default=None, metavar="JSON",
+                   help="a run recorded by `blobtier demo --json` (or a benchmark's --out JSON with "
+                        "epoch rows); default: sample the running --region's endpoints")
+    p.add_argument("--out", required=True, metavar="HTML", help="where to write the report")
+    p.add_argument("--duration", type=float, default=60.0,
+                   help="without --from: seconds to sample the region (run your job meanwhile)")
+    p.add_argument("--interval", type=float, default=1.0, help="without --from: seconds between samples")
     p = add("plan", cmd_plan, "what-if: predict tier hit ratios, block egress and data stall of a "
                               "region's caches over a synthetic or recorded trace")
     from blobtier.plan.command import add_arguments as add_plan_arguments

@@ -160,7 +160,8 @@ def run(client: Client, samples: int = 2000, epochs: int = 3, workers: int = 2,
         row = {"epoch": epoch + 1, "samples_per_s": rep.samples_per_s, "stall": rep.stall_fraction,
                "l1_hits": moved["l1"]["hits"], "l1_misses": moved["l1"]["misses"],
                "l2_hits": moved["l2"]["hits"], "l3_hits": moved["l3"]["hits"],
-               "block_reads": round(share["origin"] * _lookups(moved, tiers)), "loss": total_loss / seen,
+               "block_reads": round(share["origin"] * _lookups(moved, tiers)),
+               "block_bytes": moved["origin"]["bytes"], "loss": total_loss / seen,
                "accuracy": correct / seen, "served": share}
         results.append(row)
         print(f"{row['epoch']:>5} {row['samples_per_s']:>10,.0f} {row['stall']:>6.1%} "
