@@ -151,3 +151,14 @@ def test_a_grant_the_book_dropped_is_fetched_again_for_a_cached_record(tmp_path,
         BOOK.clear()  # evicted (a bounded book), while the read-plan cache keeps the record
         assert bytes(a.get("a/x")) == b"y" * 100_000
         assert _meta_gets(meta) == gets + 1
+
+
+def test_embedded_mode_needs_no_token_and_no_grant(tmp_path):
+    """No services: the Unix user owning the region files is the boundary; nothing asks
+    for a token or carries a grant."""
+    BOOK.clear()
+    with blobtier.connect(str(tmp_path / "embedded"), client={"chunk_size": "64KiB"}) as c:
+        c.put("b/secret", SECRET)
+        assert bytes(c.get("b/secret")) == SECRET
+        assert [i.key for i in c.iter_ls("")] == ["b/secret"]
+    assert BOOK.many([b"\0" * 16]) == [] and not BOOK._grants
