@@ -111,6 +111,12 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     return 0 if not report.failed else 1
 
 
+def cmd_grant_key(args: argparse.Namespace) -> int:
+    from blobtier.region.keys import grant_key
+
+    return grant_key(_config(args), args.action)
+
+
 def add_commands(add: Add) -> None:
     def config_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("-c", "--config", default=None, metavar="TOML_OR_DIR",
@@ -142,3 +148,7 @@ def add_commands(add: Add) -> None:
     p.add_argument("--tier", choices=("l3", "l1"), default="l3",
                    help="l3: the region's flash nodes (default); l1: the host daemon's memory")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p = add("grant-key", cmd_grant_key, "show, rotate or retire the region key that signs grants "
+                                        "(key ids only; restart the services after a change)")
+    config_flag(p)
+    p.add_argument("action", choices=("show", "rotate", "retire"))
