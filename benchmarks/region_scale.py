@@ -309,8 +309,17 @@ def main() -> None:
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
+    params = {"hosts": host_counts, "l1_bytes": args.l1, "sample_bytes": args.sample, "samples": args.samples,
+              "dataset_bytes": args.samples * args.sample, "chunk_bytes": args.chunk, "epochs": args.epochs,
+              "flash_bytes": parse_size("2GiB", "flash"), "burst_bytes": args.burst,
+              "burst_readers_per_host": args.readers, "l1_policy": "sieve",
+              "seeds": "job k: k * 1000 + epoch"}
+    from plan_accuracy import predicted_columns  # what blobtier plan predicts for each row
+
+    rows = predicted_columns(params, rows)
     columns = ["hosts", "mode", "epoch", "egress_l3", "egress_block", "l1_share", "l2_share", "below_share",
-               "l3_hit_ratio", "samples_per_s"]
+               "l3_hit_ratio", "samples_per_s",
+               "predicted_egress_l3", "predicted_l1_share", "predicted_l2_share"]  # by blobtier plan
     print(h.table(rows, columns, f"dataset {args.samples} x {args.sample >> 10} KiB = 2 x one host's L1 "
                                  f"({args.l1 >> 20} MiB); egress = bytes read below the hosts / dataset"))
     if bursts:
@@ -327,11 +336,6 @@ def main() -> None:
         summary += (f"; burst of {b['readers']} readers: {b['block_reads_per_chunk']:.2f} block and "
                     f"{b['l3_reads_per_chunk']:.2f} L3 reads per chunk")
     print(summary)
-    params = {"hosts": host_counts, "l1_bytes": args.l1, "sample_bytes": args.sample, "samples": args.samples,
-              "dataset_bytes": args.samples * args.sample, "chunk_bytes": args.chunk, "epochs": args.epochs,
-              "flash_bytes": parse_size("2GiB", "flash"), "burst_bytes": args.burst,
-              "burst_readers_per_host": args.readers, "l1_policy": "sieve",
-              "seeds": "job k: k * 1000 + epoch"}
     h.write_json(args.out, "region_scale", params, {"params": params, "rows": rows, "burst": bursts}, summary)
 
 
