@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--l1", default="512MiB", help="each host's arena (the daemon's --memory); the L2 "
                                                    "is the other hosts' arenas")
     c.add_argument("--no-l2", action="store_true", help="per-host caches: no peer reads")
+    c.add_argument("--l2-mode", default="fill", choices=("fill", "offer"),
+                   help="fill: each chunk's home daemon reads it through and keeps it, an L1 keeps "
+                        "only its host's share (blobtier up with several hosts); offer: clients "
+                        "keep what they read and offer it to the home (daemon --peers alone)")
     c.add_argument("--l3", default="0", help="flash capacity of all L3 nodes together (0: no L3)")
     c.add_argument("--l3-nodes", default="1")
     c.add_argument("--l3-region-size", default="64MiB", help="bytes per flash region")
@@ -99,7 +103,7 @@ def region_of(args: argparse.Namespace) -> Region:
     return Region(l1_bytes=_size(args, "l1"), l3_bytes=_size(args, "l3"), l3_nodes=_int(args, "l3_nodes", 1),
                   l3_region_bytes=_size(args, "l3_region_size"), l1_policy=args.policy,
                   admission=args.admission, admission_probability=_float(args, "admission_probability"),
-                  l2=not args.no_l2, prefetch=not args.no_prefetch,
+                  l2=not args.no_l2, home_fill=args.l2_mode == "fill", prefetch=not args.no_prefetch,
                   prefetch_bytes=_size(args, "prefetch_bytes"),
                   prefetch_threads=_int(args, "prefetch_threads", 1))
 
@@ -181,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def as_dict(p: Prediction) -> dict:
-    return {"served": p.served, "hit_ratio": p.hit_ratio, "egress_bytes": p.egress,
+    return {"served": p.served, "served_per_epoch": p.served_per_epoch, "hit_ratio": p.hit_ratio,
+            "egress_bytes": p.egress, "l3_pulled_bytes": p.l3_pulled,
             "egress_ratio": p.egress_ratio, "dataset_bytes": p.dataset_bytes, "stall_s": p.stall_s,
             "stall_share": p.stall_share, "prefetch_window": p.window, "sample_rate": p.rate,
             "kept_chunks": p.kept_chunks, "events": p.events, "exact_order": p.exact_order,

@@ -35,7 +35,9 @@ class Region:
     """The caches of the region being planned (full sizes, bytes).
 
     ``l1_bytes``: each host's arena (the daemon's ``--memory``); the L2 is the peers'
-    arenas (no memory of its own), ``l2=False`` leaves it out (per-host caches).
+    arenas (no memory of its own), ``l2=False`` leaves it out (per-host caches);
+    ``home_fill``: each chunk's home daemon reads it through and keeps it (``blobtier up``
+    with several hosts), else clients offer it to its home (``daemon --peers`` alone).
     ``l3_bytes``: the flash capacity of all ``l3_nodes`` together (0: no L3).
     """
 
@@ -48,6 +50,8 @@ class Region:
     admission_probability: float = 0.5
     admission_window: int = 1 << 20
     l2: bool = True
+    home_fill: bool = True
+    placement_seed: int = 0  # another draw of rendezvous homes (as other blob ids would give)
     prefetch: bool = True
     prefetch_bytes: int = 256 << 20
     prefetch_threads: int = 2
@@ -120,6 +124,8 @@ class Prediction:
     served: dict[str, float]
     hit_ratio: dict[str, float]
     egress: list[float]
+    served_per_epoch: list[dict[str, float]]
+    l3_pulled: list[float]  # bytes asked of L3 per epoch
     dataset_bytes: int
     stall_s: float
     stall_share: float
@@ -194,7 +200,8 @@ def build_tiers(reads: Reads, region: Region) -> Tiers:
     usable, slots = arena_bytes(region.l1_bytes, reads.sizes)
     arenas = [HostArena(usable * rate, region.l1_policy) for _ in range(reads.hosts)]
     if region.l2 and reads.hosts > 1:
-        home = placement.best(reads.key_ids, [f"host-{h}" for h in range(reads.hosts)]).tolist()
+        salt = f"#{region.placement_seed}" if region.placement_seed else ""
+        home = placement.best(reads.key_ids, [f"host-{h}{salt}" for h in range(reads.hosts)]).tolist()
     else:
         home = [-1] * len(reads.key_ids)
     flash, node = [], [0] * len(reads.key_ids)
@@ -207,7 +214,7 @@ def build_tiers(reads: Reads, region: Region) -> Tiers:
             node = placement.best(reads.key_ids, [f"flash-{i}" for i in range(region.l3_nodes)]).tolist()
     sizes = reads.sizes.tolist()
     return Tiers(arenas, flash, home, node, slots.tolist(), [entry_span(s) for s in sizes], sizes,
-                 region.l3_region_bytes - ALIGN - ENTRY_HEADER)
+                 region.l3_region_bytes - ALIGN - ENTRY_HEADER, region.home_fill)
 
 
 def prefetch_window(region: Region, timing: Timing, sample_bytes: float) -> int:
@@ -219,14 +226,18 @@ def prefetch_window(region: Region, timing: Timing, sample_bytes: float) -> int:
     return max(0, min(depth, int(memory // max(1.0, sample_bytes))))
 
 
-def _events(reads: Reads, lead: int) -> tuple[np.ndarray, ...]:
-    """The consumer's reads and, with ``lead`` > 0, each one's prefetch ``lead`` samples
-    earlier in its rank's order."""
+def _events(reads: Reads, lead: int, batch: int) -> tuple[np.ndarray, ...]:
+    """The consumer's reads, ``batch`` samples of a rank at one time (one chain read
+    each), and with ``lead`` > 0 the prefetcher's, ``PREFETCH_BATCH`` at a time, ``lead``
+    samples ahead of the first it fetches."""
+    steps = reads.steps[reads.job]
+    step = np.floor((reads.t - reads.epoch) * steps + 1e-6)
+    t = reads.epoch + (step // batch) * batch / steps
     consume = np.ones(len(reads.t), dtype=bool)
     if lead <= 0:
-        return reads.t, reads.host, reads.key, reads.epoch, consume
-    early = reads.t - lead / reads.steps[reads.job]
-    return (np.concatenate([reads.t, early]), np.concatenate([reads.host, reads.host]),
+        return t, reads.host, reads.key, reads.epoch, consume
+    early = reads.epoch + ((step // PREFETCH_BATCH) * PREFETCH_BATCH - lead) / steps
+    return (np.concatenate([t, early]), np.concatenate([reads.host, reads.host]),
             np.concatenate([reads.key, reads.key]), np.concatenate([reads.epoch, reads.epoch]),
             np.concatenate([consume, ~consume]))
 
@@ -255,7 +266,7 @@ def predict(reads: Reads, region: Region, timing: Timing, sample_bytes: float) -
     started = time.perf_counter()
     tiers = build_tiers(reads, region)
     lead = prefetch_window(region, timing, sample_bytes) if region.prefetch else 0
-    t, host, key, epoch, consume = _events(reads, lead)
+    t, host, key, epoch, consume = _events(reads, lead, timing.batch)
     clairvoyant = region.l1_policy == "clairvoyant"
     announce = _announcements(reads, t, host, key, consume, lead) if clairvoyant else None
     tally = simulate(tiers, t, host, key, epoch, consume, reads.epochs, announce)
@@ -266,9 +277,8 @@ def predict(reads: Reads, region: Region, timing: Timing, sample_bytes: float) -
 
 def _prediction(reads: Reads, region: Region, timing: Timing, tally: Tally, lead: int, events: int,
                 l1_chunks: float, seconds: float) -> Prediction:
-    served_counts = tally.served.sum(axis=0)
-    total = max(1, served_counts.sum())
-    served = {name: served_counts[i] / total for i, name in enumerate(("L1", "L2", "L3", "block"))}
+    served = _shares(tally.served.sum(axis=0))
+    per_epoch = [_shares(row) for row in tally.served]
     looked = tally.found.sum(axis=(0, 1))
     hit_ratio = {}
     reaching = looked[:BLOCK + 1].sum()
@@ -281,9 +291,15 @@ def _prediction(reads: Reads, region: Region, timing: Timing, tally: Tally, lead
     stall = stall_seconds(tally, reads, region, timing, lead)
     steps = reads.steps.max() * reads.epochs / timing.batch
     compute = steps * timing.step_s
-    return Prediction(served, hit_ratio, (tally.egress / reads.rate).tolist(), reads.total_bytes, stall,
+    return Prediction(served, hit_ratio, (tally.egress / reads.rate).tolist(), per_epoch,
+                      (tally.pulled / reads.rate).tolist(), reads.total_bytes, stall,
                       stall / (stall + compute) if stall + compute > 0 else 0.0, lead, reads.rate,
                       len(reads.key_ids), events, reads.exact_order, l1_chunks, seconds, region)
+
+
+def _shares(counts: np.ndarray) -> dict[str, float]:
+    total = max(1, counts.sum())
+    return {name: float(counts[i] / total) for i, name in enumerate(("L1", "L2", "L3", "block"))}
 
 
 def stall_seconds(tally: Tally, reads: Reads, region: Region, timing: Timing, lead: int) -> float:

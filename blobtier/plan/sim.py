@@ -11,7 +11,10 @@ builds them):
   (with no L1 at all, a prefetch fills the tiers below).
 - **L2**, the arena of ``k``'s home daemon, ``placement`` over the hosts (a chunk homed
   on ``h`` itself is not asked: ``ShardedChunkCache.local``). Chunks fetched from below
-  are offered to it as to any arena.
+  are offered to it as to any arena. In a region whose daemons fill their homes
+  (``cache_l1_l2/peers.py``: ``HomeFill``, ``HomeShare``; ``blobtier up`` with
+  ``services.hosts`` > 1) the home reads a chunk it misses through from L3 and keeps it,
+  and an L1 keeps only its own host's share: each chunk is cached once in the region.
 - **L3**, the flash node ``placement`` picks, read through: a lookup is shown to its
   admission policy (``flash_l3/admission.py``); a miss is read from the block layer (the
   egress) and offered to ``admit(key, size)``; admitted chunks are appended to the open
@@ -123,6 +126,7 @@ class Tally:
     found: np.ndarray
     served: np.ndarray
     egress: np.ndarray  # bytes read from the block layer, per epoch
+    pulled: np.ndarray  # bytes asked of L3 (hits and misses), per epoch
     l3_evicted_regions: int = 0
     l3_admissions_rejected: int = 0
     extra: dict = field(default_factory=dict)
@@ -141,57 +145,101 @@ class Tiers:
     span: list[int]
     size: list[int]
     max_flash_chunk: int
+    home_fill: bool = False  # L2 homes read their chunks through and keep them (HomeFill)
 
 
 def simulate(tiers: Tiers, t: np.ndarray, host: np.ndarray, key: np.ndarray, epoch: np.ndarray,
              consume: np.ndarray, epochs: int, announce: dict | None = None) -> Tally:
-    """Run the reads in time order (prefetches first on a tie). ``announce``: for the
-    clairvoyant policy, ``{event position: [(host, keys)]}`` told before that event."""
+    """Run the reads in time order (prefetches first on a tie). Reads of one host at one
+    time are one batch, as one ``TierChain.read`` of a DataLoader batch (or a prefetch
+    batch) is: every chunk is looked up in L1 before any miss claims a slot (and evicts).
+    ``announce``: for the clairvoyant policy, ``{event position: [(host, keys)]}`` told
+    before that event."""
     order = np.lexsort((host, consume, t))
-    found = np.zeros((2, epochs, 5), dtype=np.int64)
-    served = np.zeros((epochs, 4), dtype=np.int64)
-    egress = np.zeros(epochs, dtype=np.float64)
-    arenas, flash, home, node = tiers.arenas, tiers.flash, tiers.home, tiers.node
-    slot, span, size, max_chunk = tiers.slot, tiers.span, tiers.size, tiers.max_flash_chunk
-    fetched_from: dict[int, int] = {}  # (key, host) -> tier a prefetch found it at
-    rejected = 0
-    cols = (host[order].tolist(), key[order].tolist(), consume[order].tolist(), epoch[order].tolist())
-    for i, (h, k, use, ep) in enumerate(zip(*cols)):
-        if announce and i in announce:
-            for ah, keys in announce[i]:
-                arenas[ah].policy.announce(keys, 0)
-        arena = arenas[h]
-        if k in arena.held:
-            if use:
-                arena.policy.hit(k)
-                found[1, ep, L1] += 1
-                served[ep, fetched_from.pop(k * 65536 + h, L1)] += 1
+    st, sh, su = t[order], host[order], consume[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (st[1:] != st[:-1]) | (sh[1:] != sh[:-1]) | (su[1:] != su[:-1])
+    starts = np.flatnonzero(new).tolist() + [len(order)]
+    run = _Run(tiers, epochs)
+    cols = (sh.tolist(), key[order].tolist(), su.tolist(), epoch[order].tolist())
+    hs, ks, us, eps = cols
+    for a, b in zip(starts[:-1], starts[1:]):
+        if announce:
+            for i in range(a, b):
+                for ah, keys in announce.get(i, ()):
+                    tiers.arenas[ah].policy.announce(keys, 0)
+        run.batch(hs[a], ks[a:b], us[a], eps[a:b])
+    return Tally(run.found, run.served, run.egress, run.pulled,
+                 sum(f.evicted_regions for f in tiers.flash), run.rejected)
+
+
+class _Run:
+    """The counters of one simulation and the read path of one batch."""
+
+    def __init__(self, tiers: Tiers, epochs: int) -> None:
+        self.tiers = tiers
+        self.found = np.zeros((2, epochs, 5), dtype=np.int64)
+        self.served = np.zeros((epochs, 4), dtype=np.int64)
+        self.egress = np.zeros(epochs, dtype=np.float64)
+        self.pulled = np.zeros(epochs, dtype=np.float64)  # bytes asked of L3
+        self.home_fill = bool(tiers.home_fill and tiers.home and tiers.home[0] >= 0)
+        self.fetched_from: dict[int, int] = {}  # key * 65536 + host -> tier a prefetch found it at
+        self.rejected = 0
+
+    def batch(self, h: int, keys: list[int], use: bool, eps: list[int]) -> None:
+        """One chain read of ``keys`` by host ``h`` (``use``: the consumer's, else a prefetch)."""
+        arena = self.tiers.arenas[h]
+        held, found, kind = arena.held, self.found, int(use)
+        misses = []
+        for k, ep in zip(keys, eps):
+            if k in held:
+                found[kind, ep, L1] += 1
+                if use:
+                    arena.policy.hit(k)
+                    self.served[ep, self.fetched_from.pop(k * 65536 + h, L1)] += 1
             else:
-                found[0, ep, L1] += 1
-            continue
-        if not use and arena.capacity > 0 and not arena.fill(k, slot[k], False):
-            found[0, ep, SKIPPED] += 1  # the warm-up's claim was refused: nothing fetched
-            continue
-        peer = home[k]
-        if peer >= 0 and peer != h and k in arenas[peer].held:
+                misses.append((k, ep))
+        for k, ep in misses:
+            self.miss(h, arena, k, ep, use)
+
+    def miss(self, h: int, arena: HostArena, k: int, ep: int, use: bool) -> None:
+        t = self.tiers
+        slot = t.slot[k]
+        if not use and not self.home_fill and arena.capacity > 0 and not arena.fill(k, slot, False):
+            self.found[0, ep, SKIPPED] += 1  # the warm-up's claim was refused: nothing fetched
+            return
+        peer = t.home[k]
+        if peer >= 0 and peer != h and k in t.arenas[peer].held:
             if use:
-                arenas[peer].policy.hit(k)
+                t.arenas[peer].policy.hit(k)
             tier = L2
         else:
-            if flash and flash[node[k]].get(k):
-                tier = L3
-            else:
-                tier = BLOCK
-                egress[ep] += size[k]
-                if flash and (size[k] > max_chunk or not flash[node[k]].put(k, size[k], span[k])):
-                    rejected += 1
-            if peer >= 0 and peer != h:
-                arenas[peer].fill(k, slot[k], use)
+            tier = self.below(k, ep)
+            if self.home_fill:  # the home read it through and keeps it (its own host's too)
+                t.arenas[peer].fill(k, slot, use)
+            elif peer >= 0 and peer != h:
+                t.arenas[peer].fill(k, slot, use)
         if use:
-            arena.fill(k, slot[k], True)
-            found[1, ep, tier] += 1
-            served[ep, tier] += 1
+            if not self.home_fill:  # HomeShare: an L1 keeps only its host's share, filled above
+                arena.fill(k, slot, True)
+            self.found[1, ep, tier] += 1
+            self.served[ep, tier] += 1
         else:
-            found[0, ep, tier] += 1
-            fetched_from[k * 65536 + h] = tier
-    return Tally(found, served, egress, sum(f.evicted_regions for f in flash), rejected)
+            self.found[0, ep, tier] += 1
+            self.fetched_from[k * 65536 + h] = tier
+
+    def below(self, k: int, ep: int) -> int:
+        """L3 (read through) or the block layer: the tier that had chunk ``k``."""
+        t = self.tiers
+        size = t.size[k]
+        if not t.flash:
+            self.egress[ep] += size
+            return BLOCK
+        self.pulled[ep] += size
+        node = t.flash[t.node[k]]
+        if node.get(k):
+            return L3
+        self.egress[ep] += size
+        if size > t.max_flash_chunk or not node.put(k, size, t.span[k]):
+            self.rejected += 1
+        return BLOCK

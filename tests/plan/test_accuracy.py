@@ -21,7 +21,7 @@ from tests.integration.test_flash_tier import chunk_servers, node_source, served
 torch = pytest.importorskip("torch")
 from blobtier.dataloader.sampler import BlobSampler  # noqa: E402  (needs torch)
 
-SIZE, CHUNK, SEED, EPOCHS = 60_000, 64 * 1024, 7, 2
+SIZE, CHUNK, SEED, EPOCHS, BATCH = 60_000, 64 * 1024, 7, 2, 8
 
 
 def read_epochs(client: blobtier.Client, keys: list[str], recorder: Recorder | None = None,
@@ -31,10 +31,11 @@ def read_epochs(client: blobtier.Client, keys: list[str], recorder: Recorder | N
         order = sampler.order(epoch)
         if announce:  # what BlobSampler does through BlobDataset (no progress: no prefetcher)
             client.announce([keys[i] for i in order + sampler.order(epoch + 1)])
-        for i in order:
-            assert len(client.get(keys[i])) == SIZE
-            if recorder is not None:
-                recorder.record(host=0, job=0, key=keys[i], size=SIZE, epoch=epoch)
+        for start in range(0, len(order), BATCH):  # a DataLoader batch: one get_many
+            batch = [keys[i] for i in order[start:start + BATCH]]
+            assert [len(v) for v in client.get_many(batch)] == [SIZE] * len(batch)
+            for key in batch if recorder is not None else ():
+                recorder.record(host=0, job=0, key=key, size=SIZE, epoch=epoch)
 
 
 def ratio(stats: dict, tier: str) -> float:
@@ -44,7 +45,7 @@ def ratio(stats: dict, tier: str) -> float:
 def plan(n: int, region: Region) -> dict:
     spec = Synthetic(hosts=1, jobs=1, samples=n, sample_bytes=SIZE, chunk_bytes=CHUNK, epochs=EPOCHS,
                      seeds=(SEED,))
-    return predict(spec.reads(1.0), region, Timing(), SIZE)
+    return predict(spec.reads(1.0), region, Timing(batch=BATCH), SIZE)
 
 
 @pytest.mark.parametrize("policy", ["sieve", "keep", "clairvoyant"])
@@ -62,7 +63,7 @@ def test_l1_hit_ratio_matches_a_real_run(region, tmp_path, policy):
     assert abs(predicted.hit_ratio["L1"] - real) <= 0.02, (predicted.hit_ratio, real)
     assert abs(predicted.served["L1"] - real) <= 0.02
     replayed = predict(recorded(trace, 1.0), Region(l1_bytes=l1, l1_policy=policy, prefetch=False),
-                       Timing(), SIZE)
+                       Timing(batch=BATCH), SIZE)
     assert abs(replayed.hit_ratio["L1"] - real) <= 0.02
     if policy == "keep":  # a kept cache holds its share of the dataset: it must show
         assert real > 0.1  # 64 of 240 samples held: 13% over 2 epochs

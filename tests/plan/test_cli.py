@@ -21,7 +21,7 @@ def plan(capsys, *args: str) -> tuple[int, str, str]:
 def test_a_region_of_hosts_is_planned_with_every_tier(capsys, tmp_path):
     out_json = tmp_path / "p.json"
     code, out, _ = plan(capsys, "--hosts", "4", "--jobs", "4", "--samples", "2000", "--sample-size", "64KiB",
-                        "--l1", "32MiB", "--l3", "256MiB", "--l3-nodes", "2", "--l3-region-size", "8MiB",
+                        "--l1", "16MiB", "--l3", "256MiB", "--l3-nodes", "2", "--l3-region-size", "8MiB",
                         "--json", str(out_json))
     assert code == 0
     lines = out.splitlines()
@@ -32,7 +32,7 @@ def test_a_region_of_hosts_is_planned_with_every_tier(capsys, tmp_path):
     # first epoch (L2 and L3 serve the other jobs), and the L3 (holding all of it) none after.
     assert got["egress_ratio"][0] == pytest.approx(1.0, abs=0.01)
     assert got["egress_ratio"][1] == pytest.approx(0.0, abs=0.01)
-    assert got["served"]["L2"] > 0.2 and got["served"]["L3"] > 0.1
+    assert got["served"]["L2"] > 0.2 and got["served"]["L3"] > 0.01 and got["hit_ratio"]["L3"] > 0.2
 
 
 def test_without_l2_each_host_reads_the_dataset_itself(capsys, tmp_path):
@@ -42,6 +42,27 @@ def test_without_l2_each_host_reads_the_dataset_itself(capsys, tmp_path):
     assert code == 0
     got = json.loads(out_json.read_text())["prediction"]
     assert got["egress_ratio"][0] > 3.5  # 4 hosts, each its own reads: about 4x the dataset
+
+
+@pytest.mark.parametrize("mode,pulled", [("fill", 1.0), ("offer", None)])
+def test_home_fill_pulls_each_chunk_from_l3_once_per_region(capsys, tmp_path, mode, pulled):
+    """Four hosts, one job each, pooled arenas twice the dataset: with homes that fill
+    (blobtier up's hosts) the region asks L3 for each chunk once in the first epoch and
+    never after; with clients offering homes what they read, hosts ask L3 more often."""
+    out_json = tmp_path / "p.json"
+    code, _, _ = plan(capsys, "--hosts", "4", "--jobs", "4", "--samples", "256", "--sample-size", "128KiB",
+                      "--chunk-size", "128KiB", "--l1", "16MiB", "--l3", "1GiB", "--l3-region-size", "16MiB",
+                      "--no-prefetch", "--seeds", "0,1000,2000,3000", "--l2-mode", mode,
+                      "--json", str(out_json))
+    assert code == 0
+    got = json.loads(out_json.read_text())["prediction"]
+    dataset = got["dataset_bytes"]
+    if pulled is not None:
+        assert got["l3_pulled_bytes"][0] == pytest.approx(pulled * dataset)
+        assert got["l3_pulled_bytes"][1] == 0
+        assert got["served_per_epoch"][1]["L3"] == 0 and got["served_per_epoch"][1]["block"] == 0
+    else:
+        assert got["l3_pulled_bytes"][0] > 1.1 * dataset  # copies in L1 and at homes: evictions
 
 
 def test_a_thousand_host_region_is_sampled_down(capsys, tmp_path):
