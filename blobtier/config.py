@@ -201,6 +201,11 @@ class FlashConfig:
     # Read hits of a node on this host straight from its region files (a short-circuit
     # read, flash_l3/local_reads.py) instead of streaming them over gRPC.
     local_reads: bool = True
+    # An embedded region without endpoints has an L3 on local disk under <root>/l3
+    # (sdk/local_l3.py), so data read from an origin once survives the process; at most
+    # local_bytes (0: a quarter of the disk's free space when first opened). false: none.
+    local_l3: bool = True
+    local_bytes: int = 0
 
     def nodes(self) -> list[tuple[str, float]]:
         return [parse_endpoint(e, "flash.endpoints") for e in self.endpoints]
@@ -513,6 +518,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "client.max_blob_bytes": (1, 64 * TiB),  # metadata.schema.MAX_CHUNKS at 4 MiB chunks
     "flash.request_timeout_s": (0.001, _DAY),
     "flash.retry_after_s": (0.001, 3600.0),
+    "flash.local_bytes": (0, 1 * PiB),
     "services.base_port": (1, 65535),
     "services.block_ports": (1, 65535),
     "services.flash_ports": (1, 65535),

@@ -6,7 +6,9 @@
     L1        cache_l1_l2/l1.py     the host daemon's arena (cache.daemon), else one of the
                                     client's own (cache.l1_bytes; 0: none)
     L2        rpc/sharded_cache.py  the arenas of the host daemon's peers, when it has any
-    L3        rpc/sharded_cache.py  the flash nodes at flash.endpoints
+    L3        rpc/sharded_cache.py  the flash nodes at flash.endpoints, else
+              sdk/local_l3.py       in an embedded region, the flash store on local disk
+                                    under root (flash.local_l3)
     source    sdk/routing.py        the block layer (chunk servers at block.endpoints, else
                                     the root's volume directories) and origins by reference
 
@@ -34,6 +36,7 @@ from blobtier.config import RegionConfig
 from blobtier.metadata.store import MetadataStore
 from blobtier.metrics import TierStats
 from blobtier.sdk.chain import TierChain
+from blobtier.sdk.local_l3 import LocalL3
 from blobtier.sdk.plans import ReadPlanCache
 from blobtier.sdk.routing import RoutingSource
 from blobtier.sdk.stores import RegionStores
@@ -67,6 +70,12 @@ class Wiring:
         self.l2: ChunkCache | None = None
         self._host_pid = -1  # whose l1/l2 these are
         self.l3: ChunkCache | None = None  # one per client: its channels reopen after fork
+        fc = config.flash
+        # An embedded region without flash nodes keeps the embedded L3 (its store in one
+        # process, joined by the host's others). Shared metadata means a region of many
+        # hosts, whose flash nodes are its L3.
+        self.local_l3 = (LocalL3(config) if fc.local_l3 and not fc.endpoints and not config.metadata.remote
+                         else None)
         forks.register(self)
 
     def build(self, writable: bool) -> ReadPath:
@@ -136,8 +145,11 @@ class Wiring:
                                          tls=Tls.from_config(self.config.tls))
 
     def _flash(self) -> ChunkCache | None:
-        """The L3 tier over ``flash.endpoints`` (None without them), shared by every chain."""
+        """The L3 tier over ``flash.endpoints``, shared by every chain; without them the
+        embedded one on local disk (``flash.local_l3``), else None."""
         fc = self.config.flash
+        if self.local_l3 is not None:
+            return self.local_l3.tier()
         if self.l3 is None and fc.endpoints:
             from blobtier.flash_l3.local_reads import RegionReader
             from blobtier.rpc.sharded_cache import ShardedChunkCache  # grpc only when used
@@ -161,4 +173,4 @@ class Wiring:
         """What the client closes after its read paths, in order: the host tiers, its own
         arena (in the process that made it) and the L3 client."""
         arena = self.arena if self.arena is not None and self._arena_pid == os.getpid() else None
-        return [self.l1, self.l2, arena, self.l3]
+        return [self.l1, self.l2, arena, self.l3, self.local_l3]

@@ -104,7 +104,7 @@ def test_dead_peer_is_skipped(region, pair):
     after = read_all(region, b)  # every read still succeeds, A's chunks come from below
     s = after["stats"]
     assert s["l2"]["hits"] == 0
-    assert s["origin"]["hits"] + s["l1"]["hits"] == 48
+    assert s["origin"]["hits"] + s["l3"]["hits"] + s["l1"]["hits"] == 48  # L3: the embedded one
 
 
 def test_peers_need_listen():

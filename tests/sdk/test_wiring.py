@@ -10,6 +10,7 @@ import os
 import blobtier
 from blobtier.cache_l1_l2.l1 import SharedL1Cache
 from blobtier.config import from_mapping
+from blobtier.flash_l3.cache import FlashCache
 from blobtier.metadata.remote import RemoteMetadataStore
 from blobtier.metadata.rocksdb_store import RocksDBStore
 from blobtier.metrics import TierStats
@@ -25,13 +26,17 @@ def close(path) -> None:
         handle.close()
 
 
-def test_embedded_region_reads_l1_then_the_block_layer(region):
-    config = from_mapping({"root": region, "cache": {"l1_bytes": "8MiB"}}, env={})
+def test_embedded_region_reads_l1_then_its_local_l3_then_the_block_layer(region):
+    config = from_mapping({"root": region, "cache": {"l1_bytes": "8MiB"},
+                           "flash": {"local_bytes": "16MiB"}}, env={})
     wiring = Wiring(config, TierStats())
     path = wiring.build(writable=False)
     try:
-        assert [t.name for t in path.chain.tiers] == ["l1"]
+        assert [t.name for t in path.chain.tiers] == ["l1", "l3"]
         assert path.chain.tiers[0] is wiring.l1 and isinstance(wiring.l1, SharedL1Cache)
+        # The flash store itself, on local disk under the root, in the process that owns it.
+        assert isinstance(path.chain.tiers[1], FlashCache)
+        assert path.chain.tiers[1].root == os.path.join(region, "l3", "cache")
         assert path.chain.source is path.blocks and isinstance(path.blocks, RoutingSource)
         assert isinstance(path.metadata, RocksDBStore) and not path.metadata.writable
         assert path.writer is None and isinstance(wiring.stores.lock.path, str)
