@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from blobtier import forks
+
 if TYPE_CHECKING:
     from blobtier.config import TlsConfig
 
@@ -81,8 +83,21 @@ def _read(path: str | None) -> bytes | None:
 _CLIENT_SIDE = re.compile(r"handshake failed|CERTIFICATE_VERIFY_FAILED|is not in peer certificate", re.I)
 _REASON = re.compile(r"OPENSSL_internal:([A-Z_]+)(?::\s*([^:]+))?")
 _ADDRESS = re.compile(r"ipv4:([0-9.]+):(\d+)|ipv6:\[([0-9a-fA-F:]+)\]:(\d+)")
-_verdicts: dict[tuple[str, int], tuple[float, str | None]] = {}
-_verdicts_lock = threading.Lock()
+
+
+class _Verdicts:
+    """What each address was found to be, for ``_VERDICT_TTL_S``; per process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.found: dict[tuple[str, int], tuple[float, str | None]] = {}
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()  # a parent thread may have held it across the fork
+
+
+_VERDICTS = _Verdicts()
+forks.register(_VERDICTS)
 
 
 def refusal(details: str) -> str | None:
@@ -117,13 +132,13 @@ def _client_side(details: str) -> str:
 
 def _probe_cached(host: str, port: int) -> str | None:
     now = time.monotonic()
-    with _verdicts_lock:
-        hit = _verdicts.get((host, port))
+    with _VERDICTS.lock:
+        hit = _VERDICTS.found.get((host, port))
     if hit is not None and now - hit[0] < _VERDICT_TTL_S:
         return hit[1]
     verdict = _probe(host, port)
-    with _verdicts_lock:
-        _verdicts[(host, port)] = (now, verdict)
+    with _VERDICTS.lock:
+        _VERDICTS.found[(host, port)] = (now, verdict)
     return verdict
 
 

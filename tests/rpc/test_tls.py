@@ -106,3 +106,17 @@ def test_server_settings_are_checked(regions):
         Tls(ca_file=a.ca).server_credentials()
     with pytest.raises(ValueError, match="needs ca_file"):
         Tls(a.cert, a.key, require_client_cert=True).server_credentials()
+
+
+def test_a_forked_child_probes_with_a_lock_of_its_own():
+    """The probe verdicts' lock, held by a parent thread at the fork, is free in the child."""
+    import os
+
+    from blobtier.rpc import tls
+
+    with tls._VERDICTS.lock:
+        pid = os.fork()
+        if pid == 0:  # the child: exits 0 only if it can take the lock
+            os._exit(0 if tls._VERDICTS.lock.acquire(timeout=10) else 1)
+    _, code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(code) == 0
