@@ -74,23 +74,27 @@ def cmd_top(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"no region is up at {config.root}; `blobtier up` starts one")
     if not any(s.metrics_port for s in region.services):
         raise InvalidRequest(f"the services of {config.root} serve no metrics (services.metrics is off)")
+    from blobtier import connect
+    from blobtier.runstate import resolve_running
+
     live = sys.stdout.isatty() and not args.once
     prev = None
-    while True:
-        cur = top.scrape(region.services)
-        lines = top.render(region, cur, prev)
-        if live:
-            sys.stdout.write("\x1b[H\x1b[2J")  # home and clear: redraw in place
-        print("\n".join(lines), flush=True)
-        if args.once:
-            return 0
-        prev = cur
-        try:
-            time.sleep(args.interval)
-        except KeyboardInterrupt:
-            return 0
-        if not live:
-            print()
+    with connect(resolve_running(config)) as client:  # reads the namespaces' usage
+        while True:
+            cur = top.scrape(region.services, args.trainer)
+            lines = top.render(region, cur, prev, top.namespace_lines(client.namespaces.usage))
+            if live:
+                sys.stdout.write("\x1b[H\x1b[2J")  # home and clear: redraw in place
+            print("\n".join(lines), flush=True)
+            if args.once:
+                return 0
+            prev = cur
+            try:
+                time.sleep(args.interval)
+            except KeyboardInterrupt:
+                return 0
+            if not live:
+                print()
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
@@ -141,6 +145,9 @@ def add_commands(add: Add) -> None:
                             "evictions, block egress")
     config_flag(p)
     p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument("--trainer", action="append", default=[], metavar="HOST:PORT",
+                   help="a trainer's metrics endpoint (blobtier.dataloader.serve_metrics): its "
+                        "samples/s and data stall (repeatable)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
     p = add("warmup", cmd_warmup, "hydrate every blob under PREFIX into a cache tier")
     config_flag(p)

@@ -12,7 +12,7 @@ import math
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,11 +25,13 @@ MiB = float(1 << 20)
 
 @dataclass
 class Scrape:
-    """The samples of every service, by kind; ``down`` lists services that did not answer."""
+    """The samples of every service, by kind; ``down`` lists services that did not answer
+    (their process runs), ``dead`` those whose process is gone."""
 
     at: float
     by_kind: dict[str, list[dict[tuple[str, Labels], float]]] = field(default_factory=dict)
     down: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
     started: dict[str, float] = field(default_factory=dict)  # kind -> earliest start
 
     def total(self, svc: str, name: str, **labels: str) -> float:
@@ -51,17 +53,30 @@ class Scrape:
         return sorted(out.items())
 
 
-def fetch(port: int, timeout_s: float = 1.0) -> dict[tuple[str, Labels], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as reply:
+def fetch(where: int | str, timeout_s: float = 1.0) -> dict[tuple[str, Labels], float]:
+    """The samples of the endpoint at ``where``: a port on 127.0.0.1, or ``host:port``."""
+    addr = f"127.0.0.1:{where}" if isinstance(where, int) else where
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=timeout_s) as reply:
         text = reply.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in text_string_to_metric_families(text) for s in fam.samples
             if not s.name.endswith("_created")}
 
 
-def scrape(services: Iterable[ServiceRecord]) -> Scrape:
+def scrape(services: Iterable[ServiceRecord], trainers: Iterable[str] = ()) -> Scrape:
+    """Every service's endpoint, and each trainer's (``host:port``, kind ``trainer``)."""
+    from blobtier.runstate import pid_alive
+
     out = Scrape(time.time())
+    for addr in trainers:
+        try:
+            out.by_kind.setdefault("trainer", []).append(fetch(addr))
+        except (OSError, urllib.error.URLError, ValueError):
+            out.down.append(f"trainer {addr}")
     for s in services:
+        if not pid_alive(s.pid):
+            out.dead.append(s.name)  # shown as dead in its tier's row, not left out
+            continue
         if not s.metrics_port:
             continue
         try:
@@ -131,22 +146,66 @@ def _row(tier: str, ratio: str, hits: str, misses: str, mib: str, p50: str, p99:
             f"{evictions:>10}  {used}")
 
 
-def render(region: RegionState, cur: Scrape, prev: Scrape | None) -> list[str]:
-    """One frame: a line per tier, then the block layer's egress and faults."""
+def _gone(region: RegionState, cur: Scrape, kind: str) -> str:
+    """``"; DEAD: flash-1"`` for the services of ``kind`` whose process is gone, and
+    ``"; NOT ANSWERING: ..."`` for those whose endpoint did not answer ("" when none)."""
+    names = {s.name for s in region.of_kind(kind)}
+    dead = [n for n in cur.dead if n in names]
+    down = [n for n in cur.down if n in names]
+    return (f"; DEAD: {', '.join(dead)}" if dead else "") + \
+        (f"; NOT ANSWERING: {', '.join(down)}" if down else "")
+
+
+def _gone_row(region: RegionState, cur: Scrape, kind: str, tier: str) -> list[str]:
+    """A row for a tier none of whose services answered (never left out silently)."""
+    if kind in cur.by_kind or not region.of_kind(kind):
+        return []
+    return [_row(tier, "-", "-", "-", "-", "-", "-", "-", _gone(region, cur, kind).lstrip("; ")
+                 or "serves no metrics")]
+
+
+def trainer_lines(cur: Scrape, prev: Scrape | None) -> list[str]:
+    """The trainers' samples/s, data stall, p99 wait for a batch and the share of their chunk
+    reads each tier answered (``blobtier.dataloader.serve_metrics``), summed over trainers.
+    The first frame has no earlier scrape: averages over the training loop's own time."""
+    if "trainer" not in cur.by_kind:
+        return []
+    w = Window(cur, prev)
+    step = w.delta("trainer", "blobtier_step_seconds_total")
+    samples = w.delta("trainer", "blobtier_samples_total")
+    rate = samples / w.seconds("trainer") if prev else (samples / step if step else 0.0)
+    stall = w.delta("trainer", "blobtier_data_stall_seconds_total") / step if step else None
+    reads = {t: w.delta("trainer", "blobtier_tier_hits_total", tier=t) for t in ("l1", "l2", "l3", "origin")}
+    first = w.delta("trainer", "blobtier_tier_hits_total", tier="l1") + \
+        w.delta("trainer", "blobtier_tier_misses_total", tier="l1")
+    served = ", ".join(f"{t.upper() if t != 'origin' else 'block'} {n / first:.0%}"
+                       for t, n in reads.items() if first and n)
+    p99 = w.percentile(0.99, "trainer", "blobtier_data_wait_seconds")
+    return [f"trainer  {rate:,.0f} samples/s, data stall {_pct(stall)}, p99 wait for a batch "
+            f"{_ms(p99)} ms" + (f"; reads served by {served}" if served else "")]
+
+
+def render(region: RegionState, cur: Scrape, prev: Scrape | None,
+           namespaces: list[str] | None = None) -> list[str]:
+    """One frame: the trainers, a line per tier (a tier whose services are dead or silent
+    says so), the block layer's egress and faults, then ``namespaces`` (usage lines)."""
     w = Window(cur, prev)
     when = time.strftime("%H:%M:%S", time.localtime(cur.at))
     span = f"over the last {cur.at - prev.at:.1f}s" if prev else "averages since start"
-    lines = [f"blobtier top  {region.root}  {when}  ({span})",
+    lines = [f"blobtier top  {region.root}  {when}  ({span})", *trainer_lines(cur, prev),
              _row("tier", "hit ratio", "hits/s", "misses/s", "MiB/s", "p50 ms", "p99 ms", "evictions",
                   "used")]
+    lines += _gone_row(region, cur, "daemon", "L1")
     if "daemon" in cur.by_kind:
         lines.append(_row(
             "L1", _pct(w.ratio("daemon", "blobtier_l1_hits_total", "blobtier_l1_misses_total")),
             f"{w.rate('daemon', 'blobtier_l1_hits_total'):.0f}",
-            f"{w.rate('daemon', 'blobtier_l1_misses_total'):.0f}", "-", "-", "-",
+            f"{w.rate('daemon', 'blobtier_l1_misses_total'):.0f}",
+            f"{w.rate('daemon', 'blobtier_l1_hit_bytes_total') / MiB:.1f}", "-", "-",
             f"{w.delta('daemon', 'blobtier_l1_evictions_total'):.0f}",
             f"{cur.total('daemon', 'blobtier_l1_used_bytes') / MiB:,.0f}/"
-            f"{cur.total('daemon', 'blobtier_l1_capacity_bytes') / MiB:,.0f} MiB"))
+            f"{cur.total('daemon', 'blobtier_l1_capacity_bytes') / MiB:,.0f} MiB"
+            + _gone(region, cur, "daemon")))
         if cur.total("daemon", "blobtier_l2_served_hits_total") or \
                 cur.total("daemon", "blobtier_l2_served_misses_total"):
             lines.append(_row(
@@ -156,6 +215,7 @@ def render(region: RegionState, cur: Scrape, prev: Scrape | None) -> list[str]:
                 f"{w.rate('daemon', 'blobtier_l2_served_misses_total'):.0f}",
                 f"{w.rate('daemon', 'blobtier_l2_served_bytes_total') / MiB:.1f}", "-", "-", "-", ""))
         lines += _host_lines(region, cur)
+    lines += _gone_row(region, cur, "flash", "L3")
     if "flash" in cur.by_kind:
         lines.append(_row(
             "L3", _pct(w.ratio("flash", "blobtier_flash_hits_total", "blobtier_flash_misses_total")),
@@ -167,7 +227,8 @@ def render(region: RegionState, cur: Scrape, prev: Scrape | None) -> list[str]:
             f"{w.delta('flash', 'blobtier_flash_evicted_entries_total'):.0f}",
             f"{cur.total('flash', 'blobtier_flash_used_bytes') / MiB:,.0f}/"
             f"{cur.total('flash', 'blobtier_flash_capacity_bytes') / MiB:,.0f} MiB, "
-            f"{cur.total('flash', 'blobtier_flash_entries'):.0f} chunks"))
+            f"{cur.total('flash', 'blobtier_flash_entries'):.0f} chunks" + _gone(region, cur, "flash")))
+    lines += _gone_row(region, cur, "block", "block")
     if "block" in cur.by_kind:
         gets = w.delta("block", "blobtier_chunkserver_requests_total", method="Get")
         lines.append(_row(
@@ -175,7 +236,7 @@ def render(region: RegionState, cur: Scrape, prev: Scrape | None) -> list[str]:
             f"{w.rate('block', 'blobtier_chunkserver_sent_bytes_total') / MiB:.1f}",
             _ms(w.percentile(0.5, "block", "blobtier_chunkserver_request_seconds", method="Get")),
             _ms(w.percentile(0.99, "block", "blobtier_chunkserver_request_seconds", method="Get")),
-            "-", f"{len(cur.by_kind['block'])} chunk servers"))
+            "-", f"{len(cur.by_kind['block'])} chunk servers" + _gone(region, cur, "block")))
         faults = {k: w.delta("block", "blobtier_chunkserver_faults_total", kind=k)
                   for k in ("refused", "errors", "stragglers", "corrupted")}
         lines.append(
@@ -190,15 +251,18 @@ def render(region: RegionState, cur: Scrape, prev: Scrape | None) -> list[str]:
             f"(p99 {_ms(w.percentile(0.99, 'flash', 'blobtier_flash_fill_seconds'))} ms), "
             f"admissions rejected {w.delta('flash', 'blobtier_flash_admissions_rejected_total'):.0f}, "
             f"corrupt {w.delta('flash', 'blobtier_flash_corrupt_total'):.0f}")
+    if cur.dead:
+        lines.append("dead (process gone; `blobtier restart` brings them back): " + ", ".join(cur.dead))
     if cur.down:
         lines.append("not answering: " + ", ".join(cur.down))
-    return lines
+    return lines + (namespaces or [])
 
 
 def _host_lines(region: RegionState, cur: Scrape) -> list[str]:
     """A line per simulated host (``services.hosts``; region/hosts.py), since its start:
     its L1, what it served its peers, and the chunks homed at it that it read from below."""
-    names = [s.name for s in region.of_kind("daemon") if s.metrics_port and s.name not in cur.down]
+    names = [s.name for s in region.of_kind("daemon")
+             if s.metrics_port and s.name not in cur.down and s.name not in cur.dead]
     if len(names) < 2:
         return []
 
@@ -215,3 +279,15 @@ def _host_lines(region: RegionState, cur: Scrape) -> list[str]:
                    f"{one(samples, 'blobtier_l2_served_hits_total'):.0f} hits; read for its homes "
                    f"{one(samples, 'blobtier_l2_home_filled_total'):.0f} chunks")
     return out
+
+
+def namespace_lines(usage: Callable[[], list]) -> list[str]:
+    """A line per namespace object: its usage against its quotas (``sdk/namespaces.py``);
+    one line saying why when the usage cannot be read."""
+    from blobtier.errors import BlobtierError
+
+    try:
+        found = usage()
+    except (BlobtierError, OSError) as exc:
+        return [f"namespaces: usage not readable ({exc})"]
+    return [f"namespace {u.name:<20} {u.describe()}" for u in found]

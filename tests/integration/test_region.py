@@ -213,7 +213,9 @@ def test_top_once_renders_every_tier(running, capsys):
     rows = {line.split()[0] for line in out.splitlines()[2:]}
     assert {"L1", "L3", "block"} <= rows
     assert "hit ratio" in out and "p99 ms" in out and "block egress" in out
-    assert "not answering" not in out
+    assert "not answering" not in out and "dead" not in out
+    assert main(["top", "-c", path, "--once", "--trainer", "127.0.0.1:1"]) == 0  # a trainer not there
+    assert capsys.readouterr().out.splitlines()[-1] == "not answering: trainer 127.0.0.1:1"
 
 
 def test_warmup_hydrates_l3_then_reads_hit_it(running, capsys):
