@@ -187,3 +187,26 @@ def test_usage_against_quota_for_top(client):
     assert (rows["a"].bytes, rows["a"].blobs, rows["a"].bytes_ratio) == (250, 1, 0.25)
     assert rows["a"].describe() == "250 B of 1,000 B (25%), 1 blobs of 10 (10%)"
     assert (rows["b"].bytes, rows["b"].quota_bytes, rows["b"].bytes_ratio) == (7, None, None)
+
+
+def test_gc_without_the_admin_right_still_collects(tmp_path, caplog):
+    """MaintainNamespaces needs admin on the metadata service; a gc run with a write token
+    collects garbage all the same and says what it left."""
+    from blobtier.errors import Forbidden
+    from blobtier.metadata.remote import RemoteMetadataStore
+    from blobtier.metadata.rocksdb_store import RocksDBStore
+    from blobtier.metadata.service import MetadataServer
+    from blobtier.rpc.auth import TokenTable, digest
+    from blobtier.sdk import gc
+
+    table = TokenTable.from_mapping({"token": [
+        {"name": "writer", "sha256": digest("w-token"), "rights": ["read", "write"]}]})
+    with MetadataServer(RocksDBStore(str(tmp_path / "db"), writable=True), auth=table) as server:
+        store = RemoteMetadataStore(server.address, token="w-token")
+        try:
+            with pytest.raises(Forbidden):
+                store.maintain_namespaces()
+            report = gc.collect(store, {}, 60.0, set, shared=True)
+            assert report.expired_blobs == 0 and "left the namespaces" in caplog.text
+        finally:
+            store.close()
