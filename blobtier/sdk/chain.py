@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -51,6 +51,8 @@ class _Tier:
     fills: RecordedFills | None
     reports: ReportsCorrupt | None
     sampled: SampledVerify | None
+    # Offers a batch of chunks in one call (a remote node: one Put stream, not one per chunk).
+    put_many: Callable[[list[tuple[ChunkKey, memoryview]], bool], object] | None
 
     @classmethod
     def of(cls, cache: ChunkCache, depth: int) -> _Tier:
@@ -58,7 +60,8 @@ class _Tier:
             return cache if isinstance(cache, kind) else None
 
         return cls(cache, depth, able(ReadThroughCache), able(ClaimingCache), able(RecordedFills),
-                   able(ReportsCorrupt), able(SampledVerify) if cache.trusted else None)
+                   able(ReportsCorrupt), able(SampledVerify) if cache.trusted else None,
+                   getattr(cache, "put_many", None))
 
     @property
     def name(self) -> str:
@@ -287,6 +290,8 @@ class TierChain:
                     rec, index = ref_of[key]
                     fill(key, view, touch=touch, namespace=rec.namespace,
                          checksum=(rec.checksum_algo, rec.checksums[index]))
+            elif tier.put_many is not None:
+                tier.put_many(list(chunks.items()), touch)
             else:
                 put = tier.cache.put
                 for key, view in chunks.items():

@@ -126,12 +126,11 @@ class LocalL3:
             log.info("no local L3 for %s: its owner is not reachable (%s)", self.config.root, exc)
             return None
         from blobtier.flash_l3.local_reads import RegionReader
-        from blobtier.rpc.sharded_cache import ShardedChunkCache
+        from blobtier.rpc.remote_cache import RemoteChunkCache
 
-        fc = self.config.flash
-        return ShardedChunkCache.connect([(f"unix:{path}", 1.0)], name="l3", timeout_s=fc.request_timeout_s,
-                                         retry_after_s=fc.retry_after_s, read_through=False,
-                                         local_reads=RegionReader)
+        # The one node, as it is: its put_many sends a batch's fills in one Put stream.
+        return RemoteChunkCache(f"unix:{path}", name="l3", timeout_s=self.config.flash.request_timeout_s,
+                                local_reads=RegionReader)
 
     def _after_fork_in_child(self) -> None:
         """The parent's store, server and client are its own: kept, not closed (the lock

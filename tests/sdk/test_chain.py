@@ -248,6 +248,25 @@ def test_chunks_fill_every_tier_above_where_they_were_found(w):
     assert w.l3.data[k[3]] == w.parts[3]
 
 
+class FakeBatchPuts(FakeCache):
+    """An untrusted tier that takes a batch of chunks in one call (a remote node)."""
+
+    def put_many(self, items, touch=True):
+        self._log("put_many", [k for k, _ in items])
+        self.data.update((k, bytes(v)) for k, v in items)
+        return len(items), 0
+
+
+def test_a_tier_that_takes_batches_is_filled_with_one_call_per_read():
+    world = World()
+    l3 = FakeBatchPuts("l3")
+    chain = TierChain([world.l1, l3], world.source, world.stats)
+    assert [bytes(v) for v in chain.read(world.refs)] == world.parts
+    chain.close()
+    assert l3.asked("put_many") == [world.keys] and l3.asked("put") == []
+    assert all(l3.data[k] == p for k, p in zip(world.keys, world.parts))
+
+
 def test_a_second_read_is_an_l1_hit_and_reaches_nothing_below(w):
     w.read()
     w.settle()
