@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep == "l3" and args.plot and not region.l3_bytes:
         raise InvalidRequest("--sweep l3 needs an L3: give --l3")
     if args.trace:
-        reads = recorded_reads(args.trace, rate)
+        reads = recorded_reads(args.trace, rate, region.prefetch, budget // max(1, len(factors) or 1))
         sample_bytes = reads.total_bytes / max(1, reads.total_chunks)
     else:
         spec = workload_of(args)

@@ -162,11 +162,12 @@ def synthetic_reads(spec: Synthetic, region: Region, rate: float | None,
     return spec.reads(rate, exact=exact)
 
 
-def recorded_reads(path: str, rate: float | None) -> Reads:
-    """A recorded trace, sampled so that it simulates in about ``MAX_EVENTS`` reads."""
+def recorded_reads(path: str, rate: float | None, prefetch: bool = True,
+                   max_events: int = MAX_EVENTS) -> Reads:
+    """A recorded trace, sampled so that it simulates in about ``max_events`` reads."""
     if rate is None:
         whole = recorded(path, 1.0)
-        rate = choose_rate(whole.total_chunks, whole.reads_full, whole.hosts, True)
+        rate = choose_rate(whole.total_chunks, whole.reads_full, whole.hosts, prefetch, max_events)
         if rate >= 1.0:
             return whole
     return recorded(path, rate)

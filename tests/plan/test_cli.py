@@ -79,6 +79,23 @@ def test_a_thousand_host_region_is_sampled_down(capsys, tmp_path):
     assert "sampling: SHARDS rate" in out
 
 
+def test_a_recorded_trace_is_planned_and_sampled(capsys, tmp_path):
+    from blobtier.plan import Recorder
+
+    trace, out_json = tmp_path / "trace.jsonl", tmp_path / "p.json"
+    with Recorder(str(trace)) as rec:
+        for epoch in range(2):
+            for i in range(3000):
+                key = f"ds/{(i * 7 + epoch * 13) % 3000}"
+                rec.record(host=i % 2, job=0, key=key, size=65536, epoch=epoch)
+    code, out, _ = plan(capsys, "--trace", str(trace), "--l1", "64MiB", "--max-events", "1500",
+                        "--no-prefetch", "--json", str(out_json))
+    assert code == 0 and "sampling: SHARDS rate" in out
+    got = json.loads(out_json.read_text())["prediction"]
+    assert got["sample_rate"] < 0.5 and got["dataset_bytes"] == 3000 * 65536
+    assert got["egress_ratio"][0] == pytest.approx(1.0, abs=0.1)  # every key read once, from below
+
+
 def test_sampling_predicts_the_whole_traces_hit_ratios():
     """SHARDS at rate 0.1 against the whole trace (rate 1): within 2 points per tier."""
     spec = Synthetic(hosts=8, jobs=2, samples=30000, sample_bytes=64 << 10, chunk_bytes=4 << 20, epochs=2)
