@@ -40,7 +40,7 @@ def _as(path: str, tls: TlsConfig):
 def _refused(client, match: str) -> None:
     with pytest.raises(TlsRefused, match=match):
         client.put("refused/x", b"never stored")
-    with pytest.raises(OSError, match=match):  # a read: L3 and every replica refused it
+    with pytest.raises(TlsRefused, match=match):  # a read: at once, not after retry rounds
         client.get("tls/blob")
 
 
