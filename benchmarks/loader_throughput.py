@@ -225,6 +225,13 @@ def setup(args) -> dict:  # noqa: ANN001
     from blobtier.sdk.ingest import register
 
     d = args.dir
+    done = os.path.join(d, "setup.json")
+    if os.path.exists(done):  # a --dir set up by an earlier run (same --samples and --size)
+        with open(done) as f:
+            status = json.load(f)
+        if (status.get("samples"), status.get("size")) == (args.samples, args.size):
+            return status
+        raise SystemExit(f"{d} holds {status.get('samples')} x {status.get('size')} B: use another --dir")
     os.makedirs(os.path.join(d, "data"), exist_ok=True)
     for i in range(args.samples):
         with open(os.path.join(d, "data", f"s{i:05d}.bin"), "wb") as f:
@@ -246,12 +253,14 @@ def setup(args) -> dict:  # noqa: ANN001
     fsspec.config.conf["slowfile"] = {"latency_s": 0.0}
     with blobtier.connect(os.path.join(d, "ref"), flash={"local_l3": False}) as c:
         register(c, f"slowfile://{os.path.join(d, 'data')}", KEY_PREFIX.rstrip("/"))
-    status = {"mosaic": None}
+    status: dict = {"mosaic": None}
     try:
         subprocess.run([args.mosaic_python, __file__, "--write-mds", "--dir", d, *common(args)], check=True,
                        capture_output=True, text=True, timeout=600, env=ENV)
     except subprocess.CalledProcessError as exc:
         status["mosaic"] = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else "failed"
+    with open(done, "w") as f:
+        json.dump({**status, "samples": args.samples, "size": args.size}, f)
     return status
 
 
@@ -317,9 +326,11 @@ def top_frames(raw: str, trainer_pid: int, n: int = 12) -> dict:
             frames = stack.split(";")
             if not frames or not count.isdigit():
                 continue
-            pid = frames[0].split()[1].split(":")[0] if frames[0].startswith("process ") else ""
+            # A child's stacks start "process ROOT:...;process CHILD:...;" (--subprocesses).
+            procs = [i for i, fr in enumerate(frames) if fr.startswith("process ")]
+            pid = frames[procs[-1]].split()[1].split(":")[0] if procs else ""
             kind = "trainer" if pid == str(trainer_pid) else "workers"
-            calls = [f for f in frames[1:] if not f.startswith("thread ")]
+            calls = [fr for fr in frames[procs[-1] + 1 if procs else 0:] if not fr.startswith("thread ")]
             if not calls:
                 continue
             c = int(count)
@@ -419,9 +430,10 @@ def report(args, results: dict[str, list[dict]], status: dict, daemon_sock: str)
             "origin reqs": med(row, "origin_requests") if row in ("slow-blobtier", "slow-second") else "",
             "note": errors[0][:60] if errors else ""})
     columns = ["row", "cold/s", "warm/s", "cold x plain", "warm x plain", "origin reqs", "note"]
-    print(h.table(table_rows, columns,
-                  f"{args.samples} x {args.size // 1024} KiB, batch {args.batch}, {args.workers} workers, "
-                  f"medians of {args.repeats}"))
+    if table_rows:
+        print(h.table(table_rows, columns,
+                      f"{args.samples} x {args.size // 1024} KiB, batch {args.batch}, {args.workers} "
+                      f"workers, medians of {args.repeats}"))
     prof = profile(args, daemon_sock) if args.profile else None
     if prof:
         for kind, p in prof.items():
