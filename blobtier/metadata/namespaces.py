@@ -219,19 +219,23 @@ def _commit_once(store: MetadataStore, batch: Sequence[Item], todo: list[int],
     expecting ANY to try again (their key changed between the read and the commit)."""
     from blobtier.metadata.store import ABSENT, ANY, version_matches
 
-    accounted = [i for i in todo if _namespace(batch[i][0]) in specs]
-    current = dict(zip(accounted, store._get_many_raw([batch[i][0] for i in accounted])))
+    keys = list(dict.fromkeys(batch[i][0] for i in todo if _namespace(batch[i][0]) in specs))
+    stored = dict(zip(keys, store._get_many_raw(keys)))
     items = [batch[i] for i in todo]
     deltas: dict[int, tuple[str, int, int]] = {}
     for pos, i in enumerate(todo):
-        if i not in current:
-            continue
         rkey, expected, value = batch[i]
-        cur = current[i]
+        if rkey not in stored:
+            continue
+        cur = stored[rkey]  # what an earlier item of the batch left, if it named this key
         if expected != ANY and not version_matches(cur, expected):
             continue  # its compare-and-set fails: it changes nothing
-        pinned = expected if expected != ANY else (ABSENT if cur is None else peek_version(cur))
-        items[pos] = (rkey, pinned, value)
+        if expected == ANY:
+            try:
+                items[pos] = (rkey, ABSENT if cur is None else peek_version(cur), value)
+            except CorruptRecord:
+                pass  # only an unconditional write replaces a corrupt record: left as asked
+        stored[rkey] = value
         deltas[i] = (_namespace(rkey), _size(value) - _size(cur), (value is not None) - (cur is not None))
     token = os.urandom(8).hex()
     grow = _reserve(store, specs, deltas, token, clock)

@@ -209,6 +209,15 @@ class NamespaceContract:
         store.commit("q/b", make_record(2), expected=1)  # a new version is not a new blob
         assert store.namespace_usage(["q"])["q"].blobs == 2
 
+    def test_a_batch_naming_a_key_twice_counts_its_last_value(self, store):
+        store.create_namespace(NamespaceSpec("q", quota_bytes=1000))
+        twice = [("q/a", sized(300, 1), ABSENT), ("q/a", sized(700, 2), 1), ("q/b", sized(100, 1), ANY)]
+        assert store.commit_many(twice) == [True, True, True]
+        usage = store.namespace_usage(["q"])["q"]
+        assert (usage.bytes, usage.blobs) == (800, 2)
+        assert store.commit_many([("q/b", sized(50, 2), ANY), ("q/b", sized(10, 3), ANY)]) == [True, True]
+        assert store.namespace_usage(["q"])["q"].bytes == 710
+
     def test_a_lost_compare_and_set_counts_nothing(self, store):
         store.create_namespace(NamespaceSpec("q", quota_bytes=1000))
         store.commit("q/a", sized(500, 1))
