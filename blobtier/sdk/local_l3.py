@@ -15,8 +15,8 @@ path. It reads and writes the store directly and serves it to the host's other p
 own (0700); they ask it only *where* hits are and read the region files themselves
 (``flash_l3/local_reads.py``), as a client on a flash node's host does. The chain checks
 every L3 hit against its record, so a torn or stale read is a miss, never wrong bytes.
-A process that finds neither the lock free nor a live owner has no L3 (a miss, as for
-any tier that is down).
+A process that finds neither the lock free nor a live owner, or whose store cannot open
+(a full disk, a directory it cannot write), has no L3 (a miss, as for any tier that is down).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import tempfile
 from blobtier import forks
 from blobtier.chunks import ChunkCache
 from blobtier.config import MiB, RegionConfig
-from blobtier.errors import RegionLocked, TierUnavailable
+from blobtier.errors import BlobtierError, RegionLocked, TierUnavailable
 from blobtier.fsutil import private_dir
 from blobtier.lockfile import LockFile
 
@@ -89,8 +89,15 @@ class LocalL3:
         except RegionLocked:
             self._remote = self._join()
             return self._remote
+        except (OSError, BlobtierError) as exc:
+            log.warning("no local L3 for %s: %s", self.config.root, exc)
+            return None
         try:
             self._own(capacity, size)
+        except (OSError, BlobtierError) as exc:  # a cache that cannot open is a tier that is down
+            log.warning("no local L3 for %s: %s", self.config.root, exc)
+            self._close_owned()
+            return None
         except BaseException:
             self._close_owned()
             raise

@@ -104,3 +104,13 @@ def test_no_local_l3_when_switched_off(region, slow_tree):
         register(c, f"slowfile://{src}", "ds/slow")
         assert "l3" not in c.tiers
     assert not os.path.exists(os.path.join(region, "l3"))
+
+
+def test_a_local_l3_that_cannot_open_is_no_tier_and_no_failure(region):
+    os.makedirs(region)
+    with open(os.path.join(region, "l3"), "w") as f:  # where its directory should be
+        f.write("not a directory")
+    with blobtier.connect(region, flash={"local_bytes": "64MiB"}) as c:
+        c.put("ns/a", b"x" * 1000)
+        assert bytes(c.get("ns/a")) == b"x" * 1000
+        assert "l3" not in c.tiers
