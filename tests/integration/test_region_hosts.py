@@ -3,31 +3,42 @@ runs it: `blobtier up` starts a daemon per host (its own arena, socket, loopback
 and L2 port), each the others' L2 peer and each reading the chunks homed at it through
 from the flash node and chunk servers. One job (a process) per host reads a dataset
 larger than one host's L1 but smaller than the three L1s for two epochs; the chunk
-servers' and flash node's own counters show each chunk read from below once.
+servers' and flash node's own counters show each chunk read from below once. A second
+region, with tokens and grants, takes a checkpoint burst: every host's daemon fills the
+chunks homed at it under the grants its peers' requests carried.
+
+The two regions start (and stop) at once, and every process the tests start loads
+blobtier's bytecode from a cache made once (``PYTHONDONTWRITEBYTECODE`` would have each of
+~30 processes compile the package anew): the file's time is the processes' work.
 
 Without L2 fan-out each host would read every chunk from L3 itself (three L3 reads per
 chunk), so the counts below fail with the feature off."""
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import xxhash
 
 import blobtier
 from blobtier import runstate as state
+from blobtier.rpc.auth import digest
+from tests.integration.region_support import SPAN, free_base_port, kill_leftovers
 from tests.integration.region_support import blobtier as run_cli
-from tests.integration.region_support import free_base_port, kill_leftovers
 
 HOSTS = 3
 SAMPLES, SAMPLE_BYTES = 80, 128 << 10  # 10 MiB: above one host's 6 MiB L1, below three
-BURST_BYTES = 256 << 20
+BURST_BYTES, BURST_CHUNK = 256 << 20, 8 << 20  # 32 chunks: ~11 homed per host's 160 MiB L1
 
 # One job on one host: reads every sample once per epoch in its own shuffled order, in
 # batches, checking every byte; prints a JSON line of what it delivered. With a `go` file
@@ -62,15 +73,17 @@ print(json.dumps({"delivered": delivered, "daemon": client.config.cache.daemon,
 client.close()
 """
 
-# One reader of the checkpoint: the whole blob through a file object, hashed.
+# One reader of the checkpoint: the whole blob through a file object, hashed (a 128-bit
+# xxh3: 256 MiB in a few ms where sha256 took a second of each reader's CPU).
 READER = r"""
-import hashlib, sys
+import sys
+import xxhash
 import blobtier
 
 with blobtier.connect(sys.argv[1]) as client, client.open("ckpt/model.bin") as f:
-    digest = hashlib.sha256()
-    while chunk := f.read(8 << 20):
-        digest.update(chunk)
+    digest, buf = xxhash.xxh3_128(), bytearray(8 << 20)
+    while n := f.readinto(buf):
+        digest.update(memoryview(buf)[:n])
 print(digest.hexdigest(), flush=True)
 """
 
@@ -111,11 +124,10 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
     return {k: after[k] - before[k] for k in after}
 
 
-def start_up(tmp_path, memory: str, chunk: str) -> tuple[str, str]:
-    """`blobtier up` of three hosts over 2 chunk servers (one replica: no hedged second
-    read of a chunk) and a flash node."""
-    root, base = tmp_path / "region", free_base_port()
-    path = tmp_path / "region.toml"
+def region_toml(tmp, memory: str, chunk: str, base: int, extra: str = "") -> tuple[str, str]:
+    """A region of three hosts over 2 chunk servers (one replica: no hedged second read of
+    a chunk) and a flash node: its config file and root."""
+    root, path = tmp / "region", tmp / "region.toml"
     path.write_text(f'''root = "{root}"
 [block]
 servers = 2
@@ -129,21 +141,78 @@ metrics_base_port = {base + 10}
 flash_capacity_bytes = "512MiB"
 flash_region_bytes = "8MiB"
 daemon_memory_bytes = "{memory}"
-''')
-    up = run_cli("up", "-c", str(path))
-    assert up.returncode == 0, up.stdout + up.stderr
+{extra}''')
     return str(path), str(root)
 
 
+def with_grants(tmp) -> str:
+    """Config lines for tokens, a metadata service and so grants (``blobtier/grants.py``):
+    every client and daemon presents ``ops``; chunk servers, the flash node and the daemons'
+    peer servers serve a chunk only under a grant the metadata service signed."""
+    tokens = tmp / "tokens.toml"
+    tokens.write_text(f'[[token]]\nname = "ops"\nsha256 = "{digest("ops-secret")}"\n'
+                      'rights = ["read", "write", "admin"]\n')
+    return f'meta_servers = 1\n[auth]\ntoken_file = "{tokens}"\ntoken = "ops-secret"\n'
+
+
+def up_at_once(configs: list[str]) -> None:
+    """`blobtier up` of every config, all at once."""
+    ups = [subprocess.Popen([sys.executable, "-m", "blobtier.cli", "up", "-c", path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for path in configs]
+    for up in ups:
+        out, err = up.communicate(timeout=180)
+        assert up.returncode == 0, out + err
+
+
+def down_at_once(regions: list[tuple[str, str]]) -> None:
+    with ThreadPoolExecutor(len(regions)) as pool:
+        list(pool.map(lambda r: run_cli("down", "-c", r[0]), regions))
+    for _, root in regions:
+        kill_leftovers(root)
+
+
 @pytest.fixture(scope="module")
-def region(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hosts")
-    path, root = start_up(tmp, "6MiB", "256KiB")
+def bytecode(tmp_path_factory):
+    """The processes this module starts read blobtier's bytecode from a cache compiled once
+    here, instead of each compiling the package (the environment may say not to write
+    bytecode: ``PYTHONDONTWRITEBYTECODE``; the cache lives in a temp dir, not the tree)."""
+    prefix = str(tmp_path_factory.mktemp("pycache"))
+    saved = sys.pycache_prefix
+    sys.pycache_prefix = prefix
+    try:
+        compileall.compile_dir(os.path.dirname(blobtier.__file__), quiet=1)
+    finally:
+        sys.pycache_prefix = saved
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+        env.setenv("PYTHONPYCACHEPREFIX", prefix)
+        yield
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory, bytecode):
+    """Both regions, started at once: the dataset's (6 MiB L1s, 256 KiB chunks) and the
+    burst's (160 MiB L1s, 8 MiB chunks, grants)."""
+    base = free_base_port()
+    burst_base = free_base_port()
+    while abs(burst_base - base) < SPAN:
+        burst_base = free_base_port()
+    data_tmp, burst_tmp = tmp_path_factory.mktemp("hosts"), tmp_path_factory.mktemp("burst")
+    made = [region_toml(data_tmp, "6MiB", "256KiB", base),
+            region_toml(burst_tmp, "160MiB", "8MiB", burst_base, with_grants(burst_tmp))]
+    try:
+        up_at_once([path for path, _ in made])
+        yield made
+    finally:
+        down_at_once(made)
+
+
+@pytest.fixture(scope="module")
+def region(regions):
+    path, root = regions[0]
     with blobtier.connect(path, cache={"daemon": "off", "l1_bytes": 0}) as client:
         client.put_many([(f"ds/{i:04d}", sample(i)) for i in range(SAMPLES)])
-    yield path, root
-    run_cli("down", "-c", path)
-    kill_leftovers(root)
+    return path, root
 
 
 def run_jobs(path: str, go: str = "-", epochs: int = 2, on_half=None) -> list[dict]:
@@ -176,20 +245,25 @@ def test_up_runs_a_daemon_per_host_and_status_lists_them(region):
     daemons = state.read(root).of_kind("daemon")
     assert [d.name for d in daemons] == [f"daemon-{h}" for h in range(HOSTS)]
     assert len({d.address for d in daemons}) == HOSTS and len({d.socket for d in daemons}) == HOSTS
-    status = run_cli("status", "-c", path)
-    assert status.returncode == 0, status.stdout
-    for d in daemons:
-        assert d.name in status.stdout
-    # A client picks its host by BLOBTIER_HOST; an unknown host is refused by name.
+    # A client picks its host by BLOBTIER_HOST (--host wins over it); an unknown host is
+    # refused by name. The four commands run at once.
+    cli = [sys.executable, "-m", "blobtier.cli"]
     env = {**os.environ, "BLOBTIER_HOST": "host-2"}
-    ls = subprocess.run([sys.executable, "-m", "blobtier.cli", "-r", path, "ls", "ds/"],
-                        capture_output=True, text=True, env={**env, "BLOBTIER_HOST": "host-7"})
+    runs = {"status": (cli + ["status", "-c", path], env),
+            "env-7": (cli + ["-r", path, "ls", "ds/"], {**env, "BLOBTIER_HOST": "host-7"}),
+            "flag-9": (cli + ["-r", path, "--host", "host-9", "ls", "ds/"], env),
+            "flag-1": (cli + ["-r", path, "--host", "host-1", "ls", "ds/"], env)}
+    with ThreadPoolExecutor(len(runs)) as pool:
+        done = dict(zip(runs, pool.map(lambda r: subprocess.run(r[0], capture_output=True, text=True,
+                                                                env=r[1], timeout=120), runs.values())))
+    assert done["status"].returncode == 0, done["status"].stdout
+    for d in daemons:
+        assert d.name in done["status"].stdout
+    ls = done["env-7"]
     assert ls.returncode == 1 and "BLOBTIER_HOST" in ls.stderr and "host-0, host-1, host-2" in ls.stderr
-    ls = subprocess.run([sys.executable, "-m", "blobtier.cli", "-r", path, "--host", "host-9", "ls", "ds/"],
-                        capture_output=True, text=True, env=env)  # --host wins over the environment
+    ls = done["flag-9"]
     assert ls.returncode == 1 and "'host-9'" in ls.stderr
-    ls = subprocess.run([sys.executable, "-m", "blobtier.cli", "-r", path, "--host", "host-1", "ls", "ds/"],
-                        capture_output=True, text=True, env=env)
+    ls = done["flag-1"]
     assert ls.returncode == 0 and "ds/0079" in ls.stdout, ls.stderr
 
 
@@ -226,24 +300,30 @@ def test_killing_one_hosts_daemon_mid_epoch_fails_no_read(region):
 
 
 @pytest.mark.slow
-def test_checkpoint_burst_reads_each_chunk_from_l3_and_the_block_layer_once(tmp_path):
-    path, root = start_up(tmp_path, "160MiB", "4MiB")
+def test_checkpoint_burst_reads_each_chunk_from_l3_and_the_block_layer_once(regions):
+    """Under grants: a daemon filling a chunk homed at it for another host reads the flash
+    node and chunk servers under the grant that host's request carried (without it the
+    fill is refused there and every reader goes below L2 itself)."""
+    path, root = regions[1]
+    rng = random.Random(15)  # each chunk its own bytes: no dedup
+    blob = b"".join(rng.randbytes(1 << 20) for _ in range(BURST_BYTES >> 20))
+    with blobtier.connect(path, cache={"daemon": "off", "l1_bytes": 0}) as client:
+        client.put("ckpt/model.bin", blob)
+    before = below_hosts(root)
+    readers = [subprocess.Popen([sys.executable, "-c", READER, path], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "BLOBTIER_HOST": f"host-{h}"})
+               for h in range(HOSTS) for _ in range(2)]
     try:
-        blob = os.urandom(BURST_BYTES)
-        with blobtier.connect(path, cache={"daemon": "off", "l1_bytes": 0}) as client:
-            client.put("ckpt/model.bin", blob)
-        before = below_hosts(root)
-        readers = [subprocess.Popen([sys.executable, "-c", READER, path], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True,
-                                    env={**os.environ, "BLOBTIER_HOST": f"host-{h}"})
-                   for h in range(HOSTS) for _ in range(2)]
         for r in readers:
             out, err = r.communicate(timeout=300)
             assert r.returncode == 0, err
-            assert out.strip() == hashlib.sha256(blob).hexdigest()
-        chunks = BURST_BYTES // (4 << 20)
-        assert delta(below_hosts(root), before) == {"block_gets": chunks, "block_bytes": BURST_BYTES,
-                                                    "l3_gets": chunks}
+            assert out.strip() == xxhash.xxh3_128_hexdigest(blob)
     finally:
-        run_cli("down", "-c", path)
-        kill_leftovers(root)
+        for r in readers:
+            if r.poll() is None:
+                r.kill()
+            r.wait()
+    chunks = BURST_BYTES // BURST_CHUNK
+    assert delta(below_hosts(root), before) == {"block_gets": chunks, "block_bytes": BURST_BYTES,
+                                                "l3_gets": chunks}
