@@ -372,6 +372,7 @@ def main() -> None:
     if args.run:
         print(json.dumps(run_row(args)))
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the daemon below
     own_dir = args.dir is None
     args.dir = args.dir or tempfile.mkdtemp(prefix="blobtier-lt-")
     daemon = None
