@@ -29,7 +29,7 @@ _log = logging.getLogger(__name__)
 CLEAR = "none"  # a flag's value that clears its field
 
 
-def human_size(n: int) -> str:
+def exact_size(n: int) -> str:
     """Exact bytes, grouped: a quota is checked to the byte, so it is shown to the byte."""
     return f"{n:,} B"
 
@@ -127,9 +127,9 @@ class NamespaceUsage:
             return f"{used} of {quota}" + ("" if ratio is None else f" ({ratio:.0%})")
 
         blobs_ratio = self.blobs / self.quota_blobs if self.quota_blobs else None
-        quota_b = None if self.quota_bytes is None else human_size(self.quota_bytes)
+        quota_b = None if self.quota_bytes is None else exact_size(self.quota_bytes)
         quota_n = None if self.quota_blobs is None else str(self.quota_blobs)
-        return (limit(human_size(self.bytes), quota_b, self.bytes_ratio if self.quota_bytes else None)
+        return (limit(exact_size(self.bytes), quota_b, self.bytes_ratio if self.quota_bytes else None)
                 + ", " + limit(f"{self.blobs} blobs", quota_n, blobs_ratio))
 
 
@@ -151,7 +151,7 @@ def show(spec: NamespaceSpec, usage: NamespaceUsage) -> list[str]:
     flight = f", {usage.pending} commits in flight" if usage.pending else ""
     return [f"namespace   {spec.name}",
             f"usage       {usage.describe()}{flight}",
-            f"quota       {field(spec.quota_bytes, human_size)} / {field(spec.quota_blobs)} blobs",
+            f"quota       {field(spec.quota_bytes, exact_size)} / {field(spec.quota_blobs)} blobs",
             f"ttl         {field(spec.ttl_s, _duration)}",
             f"l1 share    {field(spec.l1_share, '{:.0%}'.format)}",
             f"l3 share    {field(spec.l3_share, '{:.0%}'.format)}",
@@ -164,7 +164,7 @@ def table(specs: list[NamespaceSpec], usage: list[NamespaceUsage]) -> list[str]:
     rows = [("NAMESPACE", "USED", "QUOTA", "BLOBS", "TTL", "L1", "L3", "POLICY")]
     for s in specs:
         u = by_name[s.name]
-        rows.append((s.name, human_size(u.bytes), "-" if s.quota_bytes is None else human_size(s.quota_bytes),
+        rows.append((s.name, exact_size(u.bytes), "-" if s.quota_bytes is None else exact_size(s.quota_bytes),
                      str(u.blobs) + ("" if s.quota_blobs is None else f"/{s.quota_blobs}"),
                      "-" if s.ttl_s is None else _duration(s.ttl_s),
                      "-" if s.l1_share is None else f"{s.l1_share:.0%}",
