@@ -42,26 +42,48 @@ __all__ = ["BlobIterableDataset", "iter_tar_samples"]
 
 
 class _SharedState:
-    """A small JSON value the parent writes and its (persistent) workers read."""
+    """A small JSON value the parent writes and its (persistent) workers read.
+
+    No lock (a lock made in a fork context cannot reach spawned workers): a sequence
+    number, odd while a write is under way, tells a reader to read again.
+    """
 
     SIZE = 4096
 
     def __init__(self) -> None:
         self._buf = multiprocessing.RawArray("c", self.SIZE)
         self._len = multiprocessing.RawValue("i", 0)
-        self._lock = multiprocessing.Lock()
+        self._seq = multiprocessing.RawValue("q", 0)
 
     def write(self, value: dict[str, Any]) -> None:
         data = json.dumps(value).encode()
         if len(data) > self.SIZE:
             raise ValueError(f"state of {len(data)} bytes is over {self.SIZE}")
-        with self._lock:
-            self._buf[:len(data)] = data
-            self._len.value = len(data)
+        self._seq.value += 1
+        self._buf[:len(data)] = data
+        self._len.value = len(data)
+        self._seq.value += 1
 
     def read(self) -> dict[str, Any]:
-        with self._lock:
-            return json.loads(self._buf[:self._len.value])
+        while True:
+            seq = self._seq.value
+            data = self._buf[:self._len.value]
+            if seq % 2 == 0 and self._seq.value == seq:
+                return json.loads(data)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Starting a spawned worker passes the shared memory itself; any other pickle
+        # (a copy, a checkpoint) gets the value, in memory of its own.
+        if multiprocessing.context.get_spawning_popen() is not None:
+            return self.__dict__
+        return {"value": self.read()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "value" not in state:
+            self.__dict__.update(state)
+            return
+        self.__init__()
+        self.write(state["value"])
 
 
 @dataclass(frozen=True)

@@ -178,3 +178,14 @@ def test_resume_mid_epoch_yields_the_rest_in_order(client, five_shards, workers,
 
 def keys_of(batch):
     return [s["__key__"] for s in batch]
+
+
+def test_pickles_with_its_epoch_outside_a_worker_start(client, five_shards):
+    import pickle
+
+    ds = BlobIterableDataset("five/", client=client, seed=2)
+    ds.set_epoch(3)
+    copy = pickle.loads(pickle.dumps(ds))
+    assert [s["__key__"] for s in copy] == [s["__key__"] for s in ds]
+    copy.set_epoch(4)  # its own memory: the original keeps its epoch
+    assert ds._shared.read()["epoch"] == 3
