@@ -494,11 +494,13 @@ def cmd_scrub(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from blobtier import demo
+    from blobtier import connect, demo
+    from blobtier.runstate import resolve_running
 
-    if args.demo_region:
-        args.region = args.demo_region
-    with _connect(args, creates=True) as client:
+    config = resolve_running(args.demo_region or args.region)
+    if args.demo_region:  # the demo against a region: L1 below the dataset, so L3 serves too
+        config = demo.with_l1_below(config, args.samples)
+    with connect(config) as client:
         recorder = None
         if args.report or args.json:
             from blobtier.region.report import recorder_for

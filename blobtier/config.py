@@ -749,6 +749,9 @@ def _root(value: Any) -> str:
         raise InvalidRequest(f"config field root must be a directory path (a string), "
                              f"got {_shown(value)}") from None
     _check(bool(root.strip()), "root", "must name a directory, not an empty string")
+    for home in ("$BLOBTIER_HOME", "${BLOBTIER_HOME}"):  # the default home, set or not
+        if root == home or root.startswith(home + "/"):
+            root = default_home() + root[len(home):]
     return os.path.expanduser(root)
 
 

@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from blobtier.humanize import plural
+from blobtier.config import RegionConfig
+from blobtier.humanize import human_size, plural
 from blobtier.metrics import delta
 from blobtier.progress import progress_bar
 from blobtier.sdk.client import Client
@@ -80,6 +81,36 @@ def _served(moved: dict[str, dict[str, int]], tiers: list[str]) -> dict[str, flo
     return share
 
 
+SAMPLE_BYTES = 1 + 3 * SIDE * SIDE  # a label byte and the image
+
+
+def with_l1_below(config: RegionConfig, samples: int) -> RegionConfig:
+    """``config`` with the process's own L1 (``cache.l1_bytes``) at half the dataset of
+    ``samples`` when it would hold all of it: later epochs then read part of the dataset
+    from L3, which is what the demo against a region is there to show. A host daemon's
+    arena is the region's to size (``services.daemon_memory_bytes``)."""
+    from blobtier.config import with_overrides
+
+    dataset = samples * SAMPLE_BYTES
+    if config.cache.l1_bytes >= dataset:
+        return with_overrides(config, cache={"l1_bytes": dataset // 2})
+    return config
+
+
+def _l1_note(client: Client, samples: int) -> str:
+    """How much of the dataset L1 holds, when that can be asked."""
+    try:
+        capacity = client._l1.stats()["capacity"]
+    except (AttributeError, KeyError, OSError):
+        return ""
+    dataset = samples * SAMPLE_BYTES
+    if capacity >= dataset:
+        return (f" L1 ({human_size(capacity)}) holds the whole dataset ({human_size(dataset)}): later "
+                "epochs never reach L3 (a smaller services.daemon_memory_bytes shows L3 serving).")
+    return f" L1 ({human_size(capacity)}) holds part of the {human_size(dataset)} dataset: the rest " \
+           "comes from below it in later epochs."
+
+
 def _tiers_note(client: Client, tiers: list[str]) -> str:
     from blobtier.cache_l1_l2.daemon import find_daemon
 
@@ -98,7 +129,8 @@ def _tiers_note(client: Client, tiers: list[str]) -> str:
 
 
 def run(client: Client, samples: int = 2000, epochs: int = 3, workers: int = 2,
-        batch_size: int = 64, seed: int = 0, out=sys.stdout) -> list[dict]:
+        batch_size: int = 64, seed: int = 0, out=None) -> list[dict]:
+    out = out if out is not None else sys.stdout  # the stream of now, not of import time
     try:
         import torch
         from torch.utils.data import DataLoader
@@ -113,7 +145,7 @@ def run(client: Client, samples: int = 2000, epochs: int = 3, workers: int = 2,
     with tempfile.TemporaryDirectory(prefix="blobtier-demo-") as tmp:
         t = time.perf_counter()
         make_dataset(tmp, samples, seed)
-        print(f"made {samples} samples of {1 + 3 * SIDE * SIDE:,} bytes in "
+        print(f"made {samples} samples of {SAMPLE_BYTES:,} bytes in "
               f"{time.perf_counter() - t:.1f}s", file=out)
         t = time.perf_counter()
         with progress_bar("ingest") as show:
@@ -167,5 +199,5 @@ def run(client: Client, samples: int = 2000, epochs: int = 3, workers: int = 2,
         print(f"{row['epoch']:>5} {row['samples_per_s']:>10,.0f} {row['stall']:>6.1%} "
               + " ".join(f"{row['served'][t]:>6.1%}" for t in served)
               + f" {row['loss']:>6.3f} {row['accuracy']:>6.1%}", file=out)
-    print(_tiers_note(client, tiers), file=out)
+    print(_tiers_note(client, tiers) + _l1_note(client, samples), file=out)
     return results

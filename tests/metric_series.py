@@ -101,3 +101,18 @@ def every_service(tmp: str) -> Iterator[dict[str, Series]]:
     """Start every service in this process (in ``tmp``), yield what each exports, stop them."""
     with ExitStack() as stack:
         yield {name: scrape(start(stack, tmp)) for name, start in SERVICES.items()}
+
+
+@contextmanager
+def service_pid() -> Iterator[int]:
+    """The pid of a live process whose command line names blobtier, as ``runstate.pid_alive``
+    asks of a service (the services these tests start run in the test's own process)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "blobtier-stand-in"])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()

@@ -80,11 +80,12 @@ def test_sampling_a_region_reads_its_endpoints(tmp_path):
     from tests import metric_series as ms
 
     with ExitStack() as stack:
+        pid = stack.enter_context(ms.service_pid())
         server = ChunkServer(str(tmp_path / "block"), metrics_port=0)
         stack.callback(server.stop, 0)
         flash = ms._flash_node(stack, str(tmp_path))
         daemon = ms._host_daemon(stack, str(tmp_path))
-        services = [ServiceRecord(name, kind, os.getpid(), None, port, None, time.time(), "")
+        services = [ServiceRecord(name, kind, pid, None, port, None, time.time(), "")
                     for name, kind, port in (("block-0", "block", server.metrics_port),
                                              ("flash-0", "flash", flash), ("daemon", "daemon", daemon),
                                              ("block-1", "block", _closed_port()))]

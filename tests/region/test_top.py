@@ -19,12 +19,8 @@ from tests import metric_series as ms
 
 @pytest.fixture(scope="module")
 def alive():
-    """The pid of a live process whose command line names blobtier (as runstate.pid_alive
-    asks of a service); the services themselves run in this test's process."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "blobtier-stand-in"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
+    with ms.service_pid() as pid:
+        yield pid
 
 
 def record(name: str, kind: str, port: int | None, pid: int) -> ServiceRecord:
