@@ -28,7 +28,9 @@ never exceeded. ``reconcile`` (run by ``gc``) recomputes a namespace's usage fro
 listing and stores it by compare-and-set against the counter version read before the
 listing; it gives up (for the next ``gc``) while any reservation's lease is live, so a
 commit that landed during the listing cannot be miscounted. A reservation whose lease
-expired belongs to a writer that died (a writer commits within its lease or not at all).
+expired belongs to a writer that died: a writer whose reservation took more than half the
+lease gives it back and raises ``TimedOut`` (a process stopped between that check and its
+commit for a minute could still land uncounted until the next ``gc``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from blobtier.errors import InvalidRequest, MetadataCorrupt, QuotaExceeded, VersionConflict
+from blobtier.errors import InvalidRequest, MetadataCorrupt, QuotaExceeded, TimedOut, VersionConflict
 from blobtier.records import CorruptRecord, decode, peek_version
 
 if TYPE_CHECKING:
@@ -238,7 +240,12 @@ def _commit_once(store: MetadataStore, batch: Sequence[Item], todo: list[int],
         stored[rkey] = value
         deltas[i] = (_namespace(rkey), _size(value) - _size(cur), (value is not None) - (cur is not None))
     token = os.urandom(8).hex()
+    reserved = clock()
     grow = _reserve(store, specs, deltas, token, clock)
+    if clock() - reserved > LEASE_S / 2:  # past half its lease, gc may recount without it
+        _settle(store, grow, {}, token)
+        raise TimedOut(f"the quota reservation of {len(deltas)} records took over {LEASE_S / 2:.0f} s; "
+                       "nothing was committed")
     # If the commit raises, its outcome is unknown: the reservation stays (the counter
     # over the truth) until its lease ends and gc reconciles the namespace.
     applied = store._cas_many(items)

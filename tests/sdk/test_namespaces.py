@@ -17,6 +17,7 @@ import blobtier
 from blobtier.cli import main
 from blobtier.errors import BlobNotFound, InvalidRequest, QuotaExceeded
 from blobtier.metadata import namespaces as nsmod
+from blobtier.metadata.namespaces import NamespaceSpec
 from blobtier.sdk.namespaces import parse_flags, usage_against_quota
 from tests.contracts.metadata_store import FakeClock
 
@@ -210,3 +211,23 @@ def test_gc_without_the_admin_right_still_collects(tmp_path, caplog):
             assert report.expired_blobs == 0 and "left the namespaces" in caplog.text
         finally:
             store.close()
+
+
+def test_a_reservation_past_half_its_lease_is_given_back_and_nothing_committed(tmp_path):
+    from blobtier.errors import TimedOut
+    from blobtier.metadata.rocksdb_store import RocksDBStore
+    from tests.contracts.metadata_store import sized
+
+    class Slow(FakeClock):  # every reading a minute later: the reservation took too long
+        def __call__(self) -> float:
+            self.now += nsmod.LEASE_S / 2
+            return self.now
+
+    with RocksDBStore(str(tmp_path / "db"), writable=True) as store:
+        store.create_namespace(NamespaceSpec("q", quota_bytes=1000))
+        store.clock = Slow(0.0)
+        with pytest.raises(TimedOut):
+            store.commit("q/a", sized(100))
+        assert store.get("q/a") is None
+        usage = store.namespace_usage(["q"])["q"]
+        assert (usage.bytes, usage.blobs, usage.pending) == (0, 0, {})
