@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
 
 def as_dict(p: Prediction) -> dict:
     return {"served": p.served, "served_per_epoch": p.served_per_epoch, "hit_ratio": p.hit_ratio,
-            "egress_bytes": p.egress, "l3_pulled_bytes": p.l3_pulled,
+            "egress_bytes": p.egress, "l3_pulled_bytes": p.l3_pulled, "prefetch_wasted": p.prefetch_wasted,
             "egress_ratio": p.egress_ratio, "dataset_bytes": p.dataset_bytes, "stall_s": p.stall_s,
             "stall_share": p.stall_share, "prefetch_window": p.window, "sample_rate": p.rate,
             "kept_chunks": p.kept_chunks, "events": p.events, "exact_order": p.exact_order,
@@ -217,6 +217,9 @@ def table(p: Prediction, timing: Timing) -> list[str]:
     lines.append(f"data stall: {p.stall_s:.1f} s per rank over the run ({p.stall_share:.1%} of its time), "
                  f"step {timing.step_s * 1000:g} ms, origin {timing.origin_s * 1000:g} ms, "
                  f"prefetch window {p.window} samples")
+    if p.window:
+        lines.append(f"prefetch: {p.prefetch_wasted:.1%} of the chunks it fetched from below L2 were evicted "
+                     "before their read and fetched again")
     order = "the sampler's order" if p.exact_order else "orders drawn with numpy (no torch, or too large)"
     lines.append(f"sampling: SHARDS rate {p.rate:.4g} ({p.kept_chunks} chunks, {p.events} reads simulated, "
                  f"{p.l1_sampled_chunks:.1f} chunks per sampled L1), {order}")

@@ -115,8 +115,9 @@ class Prediction:
     """What the planner predicts for the whole (unsampled) trace.
 
     ``served``: the share of the consumer's reads whose bytes came from each of L1, L2,
-    L3 and the block layer; ``hit_ratio``: per tier, hits over the lookups that reached
-    it (as ``Client.stats()`` counts them, prefetches included); ``egress``: bytes read
+    L3 and the block layer (for a prefetched chunk, where the prefetch found it);
+    ``hit_ratio``: per tier, hits over the lookups that reached it (as
+    ``Client.stats()`` counts them, prefetches included); ``egress``: bytes read
     from the block layer in each epoch; ``stall_s``: seconds the training loops wait for
     data over the run, per rank; ``window``: samples the prefetcher keeps ahead.
     """
@@ -126,6 +127,7 @@ class Prediction:
     egress: list[float]
     served_per_epoch: list[dict[str, float]]
     l3_pulled: list[float]  # bytes asked of L3 per epoch
+    prefetch_wasted: float  # share of prefetched chunks evicted before their read
     dataset_bytes: int
     stall_s: float
     stall_share: float
@@ -292,8 +294,10 @@ def _prediction(reads: Reads, region: Region, timing: Timing, tally: Tally, lead
     stall = stall_seconds(tally, reads, region, timing, lead)
     steps = reads.steps.max() * reads.epochs / timing.batch
     compute = steps * timing.step_s
+    prefetched = tally.found[0, :, L2:BLOCK + 1].sum()
+    wasted = tally.prefetch_wasted / prefetched if prefetched else 0.0
     return Prediction(served, hit_ratio, (tally.egress / reads.rate).tolist(), per_epoch,
-                      (tally.pulled / reads.rate).tolist(), reads.total_bytes, stall,
+                      (tally.pulled / reads.rate).tolist(), float(wasted), reads.total_bytes, stall,
                       stall / (stall + compute) if stall + compute > 0 else 0.0, lead, reads.rate,
                       len(reads.key_ids), events, reads.exact_order, l1_chunks, seconds, region)
 

@@ -120,7 +120,7 @@ class Tally:
     ``found[kind, epoch, tier]``: reads (kind 0: prefetch, 1: the consumer's) answered by
     L1, L2, L3, the block layer, or (prefetch only) skipped because L1 refused them.
     ``served[epoch, tier]``: consumer reads by the tier their bytes came from (a consumer's
-    L1 hit on a chunk its prefetch brought counts where the prefetch found it).
+    L1 or L2 hit on a chunk its host's prefetch brought counts where the prefetch found it).
     """
 
     found: np.ndarray
@@ -129,6 +129,7 @@ class Tally:
     pulled: np.ndarray  # bytes asked of L3 (hits and misses), per epoch
     l3_evicted_regions: int = 0
     l3_admissions_rejected: int = 0
+    prefetch_wasted: int = 0  # consumer reads of a prefetched chunk that had to go below L2 again
     extra: dict = field(default_factory=dict)
 
 
@@ -170,7 +171,7 @@ def simulate(tiers: Tiers, t: np.ndarray, host: np.ndarray, key: np.ndarray, epo
                     tiers.arenas[ah].policy.announce(keys, 0)
         run.batch(hs[a], ks[a:b], us[a], eps[a:b])
     return Tally(run.found, run.served, run.egress, run.pulled,
-                 sum(f.evicted_regions for f in tiers.flash), run.rejected)
+                 sum(f.evicted_regions for f in tiers.flash), run.rejected, run.wasted)
 
 
 class _Run:
@@ -185,6 +186,7 @@ class _Run:
         self.home_fill = bool(tiers.home_fill and tiers.home and tiers.home[0] >= 0)
         self.fetched_from: dict[int, int] = {}  # key * 65536 + host -> tier a prefetch found it at
         self.rejected = 0
+        self.wasted = 0
 
     def batch(self, h: int, keys: list[int], use: bool, eps: list[int]) -> None:
         """One chain read of ``keys`` by host ``h`` (``use``: the consumer's, else a prefetch)."""
@@ -223,7 +225,11 @@ class _Run:
             if not self.home_fill:  # HomeShare: an L1 keeps only its host's share, filled above
                 arena.fill(k, slot, True)
             self.found[1, ep, tier] += 1
-            self.served[ep, tier] += 1
+            # A chunk this host's prefetch brought to its home is served where the prefetch found it.
+            came = self.fetched_from.pop(k * 65536 + h, None)
+            if came is not None and tier != L2:
+                self.wasted += 1  # prefetched, then evicted before this read: fetched again
+            self.served[ep, came if came is not None and tier == L2 else tier] += 1
         else:
             self.found[0, ep, tier] += 1
             self.fetched_from[k * 65536 + h] = tier
