@@ -18,7 +18,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 import blobtier
-from blobtier.dataloader.decoding import key_decoder
+from blobtier.dataloader.decoding import DataOnly, key_decoder
 from blobtier.errors import BlobNotFound
 
 
@@ -60,4 +60,12 @@ class BlobDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         keys = [self.keys[i] for i in indices]
-        return [self._decode(k, v) for k, v in zip(keys, self.client.get_many(keys))]
+        views = self.client.get_many(keys)
+        # Which decode runs is settled once per batch: no extra Python call per sample.
+        decode = self.decode
+        if decode is None:
+            return [bytes(v) for v in views]
+        if type(decode) is DataOnly:
+            data_only = decode.decode
+            return [data_only(v) for v in views]
+        return [decode(k, v) for k, v in zip(keys, views)]

@@ -19,7 +19,7 @@ def takes_key(decode: Callable[..., Any]) -> bool:
     return sum(p.default is p.empty for p in positional) >= 2
 
 
-class _DataOnly:
+class DataOnly:
     """``decode(data)`` called as ``decode(key, data)`` (a class: workers may pickle it)."""
 
     def __init__(self, decode: Callable[[Any], Any]) -> None:
@@ -35,4 +35,4 @@ def key_decoder(decode: Callable[..., Any] | None, with_keys: bool | None) -> Ke
         return None
     if with_keys is None:
         with_keys = takes_key(decode)
-    return decode if with_keys else _DataOnly(decode)
+    return decode if with_keys else DataOnly(decode)

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 import blobtier
-from blobtier.dataloader.decoding import key_decoder
+from blobtier.dataloader.decoding import DataOnly, key_decoder
 from blobtier.dataloader.sampler import _world
 from blobtier.dataloader.tars import Sample, iter_tar_samples, list_shards, shard_counts
 
@@ -223,8 +223,13 @@ class BlobIterableDataset(IterableDataset):
         return self._decoded(self._read_segment(state["epoch"], segment))
 
     def _decoded(self, samples: Iterator[Sample]) -> Iterator[Any]:
-        for sample in samples:
-            yield self.decode(sample["__key__"], sample) if self.decode is not None else sample
+        # Which decode runs is settled once per pass: no extra Python call per sample.
+        decode = self.decode
+        if decode is None:
+            return samples
+        if type(decode) is DataOnly:
+            return map(decode.decode, samples)
+        return (decode(sample["__key__"], sample) for sample in samples)
 
     def _read_segment(self, epoch: int, seg: _Segment) -> Iterator[Sample]:
         if seg.mix_seed is None:

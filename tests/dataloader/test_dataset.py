@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -64,3 +65,17 @@ def test_batches_use_one_batched_fetch(client, samples, monkeypatch):
                         collate_fn=list)
     assert sum(len(b) for b in loader) == 96
     assert calls == [32, 32, 32]
+
+
+def test_a_data_only_decode_is_called_straight_from_the_batch_fetch(client):
+    # decode(view) must not gain a wrapper call per sample (it was wrapped as decode(key, view)).
+    client.put_many({f"dd/{i}": bytes([i]) for i in range(4)})
+    callers = []
+
+    def decode(view):
+        callers.append(sys._getframe(1).f_code.co_filename)
+        return view[0]
+
+    ds = BlobDataset("dd/", client=client, decode=decode)
+    assert ds.__getitems__([0, 1, 2, 3]) == [0, 1, 2, 3]
+    assert {os.path.basename(c) for c in callers} == {"dataset.py"}

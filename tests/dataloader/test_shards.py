@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 import tarfile
 from collections import Counter
 
@@ -189,3 +191,15 @@ def test_pickles_with_its_epoch_outside_a_worker_start(client, five_shards):
     assert [s["__key__"] for s in copy] == [s["__key__"] for s in ds]
     copy.set_epoch(4)  # its own memory: the original keeps its epoch
     assert ds._shared.read()["epoch"] == 3
+
+
+def test_a_data_only_decode_gets_no_wrapper_call_per_sample(client, shards):
+    callers = []
+
+    def decode(sample):
+        callers.append(os.path.basename(sys._getframe(1).f_code.co_filename))
+        return sample["__key__"]
+
+    ds = BlobIterableDataset("wds/", client=client, decode=decode, shuffle=False)
+    assert sorted(ds) == sorted(shards)
+    assert "decoding.py" not in callers  # it was called through a (key, sample) adapter
