@@ -46,6 +46,9 @@ def serve_metrics(port: int = 0, client: blobtier.Client | None = None,
             default the process's default registry, which ``DataStallMeter`` feeds.
 
     Returns the HTTP server; ``stop_metrics(server)`` frees the port.
+
+    Raises:
+        OSError: the port is taken (the message names it; errno EADDRINUSE).
     """
     if registry is None:
         registry = REGISTRY
@@ -55,7 +58,10 @@ def serve_metrics(port: int = 0, client: blobtier.Client | None = None,
         parts.append(TierStatsCollector(client.tier_stats))
     endpoint = CollectorRegistry(auto_describe=False)
     endpoint.register(_Joined(parts))
-    return metrics.serve_metrics(port, endpoint)
+    try:
+        return metrics.serve_metrics(port, endpoint)
+    except OSError as exc:  # the bare "Address already in use" names no port
+        raise OSError(exc.errno, f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}") from exc
 
 
 def stop_metrics(server: Any) -> None:

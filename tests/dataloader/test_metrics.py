@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import urllib.request
 
 import pytest
@@ -53,3 +54,15 @@ def test_default_registry_endpoint_has_the_stall_series():
         stop_metrics(server)
     assert ("blobtier_data_stall_seconds_total", ()) in got
     assert not any(name.startswith("blobtier_tier_") for name, _ in got)
+
+
+def test_a_taken_port_is_an_error_naming_it_and_stop_is_idempotent(client):
+    first = serve_metrics(0, client)
+    try:
+        port = first.server_port
+        with pytest.raises(OSError, match=f"127.0.0.1:{port}") as caught:
+            serve_metrics(port, client)
+        assert caught.value.errno == errno.EADDRINUSE
+    finally:
+        stop_metrics(first)
+        stop_metrics(first)  # twice: nothing to do, no hang
