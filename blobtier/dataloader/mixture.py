@@ -17,6 +17,7 @@ read them, and its prefetcher follows the mixture's progress through them.
 from __future__ import annotations
 
 import bisect
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -86,16 +87,22 @@ class BlobMixture(Dataset):
 
     def _epoch_counts(self, by: str, samples_per_epoch: int | None) -> list[int]:
         for j, w in enumerate(self.weights):
-            if not w > 0 or (by == "count" and not isinstance(w, int)):
+            # numpy's integers count as ints (weights often come from an array); bools not.
+            whole = isinstance(w, numbers.Integral) and not isinstance(w, bool)
+            if not w > 0 or (by == "count" and not whole):
                 raise ValueError(f"weight {w!r} of source {j} must be a positive "
                                  f"{'int' if by == 'count' else 'number'}")
         if by == "count":
             if samples_per_epoch is not None:
                 raise ValueError("samples_per_epoch is the sum of the counts with by='count'")
-            return list(self.weights)
+            return [int(w) for w in self.weights]
         if by != "proportion":
             raise ValueError(f"by must be 'proportion' or 'count', not {by!r}")
-        return _counts(self.weights, samples_per_epoch or sum(self.sizes))
+        if samples_per_epoch is None:
+            samples_per_epoch = sum(self.sizes)
+        if not isinstance(samples_per_epoch, numbers.Integral) or samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch must be a positive int, not {samples_per_epoch!r}")
+        return _counts(self.weights, int(samples_per_epoch))
 
     def __len__(self) -> int:
         """Samples per epoch."""

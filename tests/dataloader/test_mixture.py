@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 from torch.utils.data import Dataset, IterableDataset
 
@@ -74,6 +75,15 @@ def test_bad_weights():
         BlobMixture([(Tagged("a", 4), 1)], by="share")
     with pytest.raises(ValueError, match="source 1 is an IterableDataset"):
         BlobMixture([(Tagged("a", 4), 1), (Stream(), 1)])
+
+
+def test_count_weights_from_numpy_and_a_bad_epoch_size():
+    m = BlobMixture([(Tagged("a", 4), np.int64(3)), (Tagged("b", 4), np.int32(5))], by="count")
+    assert m.counts == [3, 5] and all(type(c) is int for c in m.counts)
+    with pytest.raises(ValueError, match="source 0"):
+        BlobMixture([(Tagged("a", 4), True)], by="count")  # a flag, not a count
+    with pytest.raises(ValueError, match="samples_per_epoch"):
+        BlobMixture([(Tagged("a", 4), 1.0)], samples_per_epoch=0)  # was the default size
 
 
 class Stream(IterableDataset):
