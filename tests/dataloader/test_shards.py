@@ -167,9 +167,9 @@ def test_resume_mid_epoch_yields_the_rest_in_order(client, five_shards, workers,
         extra = {"persistent_workers": True, "prefetch_factor": 2} if workers else {}
         return BlobDataLoader(ds, batch_size=4, num_workers=workers, collate_fn=keys_of, **extra)
 
-    full = [k for b in loader() for k in b]
     first = loader()
-    it = iter(first)
+    full = [k for b in first for k in b]
+    it = iter(first)  # the epoch again (no set_epoch), on the same (persistent) workers
     before = [k for _, b in zip(range(5), it) for k in b]
     state = first.state_dict()
     resumed = loader()
