@@ -7,16 +7,13 @@ servers' and flash node's own counters show each chunk read from below once. A s
 region, with tokens and grants, takes a checkpoint burst: every host's daemon fills the
 chunks homed at it under the grants its peers' requests carried.
 
-The two regions start (and stop) at once, and every process the tests start loads
-blobtier's bytecode from a cache made once (``PYTHONDONTWRITEBYTECODE`` would have each of
-~30 processes compile the package anew): the file's time is the processes' work.
+The two regions start (and stop) at once.
 
 Without L2 fan-out each host would read every chunk from L3 itself (three L3 reads per
 chunk), so the counts below fail with the feature off."""
 
 from __future__ import annotations
 
-import compileall
 import hashlib
 import json
 import os
@@ -172,25 +169,7 @@ def down_at_once(regions: list[tuple[str, str]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def bytecode(tmp_path_factory):
-    """The processes this module starts read blobtier's bytecode from a cache compiled once
-    here, instead of each compiling the package (the environment may say not to write
-    bytecode: ``PYTHONDONTWRITEBYTECODE``; the cache lives in a temp dir, not the tree)."""
-    prefix = str(tmp_path_factory.mktemp("pycache"))
-    saved = sys.pycache_prefix
-    sys.pycache_prefix = prefix
-    try:
-        compileall.compile_dir(os.path.dirname(blobtier.__file__), quiet=1)
-    finally:
-        sys.pycache_prefix = saved
-    with pytest.MonkeyPatch.context() as env:
-        env.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
-        env.setenv("PYTHONPYCACHEPREFIX", prefix)
-        yield
-
-
-@pytest.fixture(scope="module")
-def regions(tmp_path_factory, bytecode):
+def regions(tmp_path_factory):
     """Both regions, started at once: the dataset's (6 MiB L1s, 256 KiB chunks) and the
     burst's (160 MiB L1s, 8 MiB chunks, grants)."""
     base = free_base_port()
