@@ -310,6 +310,10 @@ class GrantBook:
         self._lock = threading.Lock()
         self._grants: OrderedDict[bytes, tuple[Grant, Refresher | None]] = OrderedDict()
         self._fetchers: list[weakref.WeakMethod] = []
+        # Blob ids whose records came back unsigned (a service without a grant key, or
+        # one of several regions): fetching them again would only repeat the answer.
+        self._unsigned: OrderedDict[bytes, None] = OrderedDict()
+        self._signed = False  # any grant seen: until then no service of ours signs
         forks.register(self)
 
     def _after_fork_in_child(self) -> None:
@@ -326,6 +330,8 @@ class GrantBook:
         except Forbidden:
             return
         with self._lock:
+            self._signed = True
+            self._unsigned.pop(grant.blob_id, None)
             old = self._grants.pop(grant.blob_id, None)
             if refresh is None and old is not None:
                 refresh = old[1]
@@ -365,9 +371,11 @@ class GrantBook:
         """Fetch the records again whose grants the book lacks (evicted: the read-plan
         cache may hold a record longer), by their keys (``BlobRecord.key``), before a
         request that needs their grants is built."""
+        if not self._signed:
+            return  # no service of this process signs: there is nothing to fetch again
         for rec in records:
             blob_id, key = rec.blob_id, rec.key  # type: ignore[attr-defined]
-            if blob_id in self._grants or not key:
+            if blob_id in self._grants or blob_id in self._unsigned or not key:
                 continue
             for ref in list(self._fetchers):
                 fetch = ref()
@@ -378,6 +386,11 @@ class GrantBook:
                     continue  # that service does not answer for it: the next one may
                 if blob_id in self._grants:
                     break
+            else:
+                with self._lock:
+                    self._unsigned[blob_id] = None
+                    while len(self._unsigned) > self.capacity:
+                        self._unsigned.popitem(last=False)
 
     def many(self, blob_ids: Iterable[bytes]) -> list[bytes]:
         """The grants of these blobs (each once; those the book lacks left out)."""
