@@ -39,15 +39,26 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from blobtier.errors import InvalidRequest, MetadataCorrupt, QuotaExceeded, TimedOut, VersionConflict
+from blobtier.metadata.cas import ABSENT, ANY, version_matches
 from blobtier.records import CorruptRecord, decode, peek_version
 
-if TYPE_CHECKING:
-    from blobtier.metadata.store import MetadataStore
+
+class MetadataStore(Protocol):
+    """The raw key-value surface of a ``store.MetadataStore`` that namespace accounting
+    works on (the store calls in here, so this module does not import it)."""
+
+    def _get_raw(self, rkey: bytes) -> bytes | None: ...
+
+    def _get_many_raw(self, rkeys: Sequence[bytes]) -> list[bytes | None]: ...
+
+    def _cas_many(self, items: Sequence[tuple[bytes, int, bytes | None]]) -> list[bool]: ...
+
+    def _listing_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
 
 SPEC_PREFIX = b"N"
 USAGE_PREFIX = b"U"
@@ -219,8 +230,6 @@ def _commit_once(store: MetadataStore, batch: Sequence[Item], todo: list[int],
                  specs: dict[str, NamespaceSpec], out: list, clock: Callable[[], float]) -> list[int]:
     """One reserve-commit-settle round over ``batch[i] for i in todo``; returns the items
     expecting ANY to try again (their key changed between the read and the commit)."""
-    from blobtier.metadata.store import ABSENT, ANY, version_matches
-
     keys = list(dict.fromkeys(batch[i][0] for i in todo if _namespace(batch[i][0]) in specs))
     stored = dict(zip(keys, store._get_many_raw(keys)))
     items = [batch[i] for i in todo]
@@ -311,8 +320,6 @@ def _settle(store: MetadataStore, grow: dict[str, tuple[int, int]],
 def update_usage(store: MetadataStore, names: Sequence[str],
                  change: Callable[[str, Usage], Usage]) -> None:
     """Compare-and-set each namespace's counter to ``change(ns, current)`` until it holds."""
-    from blobtier.metadata.store import ABSENT
-
     todo = list(names)
     for _ in range(_ATTEMPTS):
         if not todo:
@@ -338,8 +345,6 @@ def reconcile(store: MetadataStore, name: str, now: float | None = None) -> bool
     """Set ``name``'s counter to the usage a listing finds (module docstring); False when
     a live reservation (a commit in progress) or a commit during the listing made it give
     up for now."""
-    from blobtier.metadata.store import ABSENT
-
     now = time.time() if now is None else now
     raw = store._get_raw(usage_key(name))
     version = ABSENT if raw is None else peek_version(raw)

@@ -28,13 +28,9 @@ from blobtier.errors import (
 )
 from blobtier.metadata import namespaces as nsmod
 from blobtier.metadata import schema
+from blobtier.metadata.cas import ABSENT, ANY, version_matches  # noqa: F401  (re-exported)
 from blobtier.metadata.namespaces import NamespaceSpec, Usage
 from blobtier.metadata.schema import BlobRecord
-
-ABSENT = 0
-"""``expected`` value meaning "the key must not exist"."""
-ANY = -1
-"""``expected`` value meaning "whatever is there" (an unconditional write)."""
 
 Commit = tuple[str, BlobRecord, int]
 """(key, record, expected current version)."""
@@ -425,15 +421,3 @@ def _lookup_key(key: str) -> bytes:
     except (AttributeError, UnicodeEncodeError):
         schema.validate_key(key)  # raises the precise InvalidKey
         raise
-
-
-def version_matches(current: bytes | None, expected: int) -> bool:
-    """The compare of compare-and-set, shared by every backend."""
-    if expected == ANY:
-        return True
-    if current is None:
-        return expected == ABSENT
-    try:
-        return schema.peek_version(current) == expected
-    except CorruptRecord as exc:  # only an unconditional write may replace a corrupt record
-        raise MetadataCorrupt(f"a stored record is corrupt: {exc}") from exc
