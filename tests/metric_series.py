@@ -80,12 +80,20 @@ def _scrub(stack: ExitStack, tmp: str) -> int:
 
 
 def _trainer(stack: ExitStack, tmp: str) -> int:
+    from prometheus_client import CollectorRegistry
+
     import blobtier
     from blobtier.dataloader.metrics import serve_metrics, stop_metrics
+    from blobtier.metrics import StallMetrics
 
     client = blobtier.connect(os.path.join(tmp, "region"))
     stack.callback(client.close)
-    http = serve_metrics(0, client)
+    # The stall series on a registry of their own, as a trainer's default registry holds
+    # them: this test process's default registry also holds what other tests registered
+    # there (scrub's counters), which a trainer does not export.
+    registry = CollectorRegistry()
+    StallMetrics(registry)
+    http = serve_metrics(0, client, registry)
     stack.callback(stop_metrics, http)
     return http.server_port
 
