@@ -124,7 +124,10 @@ def _tiers_note(client: Client, tiers: list[str]) -> str:
     if "l2" in tiers:
         note += "; L2 is the peer daemons' memory"
     if "l3" in tiers:
-        note += "; L3 is the region's flash nodes"
+        flash = client.config.flash
+        note += ("; L3 is the region's flash nodes" if flash.endpoints else
+                 f"; L3 is a flash store on this host's disk under {client.config.root}/l3 "
+                 "(flash.local_l3: what it read survives the process)")
     return note + "."
 
 

@@ -21,6 +21,8 @@ def test_demo_trains_through_the_cache(region):
     assert all(0 <= r["stall"] <= 1 and r["samples_per_s"] > 0 for r in rows)
     text = out.getvalue()
     assert "samples/s" in text and "stall" in text
+    # The embedded region's L3 is a flash store on this host's disk, not flash nodes.
+    assert "L3 is a flash store on this host's disk" in text and "flash nodes" not in text
 
 
 def test_demo_twice_reuses_the_region(region, capsys):
