@@ -152,8 +152,7 @@ class RegionReader:
         else:
             return
         for w, buf, i in zip(run, bufs, at):
-            head = parse_entry_header(buf)
-            if head is None or head.key != w.key or head.seq != w.seq or head.length != w.length:
+            if not _holds(buf, w):
                 continue
             data = memoryview(buf)[ENTRY_HEADER:]
             if w.checksum is not None and checksum.compute(w.checksum[0], data) != w.checksum[1]:
@@ -169,8 +168,7 @@ class RegionReader:
             first = mv[:self.WINDOW]
             if os.preadv(fd, [first], w.offset) != len(first):
                 continue  # a shorter file than the entry: a region removed and recreated
-            head = parse_entry_header(buf)
-            if head is None or head.key != w.key or head.seq != w.seq or head.length != w.length:
+            if not _holds(buf, w):
                 return None  # gone: the rest of the entry is not worth reading
             hasher = None if w.checksum is None else checksum.streaming(w.checksum[0])
             if hasher is not None:
@@ -204,3 +202,10 @@ class RegionReader:
             fds, self._fds = self._fds, {}
         for fd in fds.values():
             os.close(fd)
+
+
+def _holds(buf: np.ndarray, w: LocatedEntry) -> bool:
+    """Whether ``buf`` starts with the header of the entry the node located (same chunk,
+    same region generation, same length): else the region was reclaimed since."""
+    head = parse_entry_header(buf)
+    return head is not None and head.key == w.key and head.seq == w.seq and head.length == w.length

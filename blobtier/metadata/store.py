@@ -85,8 +85,8 @@ class MetadataStore(ABC):
             return None
         try:
             rec = schema.decode(raw)
-        except CorruptRecord as exc:
-            raise MetadataCorrupt(f"{self.where}: the record of {key!r} is corrupt: {exc}") from exc
+        except CorruptRecord:
+            rec = self._decode(key, raw)  # raises, naming the key
         rec.key = key
         return None if self._expired(key, rec) else rec
 
